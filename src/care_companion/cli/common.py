@@ -1,0 +1,56 @@
+"""What every command group shares: settings, console output, turning errors into one-line messages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from care_companion.config import Settings, get_settings
+from care_companion.errors import CareError, GateRefused
+
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_ERROR = 2
+EXIT_GATE = 3
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Rich log lines for the CLI (called from the app callback, never on import)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "botocore", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings() -> Settings:
+    """The settings of this invocation."""
+    return get_settings()
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Turn expected errors into a one-line message and a non-zero exit code."""
+    try:
+        yield
+    except GateRefused as exc:
+        err_console.print(f"[bold red]gate refused:[/] {exc.detail}")
+        raise typer.Exit(EXIT_GATE) from None
+    except CareError as exc:
+        err_console.print(f"[bold red]error ({exc.code}):[/] {exc.detail}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def run_command(fn: Callable[[], None]) -> None:
+    """Run a command body with friendly errors."""
+    with friendly_errors():
+        fn()

@@ -1,0 +1,43 @@
+"""``care-companion demo``: the whole spine on synthetic data, on embedded defaults."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, settings
+
+
+def demo_cmd(
+    per_class: Annotated[int, typer.Option(help="Synthetic chest X-rays per class.")] = 150,
+    non_xray: Annotated[int, typer.Option(help="Generated non-X-ray images.")] = 150,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs of the small demo model.")] = 8,
+) -> None:
+    """Build a synthetic chest data set, train a small DEMO model, evaluate, gate and register it."""
+    from care_companion.workflows.demo import DEMO_RECIPE, run_demo
+
+    cfg = settings()
+    console.rule("[bold]Care Companion demo: synthetic data, DEMO MODEL, NOT FOR CLINICAL USE")
+    with friendly_errors():
+        imported, outcome = run_demo(
+            cfg, per_class=per_class, non_xray=non_xray, config=DEMO_RECIPE.model_copy(update={"finetune_epochs": epochs})
+        )
+    m = outcome.metrics
+    console.print(f"data set {imported.version}: {imported.n_images} images, "
+                  f"{len(imported.skipped)} skipped, {len(imported.duplicates)} duplicates")
+    console.print(
+        f"test split: abnormal AUC {m.get('auc_abnormal', float('nan')):.3f}, sensitivity "
+        f"{m.get('sensitivity_abnormal', float('nan')):.3f}, specificity {m.get('specificity_abnormal', float('nan')):.3f}"
+    )
+    if outcome.registered_version is not None:
+        console.print(f"[green]registered[/] chest version {outcome.registered_version} (alias staging) — demo model")
+    else:
+        err_console.print("[bold red]gate refused the demo model:[/] " + "; ".join(outcome.gate.shortfalls))
+    console.print(f"evaluation report: {outcome.bundle_dir / 'evaluation.json'}")
+    console.print(f"plots:             {outcome.bundle_dir / 'plots'}")
+    console.print(f"MLflow UI:         mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    console.print(f"model bundle:      {outcome.bundle_dir}")
+    console.print("[bold yellow]This is a demo model trained on synthetic images. Not for clinical use.")
+    if not outcome.gate.passed:
+        raise typer.Exit(EXIT_GATE)

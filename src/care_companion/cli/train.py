@@ -1,0 +1,86 @@
+"""``care-companion train``: train, calibrate, evaluate, gate and register a task's model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, settings
+
+app = typer.Typer(help="Train a task's model: two stages, calibration, operating point, gate, registry.",
+                  no_args_is_help=True)
+
+
+def report_outcome(outcome) -> None:  # noqa: ANN001 - TrainOutcome, imported lazily
+    """Print a training outcome; exit non-zero when the gate refused it. The bundle path is printed last."""
+    m = outcome.metrics
+    console.print(
+        f"test: abnormal AUC {m.get('auc_abnormal', float('nan')):.3f}, "
+        f"sensitivity {m.get('sensitivity_abnormal', float('nan')):.3f}, "
+        f"specificity {m.get('specificity_abnormal', float('nan')):.3f}"
+    )
+    console.print(f"training: {outcome.train_seconds:.0f} s, {outcome.images_per_second:.1f} images/s")
+    console.print(f"MLflow run {outcome.run_id} (data set {outcome.dataset_version})")
+    if outcome.registered_version is not None:
+        console.print(f"[green]registered[/] {outcome.task} version {outcome.registered_version} as @staging")
+    elif outcome.gate.passed:
+        console.print("gate passed; not registered (--no-register)")
+    else:
+        err_console.print("[bold red]gate refused:[/] " + "; ".join(outcome.gate.shortfalls))
+        err_console.print("the run is tagged needs_retraining=true")
+    console.print(f"report: {outcome.bundle_dir / 'evaluation.json'}")
+    console.print(str(outcome.bundle_dir))
+    if not outcome.gate.passed:
+        raise typer.Exit(EXIT_GATE)
+
+
+@app.command("chest")
+def train_chest(
+    backbone: Annotated[str | None, typer.Option(help="Any timm model name (default: the recipe's).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per optimisation step.")] = None,
+    head_epochs: Annotated[
+        int | None, typer.Option(help="Stage 1 epochs: head only, backbone frozen (skipped when from scratch).")
+    ] = None,
+    head_lr: Annotated[float | None, typer.Option(help="Stage 1 peak learning rate (AdamW).")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="Stage 2 epochs: the whole network.")] = None,
+    finetune_lr: Annotated[float | None, typer.Option(help="Stage 2 peak learning rate (AdamW).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stop after this many epochs without better "
+                                                     "validation sensitivity.")] = None,
+    samples_per_epoch: Annotated[int | None, typer.Option(help="Images drawn per epoch (default: all).")] = None,
+    max_train_per_class: Annotated[int | None, typer.Option(help="Cap training images per class.")] = None,
+    max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).")] = None,
+    pretrained: Annotated[bool, typer.Option(help="Start from timm's published weights where reachable.")] = False,
+    init_weights: Annotated[Path | None, typer.Option(help="Start from a local checkpoint (.pt state dict).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: CARE_SEED).")] = None,
+    dataset_version: Annotated[str | None, typer.Option(help="Data-set version (default: latest import).")] = None,
+    register: Annotated[bool, typer.Option(help="Register the model when it passes the gate.")] = True,
+    demo: Annotated[bool, typer.Option(help="Mark the bundle as a demo model, not for clinical use.")] = False,
+) -> None:
+    """Train the chest model with the default recipe, or override any part of it."""
+    from care_companion.tasks import CHEST
+    from care_companion.training.trainer import TrainConfig
+    from care_companion.workflows.training import train_task
+
+    cfg = settings()
+    overrides = {
+        k: v
+        for k, v in {
+            "backbone": backbone, "image_size": image_size, "batch_size": batch_size, "head_epochs": head_epochs,
+            "head_lr": head_lr, "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
+            "weight_decay": weight_decay, "patience": patience, "samples_per_epoch": samples_per_epoch,
+            "max_train_per_class": max_train_per_class, "max_steps_per_epoch": max_steps_per_epoch,
+            "init_weights": init_weights,
+        }.items()
+        if v is not None
+    }
+    config = TrainConfig(
+        **(CHEST.recipe.model_dump() | overrides), pretrained=pretrained, seed=cfg.seed if seed is None else seed
+    )
+    with friendly_errors():
+        outcome = train_task(CHEST, config, settings=cfg, dataset_version=dataset_version, register=register,
+                             demo=demo)
+    report_outcome(outcome)

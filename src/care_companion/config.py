@@ -1,0 +1,82 @@
+"""The one settings object: every configurable value, read from ``CARE_`` environment variables or ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Project-wide settings; construct with overrides in tests, use :func:`get_settings` elsewhere."""
+
+    model_config = SettingsConfigDict(env_prefix="CARE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("care-data"),
+        description="Root for embedded defaults: object store folder, MLflow store, caches, model bundles.",
+    )
+    object_store: str | None = Field(
+        default=None,
+        description="Object store URI: a local folder path or file:// URI, or s3://bucket/prefix. "
+        "Default: <data_dir>/store.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible server (MinIO, Swift S3); None for AWS."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; falls back to MLFLOW_TRACKING_URI, then a SQLite store in data_dir.",
+    )
+    seed: int = Field(default=42, description="Seed for splits, sampling, augmentation and initialisation.")
+    num_threads: int | None = Field(default=None, description="Torch CPU threads; None lets torch decide.")
+    min_image_side: int = Field(default=64, description="Images with a shorter side are rejected as too small.")
+    max_image_pixels: int = Field(
+        default=100_000_000, description="Decompression-bomb guard: images with more pixels are rejected."
+    )
+    gate_min_sensitivity: float = Field(
+        default=0.95, description="Registry gate: minimum test sensitivity for every disease class."
+    )
+    gate_min_auc: float = Field(default=0.90, description="Registry gate: minimum abnormal-vs-normal test AUC.")
+    target_sensitivity: float = Field(
+        default=0.95, description="Sensitivity the operating point is chosen for on validation data."
+    )
+
+    @property
+    def store_uri(self) -> str:
+        """Object store URI with the embedded default resolved."""
+        return self.object_store or str((self.data_dir / "store").resolve())
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI with the embedded default (SQLite under data_dir) resolved."""
+        import os
+
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{(self.data_dir / 'mlflow' / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where the embedded MLflow store keeps artifacts."""
+        return (self.data_dir / "mlflow" / "artifacts").resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Decoded-image caches."""
+        return (self.data_dir / "cache").resolve()
+
+    @property
+    def runs_dir(self) -> Path:
+        """Model bundles left by training runs."""
+        return (self.data_dir / "runs").resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,90 @@
+"""Chest X-ray sources: the Kaggle combined pneumonia/tuberculosis set, class-folder trees, non-X-rays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from care_companion.data.importer import ImportResult, import_images
+from care_companion.data.synthetic import make_unknown_images
+from care_companion.errors import ConfigError
+from care_companion.storage.base import ObjectStore
+from care_companion.tasks import CHEST
+
+KAGGLE_DATASET = "rifatulmajumder23/combined-unknown-pneumonia-and-tuberculosis"
+NON_XRAY_SOURCE = "generated-non-xray"
+
+
+def non_xray_images(n: int, *, seed: int, size: int = 256) -> list[tuple[str, str, str, np.ndarray]]:
+    """``n`` images for the "not a chest X-ray" class: augmented scikit-image photos and synthetic scenes."""
+    rng = np.random.default_rng(seed)
+    return [
+        (NON_XRAY_SOURCE, f"non-xray/{i:05d}.png", CHEST.reject or "unknown", image)
+        for i, image in enumerate(make_unknown_images(rng, n, size))
+    ]
+
+
+def import_chest(
+    sources: list[Path],
+    store: ObjectStore,
+    *,
+    seed: int,
+    names: list[str] | None = None,
+    non_xray: int = 400,
+    min_side: int = 64,
+    max_pixels: int = 100_000_000,
+    workers: int = 2,
+) -> ImportResult:
+    """Import chest X-ray class-folder trees (Kaggle layout or plain) as one data set.
+
+    Args:
+        sources: source root folders; class folders (normal, pneumonia, tuberculosis, unknown) at any depth.
+        store: object store for images and manifest.
+        seed: split seed (also seeds the generated non-X-ray images).
+        names: source names to record (default: each folder's name).
+        non_xray: generated non-X-ray images to add to the "unknown" class (0 for none).
+        min_side: smallest accepted image side.
+        max_pixels: decompression-bomb guard.
+        workers: decoding processes.
+    """
+    names = names or [Path(s).resolve().name for s in sources]
+    if len(names) != len(sources):
+        raise ConfigError("give one --name per source folder")
+    extra = non_xray_images(non_xray, seed=seed) if non_xray > 0 else []
+    return import_images(
+        CHEST,
+        list(zip(names, [Path(s) for s in sources])),
+        store,
+        seed=seed,
+        extra=extra,
+        min_side=min_side,
+        max_pixels=max_pixels,
+        workers=workers,
+    )
+
+
+def fetch_chest(target: Path) -> Path:
+    """Download and unpack the Kaggle chest set into ``target`` with the Kaggle API.
+
+    Needs Kaggle credentials (``~/.kaggle/kaggle.json`` or ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``) and the
+    ``kaggle`` package (``pip install 'care-companion[kaggle]'``); fails at once, saying so, without them.
+    """
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    has_env = bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+    if not has_env and not (config_dir / "kaggle.json").is_file():
+        raise ConfigError(
+            "no Kaggle credentials: put your API token in ~/.kaggle/kaggle.json (Kaggle > Settings > "
+            "Create New Token) or set KAGGLE_USERNAME and KAGGLE_KEY, then run this again; or download "
+            f"https://www.kaggle.com/datasets/{KAGGLE_DATASET} yourself and use 'data import chest DIR'"
+        )
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError as exc:
+        raise ConfigError("the kaggle package is missing: pip install 'care-companion[kaggle]'") from exc
+    api = KaggleApi()
+    api.authenticate()
+    target.mkdir(parents=True, exist_ok=True)
+    api.dataset_download_files(KAGGLE_DATASET, path=str(target), unzip=True, quiet=False)
+    return target

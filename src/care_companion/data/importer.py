@@ -1,0 +1,217 @@
+"""Import labelled radiographs into a versioned data set: decode, validate, deduplicate, split, store.
+
+Every file is decoded and converted to 8-bit grayscale; files that fail are skipped and listed in the
+import report with the reason. Images are written content-addressed (by pixel hash) as PNG to the object
+store, so re-importing the same data writes the same objects and yields the same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from care_companion.data.folders import scan_class_folders
+from care_companion.data.manifest import COLUMNS, Manifest, dataset_prefix, save_manifest
+from care_companion.data.patients import origin_and_patient
+from care_companion.data.splits import grouped_stratified_split
+from care_companion.errors import DataError, InvalidImageError
+from care_companion.imaging.decode import decode_file
+from care_companion.parallel import parallel_map
+from care_companion.storage.base import ObjectStore
+from care_companion.tasks import TaskSpec
+
+MAX_STORED_SIDE = 1024
+
+
+class SkippedFile(BaseModel):
+    """A file left out of the data set, and why."""
+
+    source: str
+    path: str
+    reason: str
+    detail: str
+
+
+class ImportResult(BaseModel):
+    """What an import produced: the version, what went in, and what was left out."""
+
+    task: str
+    version: str
+    n_images: int
+    counts: dict[str, dict[str, int]] = Field(description="source -> class -> images kept")
+    splits: dict[str, dict[str, int]] = Field(description="split -> class -> images")
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    duplicates: list[dict[str, str]] = Field(default_factory=list)
+    unlabelled: list[str] = Field(default_factory=list)
+    manifest_key: str
+    report_key: str
+
+
+@dataclass(frozen=True)
+class _Item:
+    source: str
+    relative: str
+    label: str
+    path: Path | None = None
+    pixels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Processed:
+    item: _Item
+    png: bytes
+    width: int
+    height: int
+    size: int
+    sha256: str
+    pixel_sha256: str
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless 8-bit grayscale PNG bytes of an image."""
+    buf = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = image.shape
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def _process(args: tuple[_Item, int, int]) -> _Processed | SkippedFile:
+    item, min_side, max_pixels = args
+    try:
+        if item.pixels is not None:
+            raw = encode_png(item.pixels)
+            image = item.pixels
+        else:
+            assert item.path is not None
+            raw = item.path.read_bytes()
+            image = decode_file(item.path, min_side=min_side, max_pixels=max_pixels)
+    except InvalidImageError as exc:
+        return SkippedFile(source=item.source, path=item.relative, reason=exc.reason, detail=exc.detail)
+    except OSError as exc:
+        return SkippedFile(source=item.source, path=item.relative, reason="unreadable", detail=str(exc))
+    image = _shrink(image, MAX_STORED_SIDE)
+    pixel_hash = hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest()
+    return _Processed(
+        item=item,
+        png=encode_png(image),
+        width=image.shape[1],
+        height=image.shape[0],
+        size=len(raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        pixel_sha256=pixel_hash,
+    )
+
+
+def import_images(
+    task: TaskSpec,
+    sources: list[tuple[str, Path]],
+    store: ObjectStore,
+    *,
+    seed: int,
+    extra: list[tuple[str, str, str, np.ndarray]] | None = None,
+    min_side: int = 64,
+    max_pixels: int = 100_000_000,
+    workers: int = 2,
+) -> ImportResult:
+    """Import class-folder trees (and optional in-memory images) as the task's new data set version.
+
+    Args:
+        task: the task whose class names the folders must use.
+        sources: (source name, root folder) pairs; the source name is recorded for every image.
+        store: object store receiving images, manifest and import report.
+        seed: seed of the patient-grouped split.
+        extra: generated images as (source, relative name, label, pixels) tuples.
+        min_side: shorter-side minimum; smaller images are skipped as too small.
+        max_pixels: decompression-bomb guard.
+        workers: decoding processes.
+    """
+    items: list[_Item] = []
+    unlabelled: list[str] = []
+    for name, root in sources:
+        if not Path(root).is_dir():
+            raise DataError(f"{root}: source folder not found")
+        found, loose = scan_class_folders(Path(root), task)
+        if not found:
+            raise DataError(
+                f"{root}: no images under class folders named {', '.join(task.classes)} (any case, any depth)"
+            )
+        items += [_Item(source=name, relative=f.relative, label=f.label, path=f.path) for f in found]
+        unlabelled += [f"{name}/{rel}" for rel in loose]
+    for source, relative, label, pixels in extra or []:
+        items.append(_Item(source=source, relative=relative, label=label, pixels=pixels))
+
+    rows: list[dict] = []
+    skipped: list[SkippedFile] = []
+    duplicates: list[dict[str, str]] = []
+    seen: dict[str, str] = {}
+    work = [(item, min_side, max_pixels) for item in items]
+    for result in parallel_map(_process, work, workers=workers, description=f"importing {len(items)} {task.name} images"):
+        if isinstance(result, SkippedFile):
+            skipped.append(result)
+            continue
+        where = f"{result.item.source}/{result.item.relative}"
+        first = seen.get(result.sha256) or seen.get(result.pixel_sha256)
+        if first is not None:
+            duplicates.append({"path": where, "duplicate_of": first})
+            continue
+        seen[result.sha256] = seen[result.pixel_sha256] = where
+        key = f"{dataset_prefix(task.name)}/images/{result.pixel_sha256[:2]}/{result.pixel_sha256}.png"
+        if not store.exists(key):
+            store.put_bytes(key, result.png)
+        origin, patient = origin_and_patient(Path(result.item.relative).stem)
+        rows.append(
+            {
+                "key": key,
+                "label": result.item.label,
+                "source": result.item.source,
+                "origin": origin if result.item.path is not None else "generated",
+                "patient_id": patient,
+                "path": result.item.relative,
+                "width": result.width,
+                "height": result.height,
+                "bytes": result.size,
+                "sha256": result.sha256,
+                "pixel_sha256": result.pixel_sha256,
+            }
+        )
+    if not rows:
+        raise DataError("no usable images were found; see the skipped files in the import report")
+
+    frame = pd.DataFrame(rows).sort_values(["source", "path"]).reset_index(drop=True)
+    groups = [p if isinstance(p, str) else f"image:{h}" for p, h in zip(frame["patient_id"], frame["pixel_sha256"])]
+    frame["split"] = grouped_stratified_split(list(frame["label"]), groups, seed=seed)
+    manifest = Manifest(task=task.name, frame=frame[COLUMNS])
+    counts = {s: dict(Counter(g["label"])) for s, g in frame.groupby("source")}
+    splits = {s: dict(Counter(g["label"])) for s, g in frame.groupby("split")}
+    version = manifest.version
+    prefix = f"{dataset_prefix(task.name)}/versions/{version}"
+    result = ImportResult(
+        task=task.name,
+        version=version,
+        n_images=len(frame),
+        counts=counts,
+        splits=splits,
+        skipped=sorted(skipped, key=lambda s: (s.source, s.path)),
+        duplicates=duplicates,
+        unlabelled=unlabelled,
+        manifest_key=f"{prefix}/manifest.csv",
+        report_key=f"{prefix}/import_report.json",
+    )
+    save_manifest(store, manifest, report=result.model_dump(mode="json"))
+    return result

@@ -1,0 +1,51 @@
+"""One exception hierarchy: every expected failure carries a stable ``code`` for APIs and the CLI."""
+
+from __future__ import annotations
+
+
+class CareError(Exception):
+    """Base of all expected errors; ``code`` is stable and machine-readable."""
+
+    code = "care_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidImageError(CareError):
+    """An input file is not a decodable, usable radiograph."""
+
+    code = "invalid_image"
+
+    def __init__(self, detail: str, *, reason: str = "invalid_image") -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class DataError(CareError):
+    """A data set, manifest or source folder is missing or malformed."""
+
+    code = "data_error"
+
+
+class ConfigError(CareError):
+    """A setting, credential or option is missing or inconsistent."""
+
+    code = "config_error"
+
+
+class ModelError(CareError):
+    """A model bundle or registry entry is missing or malformed."""
+
+    code = "model_error"
+
+
+class GateRefused(CareError):
+    """A trained model fell short of the registry gate."""
+
+    code = "gate_refused"
+
+    def __init__(self, detail: str, *, shortfalls: list[str]) -> None:
+        super().__init__(detail)
+        self.shortfalls = shortfalls

@@ -1,0 +1,111 @@
+"""The model bundle: the one unit that moves between training, evaluation, the registry and serving.
+
+A bundle is a directory holding ``model.onnx`` and ``bundle.json`` (this schema). Everything a consumer
+needs to preprocess inputs and interpret outputs travels in it, so training and serving cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from care_companion.errors import ModelError
+from care_companion.tasks import TaskSpec
+
+BUNDLE_FILE = "bundle.json"
+ONNX_FILE = "model.onnx"
+CHECKPOINT_FILE = "model.pt"
+INTENDED_USE = (
+    "Decision support for radiologists. Outputs are calibrated probabilities and an operating-point "
+    "decision chosen for high sensitivity; they are not a diagnosis and must be reviewed."
+)
+
+
+class Normalisation(BaseModel):
+    """Pixel normalisation applied after scaling 8-bit values to [0, 1]: ``(x - mean) / std``."""
+
+    mean: float = 0.5
+    std: float = 0.25
+
+
+class TensorSpec(BaseModel):
+    """Contract of one model input or output (MONAI-style metadata)."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str = "float32"
+    description: str = ""
+
+
+class BundleMeta(BaseModel):
+    """Metadata of a model bundle (``bundle.json``)."""
+
+    schema_version: int = 1
+    task: str
+    classes: list[str]
+    negative: str
+    positives: list[str]
+    reject: str | None = None
+    views: list[str] = Field(default_factory=lambda: ["frontal"])
+    backbone: str
+    input_size: int = Field(description="Square input side in pixels; images are resized to it.")
+    in_chans: int = 1
+    normalisation: Normalisation = Field(default_factory=Normalisation)
+    temperature: float = Field(default=1.0, description="Logits are divided by it before the softmax.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Operating points on calibrated probabilities: 'abnormal' (sum of disease classes) "
+        "and one per disease class; a probability reaching its threshold counts as positive.",
+    )
+    target_sensitivity: float = 0.95
+    dataset_version: str = ""
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Summary of the test evaluation.")
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    demo: bool = Field(default=False, description="True for demo models trained on synthetic data.")
+    intended_use: str = INTENDED_USE
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    git_commit: str | None = None
+    run_id: str | None = None
+    training: dict[str, Any] = Field(default_factory=dict, description="Resolved training arguments.")
+
+    @classmethod
+    def for_task(cls, task: TaskSpec, **kwargs: Any) -> BundleMeta:
+        """Metadata pre-filled from a task definition."""
+        size = kwargs["input_size"]
+        return cls(
+            task=task.name,
+            classes=list(task.classes),
+            negative=task.negative,
+            positives=list(task.positives),
+            reject=task.reject,
+            views=list(task.views),
+            inputs=[TensorSpec(name="image", shape=["batch", 1, size, size], description="normalised grayscale")],
+            outputs=[TensorSpec(name="logits", shape=["batch", len(task.classes)], description="uncalibrated")],
+            **kwargs,
+        )
+
+
+def save_meta(directory: Path, meta: BundleMeta) -> Path:
+    """Write ``bundle.json`` atomically into a bundle directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / BUNDLE_FILE
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta.model_dump(mode="json"), indent=2))
+    tmp.replace(target)
+    return target
+
+
+def load_meta(directory: Path) -> BundleMeta:
+    """Read and validate ``bundle.json`` of a bundle directory."""
+    path = Path(directory) / BUNDLE_FILE
+    if not path.is_file():
+        raise ModelError(f"{directory}: not a model bundle (no {BUNDLE_FILE})")
+    try:
+        return BundleMeta.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{path}: invalid bundle metadata: {exc}") from exc

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from care_companion.data.chest import import_chest
+from care_companion.data.manifest import load_manifest
+from care_companion.storage import open_store
+from tests.conftest import shared_path
+
+
+def _write(path: Path, image: np.ndarray, fmt: str = "PNG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format=fmt)
+
+
+def _tree(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label in ("normal", "pneumonia", "tuberculosis"):
+        for p in range(12):
+            for k in range(2):
+                img = rng.integers(0, 255, size=(80 + p, 90), dtype=np.uint8)
+                _write(root / "train" / label.upper() / f"synth-patient{p:04d}{label[0]}_img{k}.png", img)
+    # an exact duplicate, a re-encoded duplicate (same pixels, other file), broken and tiny files
+    dup = root / "train" / "NORMAL" / "synth-patient0000n_img0.png"
+    (root / "test" / "normal").mkdir(parents=True)
+    (root / "test" / "normal" / "copy.png").write_bytes(dup.read_bytes())
+    pixels = np.asarray(Image.open(dup))
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    (root / "test" / "normal" / "recoded.png").write_bytes(buf.getvalue())
+    (root / "test" / "normal" / "empty.png").write_bytes(b"")
+    (root / "test" / "normal" / "cut.png").write_bytes(dup.read_bytes()[:200])
+    _write(root / "test" / "pneumonia" / "tiny.png", np.zeros((20, 20), np.uint8))
+    (root / "test" / "pneumonia" / "text.jpg").write_bytes(b"not an image at all")
+
+
+def test_import_validates_dedups_splits_and_versions(tmp_path: Path):
+    src = tmp_path / "src"
+    _tree(src)
+    store = open_store(str(tmp_path / "store"))
+    result = import_chest([src], store, seed=1, non_xray=10, workers=1)
+    assert result.n_images == 3 * 24 + 10
+    reasons = {s.path: s.reason for s in result.skipped}
+    assert reasons == {
+        "test/normal/empty.png": "empty",
+        "test/normal/cut.png": "truncated",
+        "test/pneumonia/tiny.png": "too_small",
+        "test/pneumonia/text.jpg": "not_an_image",
+    }
+    assert sorted(d["path"] for d in result.duplicates) == ["src/test/normal/copy.png", "src/test/normal/recoded.png"]
+    manifest = load_manifest(store, "chest")
+    assert manifest.version == result.version
+    frame = manifest.frame
+    assert set(frame["label"]) == {"normal", "pneumonia", "tuberculosis", "unknown"}
+    assert (frame["source"] == "generated-non-xray").sum() == 10
+    # both films of a patient land in the same split
+    patients = frame.dropna(subset=["patient_id"]).groupby("patient_id")["split"].nunique()
+    assert (patients == 1).all() and len(patients) == 36
+    assert all(store.exists(k) for k in frame["key"])
+
+    again = import_chest([src], open_store(str(tmp_path / "store2")), seed=1, non_xray=10, workers=2)
+    assert again.version == result.version
+    other_seed = import_chest([src], open_store(str(tmp_path / "store3")), seed=2, non_xray=10, workers=1)
+    assert other_seed.version != result.version
+
+
+def test_import_bad_inputs_are_all_reported(tmp_path: Path):
+    bad = shared_path("bad-inputs")
+    src = tmp_path / "src" / "normal"
+    src.mkdir(parents=True)
+    files = sorted(bad.iterdir())
+    for f in files:
+        (src / f.name).write_bytes(f.read_bytes())
+    _write(src / "good.png", np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8))
+    result = import_chest([tmp_path / "src"], open_store(str(tmp_path / "store")), seed=0, non_xray=0, workers=1)
+    assert result.n_images == 1
+    assert len(result.skipped) == len(files)
+    assert {s.reason for s in result.skipped} == {"truncated"}

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from care_companion.data.datasets import ArrayData, Augment
+from care_companion.errors import ConfigError, ModelError
+from care_companion.models.export import export_onnx
+from care_companion.models.factory import create_classifier, load_init_weights
+from care_companion.tasks import CHEST
+from care_companion.training.trainer import TrainConfig, class_weights, train_classifier
+
+
+def _toy(n: int, seed: int) -> ArrayData:
+    """Four classes told apart by where a bright blob sits: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = rng.integers(0, 60, (n, 32, 32)).astype(np.uint8)
+    for i, y in enumerate(labels):
+        r, c = divmod(int(y), 2)
+        images[i, r * 16 + 4 : r * 16 + 12, c * 16 + 4 : c * 16 + 12] = 230
+    return ArrayData(images=images, labels=labels)
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_model():
+    config = TrainConfig(
+        backbone="test_resnet", image_size=32, batch_size=32, head_epochs=1, finetune_epochs=4,
+        finetune_lr=3e-3, patience=10, seed=0, augment=False,
+    )
+    model, result = train_classifier(_toy(256, 0), _toy(64, 1), CHEST, config)
+    history = result.history
+    assert [h["stage"] for h in history] == ["finetune"] * 4  # random init: no frozen-backbone stage
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert result.best["score"] == max(h["val_recall"] for h in history)
+    assert result.best["score"] > 0.5
+    assert result.images_per_second > 0 and result.train_images == 4 * 256
+
+
+def test_head_stage_runs_with_initial_weights(tmp_path: Path):
+    model, _ = create_classifier("test_resnet", 4)
+    torch.save(model.state_dict(), tmp_path / "init.pt")
+    config = TrainConfig(backbone="test_resnet", image_size=32, batch_size=32, head_epochs=1, finetune_epochs=1,
+                         init_weights=tmp_path / "init.pt", seed=0, max_steps_per_epoch=2)
+    _, result = train_classifier(_toy(64, 0), _toy(32, 1), CHEST, config)
+    assert [h["stage"] for h in result.history] == ["head", "finetune"]
+    assert result.init.startswith("local checkpoint")
+
+
+def test_init_weights_adapt_three_channel_backbones(tmp_path: Path):
+    import timm
+
+    rgb = timm.create_model("test_resnet", num_classes=0, in_chans=3)
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pt")
+    model, _ = create_classifier("test_resnet", 4)
+    load_init_weights(model, tmp_path / "rgb.pt")
+    first = next(k for k, v in rgb.state_dict().items() if v.ndim == 4)
+    assert torch.allclose(model.backbone.state_dict()[first], rgb.state_dict()[first].sum(1, keepdim=True))
+    with pytest.raises(ModelError):
+        load_init_weights(model, tmp_path / "missing.pt")
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        create_classifier("resnet_does_not_exist", 4)
+
+
+def test_class_weights_balance_counts():
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w[0] * 3 == pytest.approx(w[1] * 1) and w[2] == 0
+
+
+def test_augment_keeps_shape_and_range():
+    images = np.random.default_rng(0).integers(0, 255, (8, 32, 32), dtype=np.uint8)
+    out = Augment()(images, torch.Generator().manual_seed(0))
+    assert out.shape == (8, 1, 32, 32) and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_onnx_export_matches_pytorch(tmp_path: Path):
+    model, _ = create_classifier("test_resnet", 4)
+    diff = export_onnx(model, tmp_path / "m.onnx", input_size=32)
+    assert diff <= 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
