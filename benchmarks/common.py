@@ -30,7 +30,9 @@ def write_result(name: str, result: dict[str, Any], *, command: str, markdown: s
     path.write_text(json.dumps(payload, indent=2, default=str))
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     section = f"{begin}\n{markdown.strip()}\n\n_Measured {stamp} on {machine()} with `{command}`._\n{end}"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by `make bench`; each section by its command.\n"
+    text = (
+        DOC.read_text() if DOC.exists() else "# Benchmarks\n\nWritten by `make bench`; each section by its command.\n"
+    )
     if begin in text and end in text:
         text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
     else:

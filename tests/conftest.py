@@ -24,3 +24,17 @@ def shared_path(*parts: str) -> Path:
 def settings(tmp_path: Path) -> Settings:
     """Settings whose data dir, store and MLflow store all live in a fresh temporary folder."""
     return Settings(data_dir=tmp_path / "care-data", seed=7)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the CLI's settings at a fresh data dir (environment + cleared settings cache)."""
+    from care_companion.config import get_settings
+
+    data_dir = tmp_path / "care-data"
+    monkeypatch.setenv("CARE_DATA_DIR", str(data_dir))
+    for name in ("MLFLOW_TRACKING_URI", "CARE_MLFLOW_TRACKING_URI", "CARE_OBJECT_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield data_dir
+    get_settings.cache_clear()

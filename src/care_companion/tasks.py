@@ -9,16 +9,16 @@ class Recipe(BaseModel):
     """Default training recipe of a task; every field can be overridden on the command line."""
 
     backbone: str = "resnet18"
-    image_size: int = 224
+    image_size: int = 192
     batch_size: int = 32
     head_epochs: int = 1
     head_lr: float = 1e-3
-    finetune_epochs: int = 8
-    finetune_lr: float = 1e-3
+    finetune_epochs: int = 10
+    finetune_lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.1
-    patience: int = 3
-    samples_per_epoch: int | None = None
+    patience: int = 4
+    samples_per_epoch: int | None = 3500
     max_train_per_class: int | None = None
 
 

@@ -51,7 +51,10 @@ def test_import_validates_dedups_splits_and_versions(tmp_path: Path):
         "test/pneumonia/tiny.png": "too_small",
         "test/pneumonia/text.jpg": "not_an_image",
     }
-    assert sorted(d["path"] for d in result.duplicates) == ["src/test/normal/copy.png", "src/test/normal/recoded.png"]
+    copies = {"src/test/normal/copy.png", "src/test/normal/recoded.png", "src/train/NORMAL/synth-patient0000n_img0.png"}
+    assert len(result.duplicates) == 2
+    assert {d["path"] for d in result.duplicates} | {result.duplicates[0]["duplicate_of"]} == copies
+    assert len({d["duplicate_of"] for d in result.duplicates}) == 1
     manifest = load_manifest(store, "chest")
     assert manifest.version == result.version
     frame = manifest.frame
@@ -80,3 +83,19 @@ def test_import_bad_inputs_are_all_reported(tmp_path: Path):
     assert result.n_images == 1
     assert len(result.skipped) == len(files)
     assert {s.reason for s in result.skipped} == {"truncated"}
+
+
+def test_non_chest_folders_become_the_unknown_class(tmp_path: Path):
+    src = tmp_path / "src"
+    _tree(src)
+    hands = tmp_path / "hands" / "images"
+    rng = np.random.default_rng(5)
+    for i in range(7):
+        _write(hands / f"IMG{i:04d}.jpg", rng.integers(0, 255, (100, 90), dtype=np.uint8), fmt="JPEG")
+    store = open_store(str(tmp_path / "store"))
+    result = import_chest([src], store, seed=1, non_xray=0, non_chest=[hands], non_chest_max=5, workers=1)
+    assert result.counts["non-chest:images"] == {"unknown": 5}
+    again = import_chest(
+        [src], open_store(str(tmp_path / "s2")), seed=1, non_xray=0, non_chest=[hands], non_chest_max=5, workers=1
+    )
+    assert again.version == result.version

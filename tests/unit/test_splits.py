@@ -23,7 +23,7 @@ def test_no_patient_in_two_splits():
     labels, groups = _data()
     splits = grouped_stratified_split(labels, groups, seed=1)
     where: dict[str, set[str]] = {}
-    for g, s in zip(groups, splits):
+    for g, s in zip(groups, splits, strict=True):
         where.setdefault(g, set()).add(s)
     assert all(len(s) == 1 for s in where.values())
 
@@ -34,7 +34,7 @@ def test_fractions_per_class_are_close_to_target():
     for label in set(labels):
         idx = [i for i, lab in enumerate(labels) if lab == label]
         counts = Counter(splits[i] for i in idx)
-        for name, frac in zip(SPLITS, DEFAULT_FRACTIONS):
+        for name, frac in zip(SPLITS, DEFAULT_FRACTIONS, strict=True):
             assert counts[name] / len(idx) == pytest.approx(frac, abs=0.02), (label, name)
 
 

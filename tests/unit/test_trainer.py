@@ -11,7 +11,7 @@ from care_companion.errors import ConfigError, ModelError
 from care_companion.models.export import export_onnx
 from care_companion.models.factory import create_classifier, load_init_weights
 from care_companion.tasks import CHEST
-from care_companion.training.trainer import TrainConfig, class_weights, train_classifier
+from care_companion.training.trainer import TrainConfig, class_weights, sampling_weights, train_classifier
 
 
 def _toy(n: int, seed: int) -> ArrayData:
@@ -27,10 +27,18 @@ def _toy(n: int, seed: int) -> ArrayData:
 
 def test_training_lowers_the_loss_and_keeps_the_best_model():
     config = TrainConfig(
-        backbone="test_resnet", image_size=32, batch_size=32, head_epochs=1, finetune_epochs=4,
-        finetune_lr=3e-3, patience=10, seed=0, augment=False,
+        backbone="test_resnet",
+        image_size=32,
+        batch_size=32,
+        head_epochs=1,
+        finetune_epochs=4,
+        finetune_lr=3e-3,
+        patience=10,
+        samples_per_epoch=None,
+        seed=0,
+        augment=False,
     )
-    model, result = train_classifier(_toy(256, 0), _toy(64, 1), CHEST, config)
+    _, result = train_classifier(_toy(256, 0), _toy(64, 1), CHEST, config)
     history = result.history
     assert [h["stage"] for h in history] == ["finetune"] * 4  # random init: no frozen-backbone stage
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -42,8 +50,16 @@ def test_training_lowers_the_loss_and_keeps_the_best_model():
 def test_head_stage_runs_with_initial_weights(tmp_path: Path):
     model, _ = create_classifier("test_resnet", 4)
     torch.save(model.state_dict(), tmp_path / "init.pt")
-    config = TrainConfig(backbone="test_resnet", image_size=32, batch_size=32, head_epochs=1, finetune_epochs=1,
-                         init_weights=tmp_path / "init.pt", seed=0, max_steps_per_epoch=2)
+    config = TrainConfig(
+        backbone="test_resnet",
+        image_size=32,
+        batch_size=32,
+        head_epochs=1,
+        finetune_epochs=1,
+        init_weights=tmp_path / "init.pt",
+        seed=0,
+        max_steps_per_epoch=2,
+    )
     _, result = train_classifier(_toy(64, 0), _toy(32, 1), CHEST, config)
     assert [h["stage"] for h in result.history] == ["head", "finetune"]
     assert result.init.startswith("local checkpoint")
@@ -82,3 +98,13 @@ def test_onnx_export_matches_pytorch(tmp_path: Path):
     model, _ = create_classifier("test_resnet", 4)
     diff = export_onnx(model, tmp_path / "m.onnx", input_size=32)
     assert diff <= 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_sampling_balances_sources_within_each_class():
+    labels = np.array([0] * 90 + [0] * 10 + [1] * 50)
+    sources = np.array(["big"] * 90 + ["small"] * 10 + ["only"] * 50)
+    w = sampling_weights(labels, sources)
+    assert w is not None and w.sum() == pytest.approx(1.0)
+    assert w[:90].sum() == pytest.approx(w[90:100].sum())  # the two sources of class 0 are drawn alike
+    assert w[:100].sum() == pytest.approx(100 / 150)  # class shares are kept
+    assert sampling_weights(labels, np.array(["one"] * 150)) is None

@@ -14,7 +14,7 @@ from care_companion.config import Settings, get_settings
 from care_companion.errors import CareError, GateRefused
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_ERROR = 2
 EXIT_GATE = 3

@@ -35,6 +35,16 @@ def import_chest_cmd(
     non_xray: Annotated[
         int, typer.Option(help="Generated non-X-ray images (photos, screenshots) added to the 'unknown' class.")
     ] = 400,
+    non_chest: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A folder of images that are not chest X-rays (e.g. hand or leg radiographs); every image in it "
+            "goes to the 'unknown' class. Repeatable.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    non_chest_max: Annotated[int, typer.Option(help="At most this many images from each --non-chest folder.")] = 300,
     seed: Annotated[int | None, typer.Option(help="Split seed (default: CARE_SEED).")] = None,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
 ) -> None:
@@ -50,6 +60,8 @@ def import_chest_cmd(
             seed=cfg.seed if seed is None else seed,
             names=name or None,
             non_xray=non_xray,
+            non_chest=non_chest or None,
+            non_chest_max=non_chest_max,
             min_side=cfg.min_image_side,
             max_pixels=cfg.max_image_pixels,
             workers=workers,

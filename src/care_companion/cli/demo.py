@@ -21,14 +21,20 @@ def demo_cmd(
     console.rule("[bold]Care Companion demo: synthetic data, DEMO MODEL, NOT FOR CLINICAL USE")
     with friendly_errors():
         imported, outcome = run_demo(
-            cfg, per_class=per_class, non_xray=non_xray, config=DEMO_RECIPE.model_copy(update={"finetune_epochs": epochs})
+            cfg,
+            per_class=per_class,
+            non_xray=non_xray,
+            config=DEMO_RECIPE.model_copy(update={"finetune_epochs": epochs}),
         )
     m = outcome.metrics
-    console.print(f"data set {imported.version}: {imported.n_images} images, "
-                  f"{len(imported.skipped)} skipped, {len(imported.duplicates)} duplicates")
+    console.print(
+        f"data set {imported.version}: {imported.n_images} images, "
+        f"{len(imported.skipped)} skipped, {len(imported.duplicates)} duplicates"
+    )
     console.print(
         f"test split: abnormal AUC {m.get('auc_abnormal', float('nan')):.3f}, sensitivity "
-        f"{m.get('sensitivity_abnormal', float('nan')):.3f}, specificity {m.get('specificity_abnormal', float('nan')):.3f}"
+        f"{m.get('sensitivity_abnormal', float('nan')):.3f}, "
+        f"specificity {m.get('specificity_abnormal', float('nan')):.3f}"
     )
     if outcome.registered_version is not None:
         console.print(f"[green]registered[/] chest version {outcome.registered_version} (alias staging) — demo model")

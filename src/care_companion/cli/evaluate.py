@@ -12,8 +12,13 @@ from care_companion.cli.common import console, friendly_errors, settings
 
 def evaluate_cmd(
     model: Annotated[str, typer.Option(help="Bundle directory or registry URI, e.g. models:/chest@staging.")],
-    data: Annotated[Path, typer.Option(help="Labelled class-folder tree (normal/pneumonia/tuberculosis/unknown; "
-                                            "a two-class normal/pneumonia tree is valid).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Labelled class-folder tree (normal/pneumonia/tuberculosis/unknown; "
+            "a two-class normal/pneumonia tree is valid)."
+        ),
+    ],
     json_out: Annotated[Path | None, typer.Option(help="Write the evaluation JSON here.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write ROC, confusion and reliability PNGs here.")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
@@ -23,8 +28,9 @@ def evaluate_cmd(
     from care_companion.workflows.evaluation import evaluate_model
 
     with friendly_errors():
-        run = evaluate_model(model, data, settings=settings(), json_out=json_out, plots_dir=plots, n_boot=n_boot,
-                             workers=workers)
+        run = evaluate_model(
+            model, data, settings=settings(), json_out=json_out, plots_dir=plots, n_boot=n_boot, workers=workers
+        )
     r = run.report
 
     def fmt(v: float | None) -> str:
@@ -36,7 +42,8 @@ def evaluate_cmd(
         f"specificity {fmt(r.specificity_abnormal)}"
     )
     for cls, m in r.per_class.items():
-        console.print(f"  {cls}: sensitivity {fmt(m.sensitivity)}, specificity {fmt(m.specificity)}, "
-                      f"AUC {fmt(m.auc)} (n={m.n})")
+        console.print(
+            f"  {cls}: sensitivity {fmt(m.sensitivity)}, specificity {fmt(m.specificity)}, AUC {fmt(m.auc)} (n={m.n})"
+        )
     if run.json_path:
         console.print(f"evaluation JSON: {run.json_path}")

@@ -25,9 +25,14 @@ def list_cmd(task: Annotated[str, typer.Option(help="Registered model (task) nam
     for v in versions:
         m = v.metrics
         table.add_row(
-            str(v.version), ", ".join(v.aliases) or "-",
-            *[f"{m[k]:.3f}" if k in m else "-" for k in ("auc_abnormal", "sensitivity_abnormal", "specificity_abnormal")],
-            str(v.created), (v.run_id or "")[:8],
+            str(v.version),
+            ", ".join(v.aliases) or "-",
+            *[
+                f"{m[k]:.3f}" if k in m else "-"
+                for k in ("auc_abnormal", "sensitivity_abnormal", "specificity_abnormal")
+            ],
+            str(v.created),
+            (v.run_id or "")[:8],
         )
     console.print(table)
 

@@ -9,11 +9,12 @@ import typer
 
 from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, settings
 
-app = typer.Typer(help="Train a task's model: two stages, calibration, operating point, gate, registry.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Train a task's model: two stages, calibration, operating point, gate, registry.", no_args_is_help=True
+)
 
 
-def report_outcome(outcome) -> None:  # noqa: ANN001 - TrainOutcome, imported lazily
+def report_outcome(outcome) -> None:
     """Print a training outcome; exit non-zero when the gate refused it. The bundle path is printed last."""
     m = outcome.metrics
     console.print(
@@ -31,7 +32,7 @@ def report_outcome(outcome) -> None:  # noqa: ANN001 - TrainOutcome, imported la
         err_console.print("[bold red]gate refused:[/] " + "; ".join(outcome.gate.shortfalls))
         err_console.print("the run is tagged needs_retraining=true")
     console.print(f"report: {outcome.bundle_dir / 'evaluation.json'}")
-    console.print(str(outcome.bundle_dir))
+    typer.echo(str(outcome.bundle_dir))  # plain, unwrapped: scripts read the last line
     if not outcome.gate.passed:
         raise typer.Exit(EXIT_GATE)
 
@@ -48,8 +49,9 @@ def train_chest(
     finetune_epochs: Annotated[int | None, typer.Option(help="Stage 2 epochs: the whole network.")] = None,
     finetune_lr: Annotated[float | None, typer.Option(help="Stage 2 peak learning rate (AdamW).")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early stop after this many epochs without better "
-                                                     "validation sensitivity.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stop after this many epochs without better validation sensitivity.")
+    ] = None,
     samples_per_epoch: Annotated[int | None, typer.Option(help="Images drawn per epoch (default: all).")] = None,
     max_train_per_class: Annotated[int | None, typer.Option(help="Cap training images per class.")] = None,
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).")] = None,
@@ -69,10 +71,18 @@ def train_chest(
     overrides = {
         k: v
         for k, v in {
-            "backbone": backbone, "image_size": image_size, "batch_size": batch_size, "head_epochs": head_epochs,
-            "head_lr": head_lr, "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
-            "weight_decay": weight_decay, "patience": patience, "samples_per_epoch": samples_per_epoch,
-            "max_train_per_class": max_train_per_class, "max_steps_per_epoch": max_steps_per_epoch,
+            "backbone": backbone,
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "head_epochs": head_epochs,
+            "head_lr": head_lr,
+            "finetune_epochs": finetune_epochs,
+            "finetune_lr": finetune_lr,
+            "weight_decay": weight_decay,
+            "patience": patience,
+            "samples_per_epoch": samples_per_epoch,
+            "max_train_per_class": max_train_per_class,
+            "max_steps_per_epoch": max_steps_per_epoch,
             "init_weights": init_weights,
         }.items()
         if v is not None
@@ -81,6 +91,5 @@ def train_chest(
         **(CHEST.recipe.model_dump() | overrides), pretrained=pretrained, seed=cfg.seed if seed is None else seed
     )
     with friendly_errors():
-        outcome = train_task(CHEST, config, settings=cfg, dataset_version=dataset_version, register=register,
-                             demo=demo)
+        outcome = train_task(CHEST, config, settings=cfg, dataset_version=dataset_version, register=register, demo=demo)
     report_outcome(outcome)

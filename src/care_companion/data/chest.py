@@ -33,6 +33,8 @@ def import_chest(
     seed: int,
     names: list[str] | None = None,
     non_xray: int = 400,
+    non_chest: list[Path] | None = None,
+    non_chest_max: int | None = 300,
     min_side: int = 64,
     max_pixels: int = 100_000_000,
     workers: int = 2,
@@ -45,6 +47,9 @@ def import_chest(
         seed: split seed (also seeds the generated non-X-ray images).
         names: source names to record (default: each folder's name).
         non_xray: generated non-X-ray images to add to the "unknown" class (0 for none).
+        non_chest: folders of other images that are not chest X-rays (e.g. other body parts' radiographs),
+            every image imported as "unknown".
+        non_chest_max: at most this many images from each non-chest folder (a seeded sample).
         min_side: smallest accepted image side.
         max_pixels: decompression-bomb guard.
         workers: decoding processes.
@@ -55,10 +60,14 @@ def import_chest(
     extra = non_xray_images(non_xray, seed=seed) if non_xray > 0 else []
     return import_images(
         CHEST,
-        list(zip(names, [Path(s) for s in sources])),
+        list(zip(names, [Path(s) for s in sources], strict=True)),
         store,
         seed=seed,
         extra=extra,
+        labelled_folders=[
+            (f"non-chest:{Path(f).resolve().name}", Path(f), CHEST.reject or "unknown", non_chest_max)
+            for f in non_chest or []
+        ],
         min_side=min_side,
         max_pixels=max_pixels,
         workers=workers,

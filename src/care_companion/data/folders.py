@@ -36,6 +36,18 @@ def class_of(folder_name: str, task: TaskSpec) -> str | None:
     return name if name in task.classes else None
 
 
+def image_files(root: Path) -> list[Path]:
+    """Candidate image files under ``root`` (any depth), sorted, hidden files and non-image suffixes left out."""
+    root = Path(root)
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
 def scan_class_folders(root: Path, task: TaskSpec) -> tuple[list[LabelledFile], list[str]]:
     """All candidate image files under ``root`` with the class of their nearest class-named ancestor.
 
@@ -45,10 +57,8 @@ def scan_class_folders(root: Path, task: TaskSpec) -> tuple[list[LabelledFile], 
     root = Path(root)
     labelled: list[LabelledFile] = []
     unlabelled: list[str] = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in image_files(root):
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
         label = next((c for part in reversed(rel.parts[:-1]) if (c := class_of(part, task))), None)
         if label is None:
             unlabelled.append(rel.as_posix())

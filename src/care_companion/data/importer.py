@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from care_companion.data.folders import scan_class_folders
+from care_companion.data.folders import image_files, scan_class_folders
 from care_companion.data.manifest import COLUMNS, Manifest, dataset_prefix, save_manifest
 from care_companion.data.patients import origin_and_patient
 from care_companion.data.splits import grouped_stratified_split
@@ -125,6 +125,7 @@ def import_images(
     *,
     seed: int,
     extra: list[tuple[str, str, str, np.ndarray]] | None = None,
+    labelled_folders: list[tuple[str, Path, str, int | None]] | None = None,
     min_side: int = 64,
     max_pixels: int = 100_000_000,
     workers: int = 2,
@@ -137,6 +138,8 @@ def import_images(
         store: object store receiving images, manifest and import report.
         seed: seed of the patient-grouped split.
         extra: generated images as (source, relative name, label, pixels) tuples.
+        labelled_folders: (source name, folder, label, at most N) for folders whose every image has one label
+            (for example other body parts' radiographs as "not a chest X-ray"); a seeded sample when capped.
         min_side: shorter-side minimum; smaller images are skipped as too small.
         max_pixels: decompression-bomb guard.
         workers: decoding processes.
@@ -153,6 +156,14 @@ def import_images(
             )
         items += [_Item(source=name, relative=f.relative, label=f.label, path=f.path) for f in found]
         unlabelled += [f"{name}/{rel}" for rel in loose]
+    for name, root, label, cap in labelled_folders or []:
+        if not Path(root).is_dir():
+            raise DataError(f"{root}: source folder not found")
+        paths = image_files(Path(root))
+        if cap is not None and len(paths) > cap:
+            picked = np.random.default_rng(seed).choice(len(paths), size=cap, replace=False)
+            paths = [paths[i] for i in sorted(picked)]
+        items += [_Item(source=name, relative=p.relative_to(root).as_posix(), label=label, path=p) for p in paths]
     for source, relative, label, pixels in extra or []:
         items.append(_Item(source=source, relative=relative, label=label, pixels=pixels))
 
@@ -161,40 +172,43 @@ def import_images(
     duplicates: list[dict[str, str]] = []
     seen: dict[str, str] = {}
     work = [(item, min_side, max_pixels) for item in items]
-    for result in parallel_map(_process, work, workers=workers, description=f"importing {len(items)} {task.name} images"):
-        if isinstance(result, SkippedFile):
-            skipped.append(result)
+    for processed in parallel_map(
+        _process, work, workers=workers, description=f"importing {len(items)} {task.name} images"
+    ):
+        if isinstance(processed, SkippedFile):
+            skipped.append(processed)
             continue
-        where = f"{result.item.source}/{result.item.relative}"
-        first = seen.get(result.sha256) or seen.get(result.pixel_sha256)
+        where = f"{processed.item.source}/{processed.item.relative}"
+        first = seen.get(processed.sha256) or seen.get(processed.pixel_sha256)
         if first is not None:
             duplicates.append({"path": where, "duplicate_of": first})
             continue
-        seen[result.sha256] = seen[result.pixel_sha256] = where
-        key = f"{dataset_prefix(task.name)}/images/{result.pixel_sha256[:2]}/{result.pixel_sha256}.png"
+        seen[processed.sha256] = seen[processed.pixel_sha256] = where
+        key = f"{dataset_prefix(task.name)}/images/{processed.pixel_sha256[:2]}/{processed.pixel_sha256}.png"
         if not store.exists(key):
-            store.put_bytes(key, result.png)
-        origin, patient = origin_and_patient(Path(result.item.relative).stem)
+            store.put_bytes(key, processed.png)
+        origin, patient = origin_and_patient(Path(processed.item.relative).stem)
         rows.append(
             {
                 "key": key,
-                "label": result.item.label,
-                "source": result.item.source,
-                "origin": origin if result.item.path is not None else "generated",
+                "label": processed.item.label,
+                "source": processed.item.source,
+                "origin": origin if processed.item.path is not None else "generated",
                 "patient_id": patient,
-                "path": result.item.relative,
-                "width": result.width,
-                "height": result.height,
-                "bytes": result.size,
-                "sha256": result.sha256,
-                "pixel_sha256": result.pixel_sha256,
+                "path": processed.item.relative,
+                "width": processed.width,
+                "height": processed.height,
+                "bytes": processed.size,
+                "sha256": processed.sha256,
+                "pixel_sha256": processed.pixel_sha256,
             }
         )
     if not rows:
         raise DataError("no usable images were found; see the skipped files in the import report")
 
     frame = pd.DataFrame(rows).sort_values(["source", "path"]).reset_index(drop=True)
-    groups = [p if isinstance(p, str) else f"image:{h}" for p, h in zip(frame["patient_id"], frame["pixel_sha256"])]
+    patients = zip(frame["patient_id"], frame["pixel_sha256"], strict=True)
+    groups = [p if isinstance(p, str) else f"image:{h}" for p, h in patients]
     frame["split"] = grouped_stratified_split(list(frame["label"]), groups, seed=seed)
     manifest = Manifest(task=task.name, frame=frame[COLUMNS])
     counts = {s: dict(Counter(g["label"])) for s, g in frame.groupby("source")}

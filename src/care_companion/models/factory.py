@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -70,7 +71,7 @@ def create_classifier(
             log.warning("pretrained weights for %s not reachable (%s); training from scratch", backbone, exc)
     if net is None:
         net = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=1)
-    model = Classifier(net, net.num_features, num_classes, drop_rate)
+    model = Classifier(net, cast(int, net.num_features), num_classes, drop_rate)
     if init_weights is not None:
         load_init_weights(model, Path(init_weights))
         origin = f"local checkpoint {init_weights}"

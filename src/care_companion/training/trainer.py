@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,6 +40,15 @@ class TrainConfig(Recipe):
     std: float = 0.25
     class_weighted: bool = True
     augment: bool = True
+    balance_sources: bool = Field(
+        default=True,
+        description="Within each class, draw every source equally often (sampling with replacement), so a large "
+        "source cannot teach the model its own look instead of the disease.",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="Training arithmetic; auto uses bfloat16 autocast where the CPU has AMX/AVX512-BF16.",
+    )
 
 
 class TrainResult(BaseModel):
@@ -64,6 +73,45 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def sampling_weights(labels: np.ndarray, sources: np.ndarray | None) -> np.ndarray | None:
+    """Per-item draw probabilities keeping each class's share but splitting it evenly over its sources.
+
+    Returns ``None`` (uniform sampling) when there is no source information or every class has one source.
+    """
+    if sources is None:
+        return None
+    weights = np.zeros(len(labels), dtype=float)
+    balanced = False
+    for c in np.unique(labels):
+        in_class = labels == c
+        names, counts = np.unique(sources[in_class], return_counts=True)
+        balanced |= len(names) > 1
+        share = in_class.sum() / len(labels)
+        for name, count in zip(names, counts, strict=True):
+            weights[in_class & (sources == name)] = share / (len(names) * count)
+    return weights / weights.sum() if balanced else None
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether to train under bfloat16 autocast: asked for, or ``auto`` on a CPU with native bf16 support."""
+    if precision != "auto":
+        return precision == "bf16"
+    if torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cpu._is_amx_tile_supported()) or "avx512_bf16" in _cpu_flags()
+    except Exception:
+        return False
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read(20000)
+    except OSError:
+        return ""
+
+
 def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
     warmup = max(1, int(total_steps * warmup_fraction))
 
@@ -80,11 +128,16 @@ def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float
 def predict_logits(model: torch.nn.Module, data: ArrayData, *, batch_size: int, mean: float, std: float) -> np.ndarray:
     """Logits for every item of ``data`` in order (eval mode, no augmentation)."""
     model.eval()
-    out = [model(x).float().numpy() for x, _ in batches(data, batch_size, mean=mean, std=std)]
+    out = [
+        model(x.contiguous(memory_format=torch.channels_last)).float().numpy()
+        for x, _ in batches(data, batch_size, mean=mean, std=std)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def _val_metrics(logits: np.ndarray, labels: np.ndarray, weights: torch.Tensor, task: TaskSpec) -> dict[str, float]:
+def _val_metrics(
+    logits: np.ndarray, labels: np.ndarray, weights: torch.Tensor | None, task: TaskSpec
+) -> dict[str, float]:
     t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels.astype(np.int64))
     loss = F.cross_entropy(t_logits, t_labels, weight=weights).item()
     pred = logits.argmax(1)
@@ -123,6 +176,9 @@ def train_classifier(
         config.backbone, len(task.classes), pretrained=config.pretrained, init_weights=config.init_weights
     )
     log.info("backbone %s: %s", config.backbone, init)
+    model = model.to(memory_format=torch.channels_last)
+    bf16 = use_bf16(config.precision)
+    log.info("training arithmetic: %s", "bfloat16 autocast" if bf16 else "float32")
     weights = class_weights(train.labels, len(task.classes)) if config.class_weighted else None
     augment = Augment() if config.augment else None
     stages: list[tuple[str, int, float]] = []
@@ -137,6 +193,10 @@ def train_classifier(
     best_state = copy.deepcopy(model.state_dict())
     seen, train_seconds, started = 0, 0.0, time.perf_counter()
     per_epoch = config.samples_per_epoch or len(train)
+    sources = train.groups.get("source") if train.groups and config.balance_sources else None
+    draw = sampling_weights(train.labels, sources)
+    if draw is not None:
+        log.info("sampling balanced over sources within each class")
     steps = math.ceil(per_epoch / config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
@@ -152,18 +212,27 @@ def train_classifier(
                 model.train()
                 if stage == "head":
                     model.backbone.eval()
-                order = rng.choice(len(train), size=per_epoch, replace=per_epoch > len(train))
+                if draw is None:
+                    order = rng.choice(len(train), size=per_epoch, replace=per_epoch > len(train))
+                else:
+                    order = rng.choice(len(train), size=per_epoch, replace=True, p=draw)
                 order = order[: steps * config.batch_size]
                 job = bar.add_task(f"{stage} epoch {epoch}/{epochs}", total=steps)
                 total_loss, correct, count = 0.0, 0, 0
                 tick = time.perf_counter()
                 for x, y in batches(
-                    train, config.batch_size, mean=config.mean, std=config.std,
-                    order=order, augment=augment, generator=generator,
+                    train,
+                    config.batch_size,
+                    mean=config.mean,
+                    std=config.std,
+                    order=order,
+                    augment=augment,
+                    generator=generator,
                 ):
                     optimiser.zero_grad(set_to_none=True)
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, weight=weights)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        logits = model(x.contiguous(memory_format=torch.channels_last))
+                    loss = F.cross_entropy(logits.float(), y, weight=weights)
                     loss.backward()
                     optimiser.step()
                     scheduler.step()
@@ -174,7 +243,8 @@ def train_classifier(
                 train_seconds += time.perf_counter() - tick
                 seen += count
                 bar.remove_task(job)
-                val_logits = predict_logits(model, val, batch_size=64, mean=config.mean, std=config.std)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    val_logits = predict_logits(model, val, batch_size=64, mean=config.mean, std=config.std)
                 metrics = {
                     "stage": stage,
                     "epoch": epoch,
@@ -187,7 +257,11 @@ def train_classifier(
                 history.append(metrics)
                 log.info(
                     "%s epoch %d: train loss %.4f, val loss %.4f, val recall %.3f",
-                    stage, epoch, metrics["train_loss"], metrics["val_loss"], metrics["val_recall"],
+                    stage,
+                    epoch,
+                    metrics["train_loss"],
+                    metrics["val_loss"],
+                    metrics["val_recall"],
                 )
                 if on_epoch:
                     on_epoch(metrics)
@@ -195,7 +269,12 @@ def train_classifier(
                     abs(metrics["val_recall"] - best["score"]) <= 1e-9 and metrics["val_loss"] < best["val_loss"]
                 )
                 if better:
-                    best = {"score": metrics["val_recall"], "val_loss": metrics["val_loss"], "stage": stage, "epoch": epoch}
+                    best = {
+                        "score": metrics["val_recall"],
+                        "val_loss": metrics["val_loss"],
+                        "stage": stage,
+                        "epoch": epoch,
+                    }
                     best_state = copy.deepcopy(model.state_dict())
                     stale = 0
                 else:

@@ -25,6 +25,7 @@ DEMO_RECIPE = TrainConfig(
     finetune_epochs=8,
     finetune_lr=2e-3,
     patience=4,
+    samples_per_epoch=None,
 )
 
 
@@ -36,8 +37,12 @@ def run_demo(
     if not (source / "normal").is_dir():
         write_synthetic_chest_tree(source, per_class, seed=settings.seed, include_unknown=False)
     imported = import_chest(
-        [source], store_from_settings(settings), seed=settings.seed, non_xray=non_xray,
-        min_side=settings.min_image_side, max_pixels=settings.max_image_pixels,
+        [source],
+        store_from_settings(settings),
+        seed=settings.seed,
+        non_xray=non_xray,
+        min_side=settings.min_image_side,
+        max_pixels=settings.max_image_pixels,
     )
     recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})
     outcome = train_task(CHEST, recipe, settings=settings, dataset_version=imported.version, demo=True)

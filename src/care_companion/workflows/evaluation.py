@@ -74,7 +74,7 @@ def evaluate_model(
     work = [(f.path, meta.input_size, settings.min_image_side, settings.max_image_pixels) for f in files]
     images, labels, origins, skipped = [], [], [], []
     loaded = parallel_map(_load, work, workers=workers, description=f"decoding {len(files)} images")
-    for f, image in zip(files, loaded):
+    for f, image in zip(files, loaded, strict=True):
         if isinstance(image, InvalidImageError):
             skipped.append({"path": f.relative, "reason": image.reason, "detail": image.detail})
             continue

@@ -178,7 +178,11 @@ def train_task(
 
         run.log_metrics(
             {f"test_{k}": v for k, v in metrics.items()}
-            | {"temperature": temperature, "train_seconds": result.seconds, "images_per_second": result.images_per_second}
+            | {
+                "temperature": temperature,
+                "train_seconds": result.seconds,
+                "images_per_second": result.images_per_second,
+            }
             | {f"threshold_{k}": v for k, v in operating.thresholds.items()},
             step=len(result.history) + 1,
         )
@@ -193,7 +197,9 @@ def train_task(
         if gate.passed and register:
             registered = register_bundle(bundle_dir, task=task.name, run_id=run.run_id, settings=settings)
         else:
-            run.set_tags({"needs_retraining": str(not gate.passed).lower(), "gate_shortfalls": "; ".join(gate.shortfalls)})
+            run.set_tags(
+                {"needs_retraining": str(not gate.passed).lower(), "gate_shortfalls": "; ".join(gate.shortfalls)}
+            )
             run.log_artifact(bundle_dir, artifact_path="bundle")
         for path in plots.values():
             run.log_artifact(path, artifact_path="plots")

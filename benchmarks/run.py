@@ -1,0 +1,18 @@
+"""``make bench``: every benchmark in turn; each writes bench-out/<name>.json and its docs/BENCHMARKS.md section."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import chest_recipe, train_throughput
+
+
+def main() -> None:
+    for module in (train_throughput, chest_recipe):
+        print(f"== {module.__name__}", flush=True)
+        sys.argv = [module.__name__]
+        module.main()
+
+
+if __name__ == "__main__":
+    main()
