@@ -35,11 +35,11 @@ def _data(n: int = 600, seed: int = 0, classes: int = 4, signal: float = 1.5):
     ("probs", "expected"),
     [
         ([0.10, 0.20, 0.20, 0.50], "unknown"),  # reject class is the arg-max
-        ([0.30, 0.30, 0.05, 0.35], "unknown"),  # ... even when a disease reaches its threshold
-        ([0.40, 0.55, 0.05, 0.00], "pneumonia"),  # one flagged disease
-        ([0.00, 0.48, 0.50, 0.02], "tuberculosis"),  # both flagged: the more probable one
+        ([0.30, 0.30, 0.05, 0.35], "unknown"),  # ... even when P(abnormal) reaches its threshold
+        ([0.40, 0.55, 0.05, 0.00], "pneumonia"),  # flagged abnormal: the most probable disease
+        ([0.00, 0.48, 0.50, 0.02], "tuberculosis"),
         ([0.00, 0.55, 0.45, 0.00], "pneumonia"),
-        ([0.55, 0.30, 0.15, 0.00], "pneumonia"),  # none flagged, P(abnormal) 0.45 >= 0.4: most likely disease
+        ([0.55, 0.30, 0.15, 0.00], "pneumonia"),  # P(abnormal) 0.45 >= 0.4: most likely disease
         ([0.62, 0.10, 0.28, 0.00], "normal"),  # P(abnormal) 0.38 < 0.4
         ([0.60, 0.00, 0.40, 0.00], "tuberculosis"),  # P(abnormal) == threshold counts as positive
     ],
@@ -65,10 +65,7 @@ def test_decision_matches_a_loop():
     for p, d in zip(probs, got, strict=True):
         if p.argmax() == 3:
             expected = 3
-        elif p[1] >= 0.5 or p[2] >= 0.45:
-            flagged = [c for c, t in ((1, 0.5), (2, 0.45)) if p[c] >= t]
-            expected = max(flagged, key=lambda c: p[c])
-        elif p[1] + p[2] >= 0.4:
+        elif p[1] + p[2] >= THRESHOLDS["abnormal"]:
             expected = 1 if p[1] >= p[2] else 2
         else:
             expected = 0
@@ -94,7 +91,9 @@ def test_metrics_match_sklearn(seed: int):
     for c, name in enumerate(CHEST.classes):
         m = report.per_class[name]
         assert m.n == report.n_per_class[name] == (y == c).sum()
-        assert m.sensitivity == pytest.approx(recall[c])
+        assert m.label_sensitivity == pytest.approx(recall[c])
+        detected = np.isin(decided, [1, 2]) if c in (1, 2) else decided == c  # diseases: flagged abnormal
+        assert m.sensitivity == pytest.approx(recall_score(y == c, detected))
         assert m.precision == pytest.approx(precision[c])
         assert m.f1 == pytest.approx(f1[c])
         assert m.specificity == pytest.approx(recall_score(y != c, decided != c))
@@ -127,7 +126,8 @@ def test_hand_made_case_with_ties_and_reject_as_miss():
     assert report.sensitivity_abnormal == pytest.approx(2 / 3)
     assert report.specificity_abnormal == pytest.approx(1 / 2)
     assert report.auc_abnormal == pytest.approx(roc_auc_score([0, 0, 1, 1, 1], [0.1, 0.5, 0.8, 0.2, 0.5]))
-    assert report.per_class["tuberculosis"].sensitivity == 0.0
+    assert report.per_class["tuberculosis"].sensitivity == 0.5  # one rejected (missed), one flagged abnormal
+    assert report.per_class["tuberculosis"].label_sensitivity == 0.0
     assert report.per_class["tuberculosis"].precision is None  # never decided
     assert report.per_class["tuberculosis"].f1 == 0.0
     assert report.reject_rate_xray == pytest.approx(1 / 5) and report.reject_recall == 1.0
@@ -138,11 +138,12 @@ def test_intervals_contain_point_estimates_and_are_seeded():
     y, probs = _data(seed=2)
     report = evaluate_predictions(y, probs, CHEST, THRESHOLDS, n_boot=300, seed=4)
     names = ["auc_abnormal", "sensitivity_abnormal", "specificity_abnormal"]
-    names += [f"{c}_{m}" for c in CHEST.classes for m in ("sensitivity", "specificity", "auc")]
+    names += [f"{c}_{m}" for c in CHEST.classes for m in ("sensitivity", "label_sensitivity", "specificity", "auc")]
     assert set(report.intervals) == set(names)
     data = report.model_dump()
     for name in names:
-        point = data[name] if name in data else data["per_class"][name.rsplit("_", 1)[0]][name.rsplit("_", 1)[1]]
+        cls = next(c for c in CHEST.classes if name.startswith(f"{c}_")) if name not in data else None
+        point = data[name] if cls is None else data["per_class"][cls][name[len(cls) + 1 :]]
         low, high = report.intervals[name]
         assert 0.0 <= low <= point <= high <= 1.0
         assert high - low < 0.25

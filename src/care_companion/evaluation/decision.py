@@ -1,13 +1,16 @@
 """The decision rule: calibrated probabilities and operating-point thresholds in, one class per image out.
 
 1. If the task has a reject class and it is the arg-max, the image is rejected (not an image of this task).
-2. Otherwise the disease classes whose probability reaches their own threshold are flagged; the most
-   probable flagged disease wins.
-3. Otherwise, if P(abnormal) (the sum of the disease probabilities) reaches ``thresholds["abnormal"]``,
-   the most probable disease is chosen.
-4. Otherwise the negative (normal) class.
+2. Otherwise, if P(abnormal) (the sum of the disease probabilities) reaches ``thresholds["abnormal"]``, the
+   image is flagged abnormal and labelled with its most probable disease.
+3. Otherwise the negative (normal) class.
 
-Missing thresholds default to :data:`DEFAULT_THRESHOLD`. Arg-max ties go to the lowest class index.
+``thresholds["abnormal"]`` is chosen on validation data so that the disease films as a whole *and each
+disease on its own* reach the target sensitivity (see ``training.operating_point``); the per-disease entries
+record the threshold each disease alone would need. A disease film counts as detected when it is flagged
+abnormal, whichever disease the label names: either way it goes to the radiologist as abnormal.
+
+A missing ``abnormal`` threshold defaults to :data:`DEFAULT_THRESHOLD`. Arg-max ties go to the lowest index.
 """
 
 from __future__ import annotations
@@ -54,11 +57,6 @@ def decide(probs: np.ndarray, task: TaskSpec, thresholds: Mapping[str, float] | 
         most_likely = pos[disease.argmax(axis=1)]
         abnormal = disease.sum(axis=1) >= thr[ABNORMAL]
         decided[abnormal] = most_likely[abnormal]
-        limits = np.array([thr[name] for name in task.positives])
-        flagged = disease >= limits
-        any_flagged = flagged.any(axis=1)
-        best_flagged = pos[np.where(flagged, disease, -np.inf).argmax(axis=1)]
-        decided[any_flagged] = best_flagged[any_flagged]
     if task.reject is not None and n:
         reject = task.index(task.reject)
         decided[probs.argmax(axis=1) == reject] = reject

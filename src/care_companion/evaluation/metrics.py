@@ -3,7 +3,10 @@
 Decisions come from :func:`care_companion.evaluation.decision.decide`. Abnormal metrics (any disease class
 vs the negative class) are computed over images whose true class is not the reject class; an image decided
 as the reject class counts as not flagged (a missed disease). Per-class metrics are one-vs-rest over all
-images: sensitivity, specificity, precision and F1 on the decided labels, AUC on the class probability.
+images: specificity, precision and F1 on the decided labels, AUC on the class probability. Sensitivity of a
+disease class counts its films flagged abnormal (detected, whichever disease the label names: the film goes
+to the radiologist as abnormal); ``label_sensitivity`` is the stricter share labelled with that very disease.
+For the other classes both are the share of their films given their own label.
 Undefined metrics (e.g. a class absent from the data) are ``None`` (``null`` in JSON).
 
 Intervals are 95% percentile bootstrap intervals: images are resampled with replacement ``n_boot`` times
@@ -30,7 +33,8 @@ class ClassMetrics(BaseModel):
     """One-vs-rest metrics of one class."""
 
     n: int = Field(description="Images whose true class is this class.")
-    sensitivity: float | None = None
+    sensitivity: float | None = Field(default=None, description="Disease classes: share flagged abnormal.")
+    label_sensitivity: float | None = Field(default=None, description="Share given exactly this class's label.")
     specificity: float | None = None
     precision: float | None = None
     f1: float | None = None
@@ -172,7 +176,11 @@ class _Scored:
         every = np.ones(self.y.size, dtype=bool)
         for c, name in enumerate(self.task.classes):
             true_c, decided_c = self.y == c, self.decided == c
-            out[f"{name}_sensitivity"] = _rate(weights, decided_c, true_c)
+            # a disease film is detected when flagged abnormal, whichever disease its label names
+            detected = self.flagged if c in self.task.positive_indices else decided_c
+            out[f"{name}_sensitivity"] = _rate(weights, detected, true_c)
+            if per_class_extra:
+                out[f"{name}_label_sensitivity"] = _rate(weights, decided_c, true_c)
             if per_class_extra:
                 out[f"{name}_specificity"] = _rate(weights, ~decided_c, ~true_c)
                 out[f"{name}_auc"] = _auc(weights, self.probs[:, c], true_c, every)
@@ -266,6 +274,7 @@ def evaluate_predictions(
         per_class[name] = ClassMetrics(
             n=int(counts[c]),
             sensitivity=point[f"{name}_sensitivity"],
+            label_sensitivity=point[f"{name}_label_sensitivity"],
             specificity=point[f"{name}_specificity"],
             precision=_ratio(tp, tp + fp),
             f1=_ratio(2 * tp, 2 * tp + fp + fn),

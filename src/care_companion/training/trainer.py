@@ -219,6 +219,8 @@ def train_classifier(
                 order = order[: steps * config.batch_size]
                 job = bar.add_task(f"{stage} epoch {epoch}/{epochs}", total=steps)
                 total_loss, correct, count = 0.0, 0, 0
+                hits = np.zeros(len(task.classes))
+                seen_per_class = np.zeros(len(task.classes))
                 tick = time.perf_counter()
                 for x, y in batches(
                     train,
@@ -237,8 +239,11 @@ def train_classifier(
                     optimiser.step()
                     scheduler.step()
                     total_loss += loss.item() * len(y)
-                    correct += int((logits.argmax(1) == y).sum())
+                    pred = logits.argmax(1)
+                    correct += int((pred == y).sum())
                     count += len(y)
+                    np.add.at(seen_per_class, y.numpy(), 1)
+                    np.add.at(hits, y[pred == y].numpy(), 1)
                     bar.advance(job)
                 train_seconds += time.perf_counter() - tick
                 seen += count
@@ -252,6 +257,7 @@ def train_classifier(
                     "lr": optimiser.param_groups[0]["lr"],
                     "train_loss": total_loss / max(1, count),
                     "train_accuracy": correct / max(1, count),
+                    "train_recall": float(np.mean(hits[seen_per_class > 0] / seen_per_class[seen_per_class > 0])),
                     **_val_metrics(val_logits, val.labels, weights, task),
                 }
                 history.append(metrics)
