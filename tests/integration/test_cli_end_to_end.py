@@ -105,6 +105,8 @@ def test_cli_gate_refusal_exits_non_zero(cli_env: Path, tmp_path: Path, monkeypa
 def test_cli_errors_are_one_line_messages(cli_env: Path, tmp_path: Path):
     missing = invoke("train", "chest")
     assert missing.exit_code == 2 and "data import chest" in missing.output
+    bad_option = invoke("train", "chest", "--precision", "fp8")
+    assert bad_option.exit_code == 2 and "precision" in bad_option.output
     empty = tmp_path / "empty"
     empty.mkdir()
     nothing = invoke("data", "import", "chest", str(empty))

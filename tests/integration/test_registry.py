@@ -255,3 +255,15 @@ def test_register_errors(reg_settings: Settings, registered: dict[str, Any], tmp
 def test_flatten_metrics_handles_nested_per_class() -> None:
     flat = registry.flatten_metrics({"auc_abnormal": 0.9, "per_class": {"pneumonia": {"sensitivity": 0.8}}, "x": "s"})
     assert flat == {"auc_abnormal": 0.9, "pneumonia_sensitivity": 0.8}
+
+
+def test_configuring_mlflow_leaves_the_environment_alone(tmp_path, monkeypatch):
+    import os
+
+    from care_companion.config import Settings
+    from care_companion.registry.tracking import configure_mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    configure_mlflow(Settings(data_dir=tmp_path / "a"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert Settings(data_dir=tmp_path / "b").tracking_uri.endswith(f"{tmp_path}/b/mlflow/mlflow.db")

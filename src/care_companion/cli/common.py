@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
@@ -47,6 +48,10 @@ def friendly_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_GATE) from None
     except CareError as exc:
         err_console.print(f"[bold red]error ({exc.code}):[/] {exc.detail}")
+        raise typer.Exit(EXIT_ERROR) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        err_console.print(f"[bold red]error (invalid_option):[/] {problems}")
         raise typer.Exit(EXIT_ERROR) from None
 
 

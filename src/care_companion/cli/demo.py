@@ -10,9 +10,9 @@ from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_
 
 
 def demo_cmd(
-    per_class: Annotated[int, typer.Option(help="Synthetic chest X-rays per class.")] = 150,
-    non_xray: Annotated[int, typer.Option(help="Generated non-X-ray images.")] = 150,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs of the small demo model.")] = 8,
+    per_class: Annotated[int, typer.Option(help="Synthetic chest X-rays per class.")] = 200,
+    non_xray: Annotated[int, typer.Option(help="Generated non-X-ray images.")] = 100,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs of the small demo model.")] = 12,
 ) -> None:
     """Build a synthetic chest data set, train a small DEMO model, evaluate, gate and register it."""
     from care_companion.workflows.demo import DEMO_RECIPE, run_demo

@@ -31,7 +31,7 @@ def list_cmd(task: Annotated[str, typer.Option(help="Registered model (task) nam
                 f"{m[k]:.3f}" if k in m else "-"
                 for k in ("auc_abnormal", "sensitivity_abnormal", "specificity_abnormal")
             ],
-            str(v.created),
+            v.created.strftime("%Y-%m-%d %H:%M"),
             (v.run_id or "")[:8],
         )
     console.print(table)

@@ -57,6 +57,10 @@ def train_chest(
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).")] = None,
     pretrained: Annotated[bool, typer.Option(help="Start from timm's published weights where reachable.")] = False,
     init_weights: Annotated[Path | None, typer.Option(help="Start from a local checkpoint (.pt state dict).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="Training arithmetic: auto (bfloat16 where the CPU supports it), fp32 or bf16.")
+    ] = "auto",
+    balance_sources: Annotated[bool, typer.Option(help="Within each class, draw every source equally often.")] = True,
     seed: Annotated[int | None, typer.Option(help="Seed (default: CARE_SEED).")] = None,
     dataset_version: Annotated[str | None, typer.Option(help="Data-set version (default: latest import).")] = None,
     register: Annotated[bool, typer.Option(help="Register the model when it passes the gate.")] = True,
@@ -87,9 +91,13 @@ def train_chest(
         }.items()
         if v is not None
     }
-    config = TrainConfig(
-        **(CHEST.recipe.model_dump() | overrides), pretrained=pretrained, seed=cfg.seed if seed is None else seed
-    )
     with friendly_errors():
+        config = TrainConfig(
+            **(CHEST.recipe.model_dump() | overrides),
+            pretrained=pretrained,
+            precision=precision,
+            balance_sources=balance_sources,
+            seed=cfg.seed if seed is None else seed,
+        )
         outcome = train_task(CHEST, config, settings=cfg, dataset_version=dataset_version, register=register, demo=demo)
     report_outcome(outcome)

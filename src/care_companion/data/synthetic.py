@@ -213,10 +213,10 @@ def _pneumonia(
     for side in sides:
         cy, cx, b, a = anat.lung_centre(side)
         py, px = cy + b * rng.uniform(0.3, 0.65), cx + side * a * rng.uniform(-0.1, 0.55)
-        radius = rng.uniform(0.06, 0.13)
+        radius = rng.uniform(0.08, 0.15)
         envelope = np.exp(-0.5 * (((Y - py) ** 2 + (X - px) ** 2) / radius**2))
         patches = np.clip((_smooth_noise(rng, size, size / 64 * rng.uniform(2.0, 4.0)) - 0.35) / 0.35, 0.0, 1.0)
-        strength = rng.uniform(0.22, 0.4)
+        strength = rng.uniform(0.3, 0.55)
         out += strength * envelope * (0.4 + 0.6 * patches) * lungs[0 if side < 0 else 1]
     return out
 

@@ -33,7 +33,14 @@ def configure_mlflow(settings: Settings) -> str:
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and ":memory:" not in uri:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # MLflow also writes the URI into os.environ["MLFLOW_TRACKING_URI"]; put the user's value back so the
+    # environment keeps meaning what the user set (Settings reads it) rather than the last store used
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     return uri
 
 

@@ -19,18 +19,18 @@ from care_companion.workflows.training import TrainOutcome, train_task
 
 DEMO_RECIPE = TrainConfig(
     backbone="resnet18",
-    image_size=96,
+    image_size=128,
     batch_size=32,
     head_epochs=0,
-    finetune_epochs=8,
+    finetune_epochs=12,
     finetune_lr=2e-3,
-    patience=4,
+    patience=5,
     samples_per_epoch=None,
 )
 
 
 def run_demo(
-    settings: Settings, *, per_class: int = 150, non_xray: int = 150, config: TrainConfig | None = None
+    settings: Settings, *, per_class: int = 200, non_xray: int = 100, config: TrainConfig | None = None
 ) -> tuple[ImportResult, TrainOutcome]:
     """Generate, import and train on a synthetic chest data set; returns the import and training results."""
     source = Path(settings.data_dir) / "demo-source" / "synthetic-chest"
