@@ -21,6 +21,14 @@ def invoke(*args: str):
     return result
 
 
+def train_tiny(size: int, epochs: int, samples: int, *extra: str):
+    """``train chest`` with timm's tiny test network: seconds, not minutes."""
+    return invoke(
+        "train", "chest", "--backbone", "test_resnet", "--image-size", str(size), "--finetune-epochs", str(epochs),
+        "--samples-per-epoch", str(samples), *extra,
+    )  # fmt: skip
+
+
 def test_cli_spine_on_synthetic_data(cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     src = tmp_path / "synthetic"
     write_synthetic_chest_tree(src, 40, seed=1, size=128, include_unknown=False)
@@ -31,18 +39,7 @@ def test_cli_spine_on_synthetic_data(cli_env: Path, tmp_path: Path, monkeypatch:
     assert imported.exit_code == 0, imported.output
     assert "version: v-" in imported.output
 
-    trained = invoke(
-        "train",
-        "chest",
-        "--backbone",
-        "test_resnet",
-        "--image-size",
-        "48",
-        "--finetune-epochs",
-        "2",
-        "--samples-per-epoch",
-        "256",
-    )
+    trained = train_tiny(48, 2, 256)
     assert trained.exit_code == 0, trained.output
     bundle = Path(trained.output.strip().splitlines()[-1])
     assert (bundle / "bundle.json").is_file() and (bundle / "model.onnx").is_file()
@@ -85,18 +82,7 @@ def test_cli_gate_refusal_exits_non_zero(cli_env: Path, tmp_path: Path, monkeypa
     write_synthetic_chest_tree(src, 15, seed=2, size=96, include_unknown=False)
     monkeypatch.setenv("CARE_GATE_MIN_SENSITIVITY", "1.01")
     assert invoke("data", "import", "chest", str(src), "--non-xray", "10", "--workers", "1").exit_code == 0
-    trained = invoke(
-        "train",
-        "chest",
-        "--backbone",
-        "test_resnet",
-        "--image-size",
-        "32",
-        "--finetune-epochs",
-        "1",
-        "--samples-per-epoch",
-        "64",
-    )
+    trained = train_tiny(32, 1, 64)
     assert trained.exit_code == 3
     assert "gate refused" in trained.output and "sensitivity" in trained.output
     assert Path(trained.output.strip().splitlines()[-1], "bundle.json").is_file()
@@ -130,3 +116,17 @@ def test_help_explains_every_group():
     train_help = invoke("train", "chest", "--help").output
     for option in ("--backbone", "--head-epochs", "--finetune-lr", "--pretrained", "--init-weights"):
         assert option in train_help
+
+
+def test_init_weights_from_the_registry(cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    src = tmp_path / "synthetic"
+    write_synthetic_chest_tree(src, 12, seed=4, size=96, include_unknown=False)
+    monkeypatch.setenv("CARE_GATE_MIN_SENSITIVITY", "0.0")
+    monkeypatch.setenv("CARE_GATE_MIN_AUC", "0.0")
+    assert invoke("data", "import", "chest", str(src), "--non-xray", "10", "--workers", "1").exit_code == 0
+    assert train_tiny(32, 1, 64).exit_code == 0
+    again = train_tiny(32, 1, 64, "--head-epochs", "1", "--init-weights", "models:/chest@staging")
+    assert again.exit_code == 0, again.output
+    meta = json.loads(Path(again.output.strip().splitlines()[-1], "bundle.json").read_text())
+    assert meta["training"]["init"].startswith("local checkpoint")
+    assert "bundles" in meta["training"]["init_weights"]  # the registry bundle's checkpoint was used

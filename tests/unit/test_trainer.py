@@ -108,3 +108,13 @@ def test_sampling_balances_sources_within_each_class():
     assert w[:90].sum() == pytest.approx(w[90:100].sum())  # the two sources of class 0 are drawn alike
     assert w[:100].sum() == pytest.approx(100 / 150)  # class shares are kept
     assert sampling_weights(labels, np.array(["one"] * 150)) is None
+
+
+def test_pretrained_falls_back_to_scratch_when_weights_are_unreachable(monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-care-hf-cache")
+    with caplog.at_level("WARNING"):
+        model, origin = create_classifier("resnet18", 4, pretrained=True)
+    assert origin.startswith("random initialisation")
+    assert "training from scratch" in caplog.text
+    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 4)

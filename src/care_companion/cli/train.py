@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -56,7 +55,13 @@ def train_chest(
     max_train_per_class: Annotated[int | None, typer.Option(help="Cap training images per class.")] = None,
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).")] = None,
     pretrained: Annotated[bool, typer.Option(help="Start from timm's published weights where reachable.")] = False,
-    init_weights: Annotated[Path | None, typer.Option(help="Start from a local checkpoint (.pt state dict).")] = None,
+    init_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from a checkpoint: a .pt state dict, a bundle directory or a registry URI "
+            "such as models:/chest@production."
+        ),
+    ] = None,
     precision: Annotated[
         str, typer.Option(help="Training arithmetic: auto (bfloat16 where the CPU supports it), fp32 or bf16.")
     ] = "auto",
@@ -69,10 +74,10 @@ def train_chest(
     """Train the chest model with the default recipe, or override any part of it."""
     from care_companion.tasks import CHEST
     from care_companion.training.trainer import TrainConfig
-    from care_companion.workflows.training import train_task
+    from care_companion.workflows.training import resolve_init_weights, train_task
 
     cfg = settings()
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in {
             "backbone": backbone,
@@ -87,17 +92,18 @@ def train_chest(
             "samples_per_epoch": samples_per_epoch,
             "max_train_per_class": max_train_per_class,
             "max_steps_per_epoch": max_steps_per_epoch,
-            "init_weights": init_weights,
         }.items()
         if v is not None
     }
     with friendly_errors():
-        config = TrainConfig(
-            **(CHEST.recipe.model_dump() | overrides),
-            pretrained=pretrained,
-            precision=precision,
-            balance_sources=balance_sources,
-            seed=cfg.seed if seed is None else seed,
-        )
+        if init_weights is not None:
+            overrides["init_weights"] = resolve_init_weights(init_weights, cfg)
+        options = {
+            "pretrained": pretrained,
+            "precision": precision,
+            "balance_sources": balance_sources,
+            "seed": cfg.seed if seed is None else seed,
+        }
+        config = TrainConfig(**(CHEST.recipe.model_dump() | overrides | options))
         outcome = train_task(CHEST, config, settings=cfg, dataset_version=dataset_version, register=register, demo=demo)
     report_outcome(outcome)

@@ -51,6 +51,16 @@ class TrainOutcome(BaseModel):
     images_per_second: float
 
 
+def resolve_init_weights(value: str, settings: Settings) -> Path:
+    """A checkpoint path from a file path, a bundle directory or a registry URI (``models:/chest@production``)."""
+    from care_companion.registry.models import resolve_bundle
+
+    path = Path(value)
+    if path.is_file():
+        return path
+    return resolve_bundle(value, settings) / CHECKPOINT_FILE
+
+
 def split_arrays(manifest: Manifest, images: np.ndarray, task: TaskSpec) -> dict[str, ArrayData]:
     """Cached images and labels of every split, with source and origin for per-source breakdowns."""
     frame = manifest.frame
