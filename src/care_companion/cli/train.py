@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, settings
+
+if TYPE_CHECKING:
+    from care_companion.workflows.training import TrainOutcome
 
 app = typer.Typer(
     help="Train a task's model: two stages, calibration, operating point, gate, registry.", no_args_is_help=True
 )
 
 
-def report_outcome(outcome) -> None:
+def report_outcome(outcome: TrainOutcome) -> None:
     """Print a training outcome; exit non-zero when the gate refused it. The bundle path is printed last."""
     m = outcome.metrics
     console.print(

@@ -18,6 +18,7 @@ from care_companion.config import Settings
 from care_companion.data.cache import build_cache
 from care_companion.data.datasets import ArrayData
 from care_companion.data.manifest import Manifest, load_manifest
+from care_companion.errors import DataError
 from care_companion.evaluation.metrics import EvaluationReport, evaluate_predictions
 from care_companion.evaluation.plots import write_plots
 from care_companion.models.bundle import CHECKPOINT_FILE, ONNX_FILE, BundleMeta, Normalisation, save_meta
@@ -127,8 +128,6 @@ def train_task(
     splits = split_arrays(manifest, images, task)
     for needed in ("train", "val", "test"):
         if needed not in splits:
-            from care_companion.errors import DataError
-
             raise DataError(f"data set {version} has no {needed} split; import more images")
     train = cap_per_class(splits["train"], config.max_train_per_class, config.seed)
     val, test = splits["val"], splits["test"]
