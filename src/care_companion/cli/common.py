@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
@@ -53,9 +53,3 @@ def friendly_errors() -> Iterator[None]:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         err_console.print(f"[bold red]error (invalid_option):[/] {problems}")
         raise typer.Exit(EXIT_ERROR) from None
-
-
-def run_command(fn: Callable[[], None]) -> None:
-    """Run a command body with friendly errors."""
-    with friendly_errors():
-        fn()

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from care_companion import REVIEW_WARNING
 from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, settings
 
 
@@ -45,5 +46,6 @@ def demo_cmd(
     console.print(f"MLflow UI:         mlflow ui --backend-store-uri {cfg.tracking_uri}")
     console.print(f"model bundle:      {outcome.bundle_dir}")
     console.print("[bold yellow]This is a demo model trained on synthetic images. Not for clinical use.")
+    console.print(f"[yellow]{REVIEW_WARNING}")
     if not outcome.gate.passed:
         raise typer.Exit(EXIT_GATE)

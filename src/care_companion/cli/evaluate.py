@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from care_companion import REVIEW_WARNING
 from care_companion.cli.common import console, friendly_errors, settings
 
 
@@ -47,3 +48,4 @@ def evaluate_cmd(
         )
     if run.json_path:
         console.print(f"evaluation JSON: {run.json_path}")
+    console.print(f"[yellow]{REVIEW_WARNING}")

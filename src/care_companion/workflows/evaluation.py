@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,6 @@ def evaluate_model(
             "data_dir": str(data_dir),
             "skipped": skipped,
         }
-        import json
-
         json_out.write_text(json.dumps(payload, indent=2))
         run.json_path = json_out
     if plots_dir is not None:
