@@ -38,3 +38,37 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     get_settings.cache_clear()
     yield data_dir
     get_settings.cache_clear()
+
+
+def write_bundle(
+    directory: Path, *, logits: list[float] | None = None, input_size: int = 64, thresholds: dict | None = None
+) -> Path:
+    """A real chest model bundle (resnet18 exported to ONNX) for serving tests.
+
+    With ``logits`` the head ignores the image and always answers those logits, so a test can choose the
+    outcome (e.g. the "unknown" class for the 422 path); without, the weights are random.
+    """
+    import torch
+
+    from care_companion.models.bundle import ONNX_FILE, BundleMeta, save_meta
+    from care_companion.models.export import export_onnx
+    from care_companion.models.factory import create_classifier
+    from care_companion.tasks import CHEST
+
+    torch.manual_seed(0)
+    model, _ = create_classifier("resnet18", len(CHEST.classes))
+    if logits is not None:
+        linear = model.head[1]
+        with torch.no_grad():
+            linear.weight.zero_()
+            linear.bias.copy_(torch.tensor(logits))
+    export_onnx(model, directory / ONNX_FILE, input_size=input_size)
+    meta = BundleMeta.for_task(
+        CHEST,
+        backbone="resnet18",
+        input_size=input_size,
+        thresholds=thresholds or {"abnormal": 0.5, "pneumonia": 0.5, "tuberculosis": 0.5},
+        dataset_version="v-test",
+    )
+    save_meta(directory, meta)
+    return directory

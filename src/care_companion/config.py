@@ -44,6 +44,47 @@ class Settings(BaseSettings):
         default=0.95, description="Sensitivity the operating point is chosen for on validation data."
     )
 
+    chest_model: str | None = Field(
+        default=None,
+        description="Chest model to serve: a bundle folder or models:/chest@ALIAS; default: the registry alias.",
+    )
+    wrist_model: str | None = Field(default=None, description="Wrist model to serve, as chest_model.")
+    serve_alias: str = Field(default="production", description="Registry alias the service loads first.")
+    serve_fallback_alias: str | None = Field(
+        default="staging", description="Alias loaded when serve_alias is not set; empty for none."
+    )
+    host: str = Field(default="127.0.0.1", description="Address the service listens on.")
+    port: int = Field(default=8000, description="Port the service listens on.")
+    max_batch_size: int = Field(default=16, ge=1, description="Largest micro-batch the engine runs at once.")
+    max_wait_ms: float = Field(
+        default=4.0, ge=0, description="Longest a request waits for others to join its micro-batch."
+    )
+    max_queue: int = Field(default=1024, ge=1, description="Requests waiting for inference before 503s.")
+    decode_workers: int = Field(default=2, ge=1, description="Threads decoding and preprocessing uploads.")
+    inference_threads: int | None = Field(
+        default=None, description="ONNX Runtime intra-op threads; None lets it use every core."
+    )
+    max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest accepted request body (HTTP 413 above it)."
+    )
+    max_batch_upload_bytes: int = Field(
+        default=128 * 1024 * 1024, ge=1024, description="Largest accepted body of a batch request (HTTP 413 above)."
+    )
+    batch_max_images: int = Field(default=16, ge=1, description="Most images in one batch request.")
+    model_poll_seconds: float = Field(
+        default=60.0, ge=0, description="How often the service checks the registry for a promoted version (0: never)."
+    )
+    confidence_margin: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Confidence is 'low' when P(abnormal) is this close to its threshold or the top two "
+        "classes are this close.",
+    )
+    admin_token: str | None = Field(
+        default=None, description="Bearer token POST /v1/admin/reload requires; None leaves it open."
+    )
+
     @property
     def store_uri(self) -> str:
         """Object store URI with the embedded default resolved."""

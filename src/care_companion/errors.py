@@ -49,3 +49,43 @@ class GateRefused(CareError):
     def __init__(self, detail: str, *, shortfalls: list[str]) -> None:
         super().__init__(detail)
         self.shortfalls = shortfalls
+
+
+class NotForTask(CareError):
+    """A decodable image that is not an image of the task (a photo, a screenshot, another body part)."""
+
+    code = "not_for_task"
+
+    def __init__(self, detail: str, *, task: str) -> None:
+        super().__init__(detail)
+        self.task = task
+        self.code = f"not_a_{task}_xray"
+
+
+class RequestError(CareError):
+    """A request the service cannot take as sent; ``status`` is its HTTP status."""
+
+    code = "invalid_request"
+    status = 422
+
+    def __init__(self, detail: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(detail)
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+
+
+class ServiceUnavailable(CareError):
+    """The service cannot answer now (no model loaded, overloaded); the client may retry later."""
+
+    code = "unavailable"
+
+    def __init__(self, detail: str, *, code: str = "unavailable") -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+def error_code(exc: CareError) -> str:
+    """The public code of an error: an invalid image reports its reason (truncated, empty, ...)."""
+    return exc.reason if isinstance(exc, InvalidImageError) else exc.code

@@ -378,3 +378,17 @@ def resolve_bundle(model: str, settings: Settings) -> Path:
         )
     _validate_bundle_dir(directory)
     return directory.resolve()
+
+
+def alias_version(task: str, alias: str, settings: Settings) -> int | None:
+    """The version ``alias`` of model ``task`` points at, or ``None`` when the model or alias does not exist.
+
+    Cheap enough to poll: one registry call, nothing downloaded.
+    """
+    client = tracking_client(settings)
+    try:
+        model = _registered_model(client, task)
+    except ModelError:
+        return None
+    number = (model.aliases or {}).get(alias)
+    return int(number) if number is not None else None

@@ -1,0 +1,98 @@
+"""The FastAPI app factory: models load at start-up, a background check follows registry promotions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from care_companion import REVIEW_WARNING, __version__
+from care_companion.config import Settings, get_settings
+from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.serving.http_errors import install_error_handlers
+from care_companion.serving.manager import SERVED_TASKS, ModelManager
+from care_companion.serving.middleware import RequestGuard
+from care_companion.serving.predict import Predictor
+from care_companion.serving.routes import ops, predict
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = f"""
+Chest X-ray triage (normal, pneumonia, tuberculosis; anything that is not a chest X-ray is refused with 422)
+and wrist fracture triage, with calibrated probabilities and an operating point chosen for high sensitivity.
+
+**{REVIEW_WARNING}**
+
+Errors are always JSON: `{{"error": CODE, "detail": TEXT}}`.
+"""
+
+
+async def _poll(models: ModelManager, every: float) -> None:
+    """Follow registry promotions: look the served references up again every ``every`` seconds."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            changes = await models.refresh()
+        except Exception:  # never let the poller die
+            log.exception("model refresh failed")
+            continue
+        for task, change in changes.items():
+            if change.startswith("swapped") or change.startswith("loaded"):
+                log.info("%s: %s", task, change)
+
+
+def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SERVED_TASKS) -> FastAPI:
+    """A ready-to-serve app; models are loaded when it starts (its lifespan), not here.
+
+    Args:
+        settings: configuration; default :func:`get_settings`.
+        tasks: the tasks it serves.
+    """
+    settings = settings or get_settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        models = ModelManager(settings, metrics, tasks)
+        predictor = Predictor(settings, models, metrics)
+        app.state.models, app.state.predictor = models, predictor
+        changes = await models.refresh()
+        for task, change in changes.items():
+            log.info("%s: %s", task, change)
+        poller = (
+            asyncio.create_task(_poll(models, settings.model_poll_seconds)) if settings.model_poll_seconds else None
+        )
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            await models.close()
+            predictor.close()
+
+    app = FastAPI(
+        title="Care Companion",
+        version=__version__,
+        summary="AI assistance for radiology departments. Not a diagnosis: every result must be reviewed.",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.metrics = settings, metrics
+    install_error_handlers(app)
+    app.include_router(predict)
+    app.include_router(ops)
+
+    def limit_for(path: str) -> int:
+        return settings.max_batch_upload_bytes if path.endswith("/batch") else settings.max_upload_bytes
+
+    def paths() -> set[str]:
+        return {getattr(route, "path", "") for route in app.routes}
+
+    app.add_middleware(RequestGuard, metrics=metrics, limit_for=limit_for, paths=paths)
+    return app

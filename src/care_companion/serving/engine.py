@@ -1,0 +1,100 @@
+"""A served model: one bundle's ONNX Runtime session, its micro-batcher and the leases of requests using it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from care_companion.config import Settings
+from care_companion.imaging.decode import decode_image
+from care_companion.models.bundle import BundleMeta
+from care_companion.models.predictor import BundlePredictor, softmax
+from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.serving.batcher import MicroBatcher
+from care_companion.serving.results import task_of
+from care_companion.tasks import TaskSpec
+
+
+@dataclass
+class ModelSource:
+    """Where a served model came from."""
+
+    reference: str
+    directory: Path | None = None
+    version: str | None = None
+    alias: str | None = None
+    stamp: str | None = None
+
+    @property
+    def identity(self) -> tuple[str, str | None, str | None]:
+        """What must change for a reload to swap the model: reference, registry version, folder stamp."""
+        return (self.reference, self.version, self.stamp)
+
+
+@dataclass
+class ServedModel:
+    """A loaded bundle ready to answer: preprocessing, batched engine, calibrated probabilities."""
+
+    task_name: str
+    source: ModelSource
+    predictor: BundlePredictor
+    batcher: MicroBatcher
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    active: int = 0
+
+    @property
+    def meta(self) -> BundleMeta:
+        """The bundle metadata."""
+        return self.predictor.meta
+
+    @property
+    def task(self) -> TaskSpec:
+        """The task the bundle was trained for."""
+        return task_of(self.meta)
+
+    def preprocess_bytes(self, data: bytes, *, name: str, min_side: int, max_pixels: int) -> np.ndarray:
+        """Decode untrusted bytes and make the model input [1, S, S] (blocking: run it in a worker thread)."""
+        image = decode_image(data, name=name, min_side=min_side, max_pixels=max_pixels)
+        return self.predictor.preprocess([image])[0]
+
+    async def probabilities(self, tensor: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities [C] of one preprocessed input, through the micro-batcher."""
+        logits = await self.batcher.submit(tensor)
+        return softmax(logits[None, :], self.meta.temperature)[0]
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[ServedModel]:
+        """Hold the model for one request, so a reload waits for the request before closing it."""
+        self.active += 1
+        try:
+            yield self
+        finally:
+            self.active -= 1
+
+    async def close(self) -> None:
+        """Wait for requests holding the model, then stop its batcher."""
+        while self.active:
+            await asyncio.sleep(0.01)
+        await self.batcher.close()
+
+
+def start_model(task_name: str, source: ModelSource, settings: Settings, metrics: ServiceMetrics) -> ServedModel:
+    """Open a bundle's engine (blocking) and wrap it with a micro-batcher; call :meth:`MicroBatcher.start` next."""
+    if source.directory is None:
+        raise ValueError(f"{source.reference}: resolve the bundle folder before starting it")
+    predictor = BundlePredictor(source.directory, threads=settings.inference_threads)
+    batcher = MicroBatcher(
+        predictor.logits,
+        max_batch=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        on_batch=lambda size, seconds: metrics.observe_batch(task_name, size, seconds),
+        name=task_name,
+    )
+    return ServedModel(task_name=task_name, source=source, predictor=predictor, batcher=batcher)

@@ -1,0 +1,171 @@
+"""Which model each task serves, and swapping in a newly promoted version without dropping requests.
+
+A task's model comes from a configured reference (a bundle folder or a registry URI, ``CARE_CHEST_MODEL``) or,
+by default, from the registry alias ``serve_alias`` (production), falling back to ``serve_fallback_alias``
+(staging). :meth:`ModelManager.refresh` looks the reference up again and, when it points at another version,
+loads it, swaps it in and closes the old one once the requests holding it have finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from care_companion.config import Settings
+from care_companion.errors import CareError, ServiceUnavailable
+from care_companion.models.bundle import BUNDLE_FILE
+from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.registry.models import alias_version, resolve_bundle
+from care_companion.serving.engine import ModelSource, ServedModel, start_model
+
+log = logging.getLogger(__name__)
+
+SERVED_TASKS = ("chest", "wrist")
+
+
+def _aliases(settings: Settings) -> list[str]:
+    return [a for a in (settings.serve_alias, settings.serve_fallback_alias) if a]
+
+
+def find_source(task: str, settings: Settings) -> ModelSource | str:
+    """Where ``task``'s model to serve is (the folder not yet resolved), or why there is none (blocking)."""
+    configured = getattr(settings, f"{task}_model", None)
+    if configured:
+        ref = str(configured).strip()
+        if ref.startswith("models:/") and "@" in ref:  # follow the alias, so a promotion is noticed
+            name, alias = ref.removeprefix("models:/").strip("/").split("@", 1)
+            number = alias_version(name, alias, settings)
+            if number is None:
+                return f"{ref}: the registry has no model {name!r} with alias {alias!r}"
+            return ModelSource(f"models:/{name}/{number}", version=str(number), alias=alias)
+        if ref.startswith("models:/"):
+            return ModelSource(ref, version=ref.rstrip("/").rsplit("/", 1)[-1])
+        return ModelSource(ref, stamp=_folder_stamp(ref))
+    aliases = _aliases(settings)
+    for alias in aliases:
+        number = alias_version(task, alias, settings)
+        if number is not None:
+            return ModelSource(f"models:/{task}/{number}", version=str(number), alias=alias)
+    return (
+        f"no {task} model is registered under the alias {' or '.join(aliases) or '(none configured)'}; "
+        f"train one (care-companion train {task}) or set CARE_{task.upper()}_MODEL to a bundle folder"
+    )
+
+
+def _folder_stamp(reference: str) -> str | None:
+    """A bundle folder's identity for change detection: the modification time of its metadata."""
+    meta = Path(reference).expanduser() / BUNDLE_FILE
+    try:
+        return f"mtime:{meta.stat().st_mtime_ns}"
+    except OSError:
+        return None
+
+
+class ModelManager:
+    """The served model of every task, swapped atomically on refresh."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, tasks: tuple[str, ...] = SERVED_TASKS) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.tasks = tasks
+        self._models: dict[str, ServedModel] = {}
+        self.unavailable: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        for task in tasks:
+            metrics.queue_depth.labels(task).set_function(lambda task=task: self._depth(task))
+            metrics.set_model(task, None)
+
+    def _depth(self, task: str) -> float:
+        model = self._models.get(task)
+        return float(model.batcher.depth) if model else 0.0
+
+    def get(self, task: str) -> ServedModel | None:
+        """The model serving ``task`` now, if any."""
+        return self._models.get(task)
+
+    def loaded(self) -> list[ServedModel]:
+        """Every loaded model."""
+        return [self._models[t] for t in self.tasks if t in self._models]
+
+    @asynccontextmanager
+    async def lease(self, task: str) -> AsyncIterator[ServedModel]:
+        """The task's model, held for one request; 503 (ServiceUnavailable) when there is none."""
+        model = self._models.get(task)
+        if model is None:
+            why = self.unavailable.get(task, f"no {task} model is loaded")
+            raise ServiceUnavailable(f"no {task} model is available: {why}", code="model_unavailable")
+        async with model.lease() as held:
+            yield held
+
+    async def refresh(self, tasks: tuple[str, ...] | None = None) -> dict[str, str]:
+        """Look every task's reference up again and swap in changed models; returns what happened per task."""
+        async with self._lock:
+            changes: dict[str, str] = {}
+            for task in tasks or self.tasks:
+                changes[task] = await self._refresh_one(task)
+            return changes
+
+    async def _refresh_one(self, task: str) -> str:
+        current = self._models.get(task)
+        try:
+            found = await asyncio.to_thread(find_source, task, self.settings)
+        except CareError as exc:
+            found = exc.detail
+        except Exception as exc:  # a registry outage must not take the service down
+            log.warning("could not look up the %s model: %s", task, exc)
+            return f"kept: registry lookup failed ({type(exc).__name__}: {exc})"
+        if isinstance(found, str):
+            if current is None:
+                self.unavailable[task] = found
+                return f"unavailable: {found}"
+            return f"kept {current.source.reference}: {found}"
+        reference = found.reference
+        if current is not None and current.source.identity == found.identity:
+            current.source.alias = found.alias
+            return f"unchanged: {reference}"
+        try:
+            model = await asyncio.to_thread(self._open, task, found)
+        except Exception as exc:
+            detail = exc.detail if isinstance(exc, CareError) else f"{type(exc).__name__}: {exc}"
+            log.error("could not load the %s model %s: %s", task, reference, detail)
+            if current is None:
+                self.unavailable[task] = f"{reference} could not be loaded: {detail}"
+                return f"unavailable: {detail}"
+            return f"kept {current.source.reference}: {reference} could not be loaded: {detail}"
+        model.batcher.start()
+        self._models[task] = model
+        self.unavailable.pop(task, None)
+        self.metrics.set_model(task, self.model_labels(model))
+        log.info("serving %s model %s (version %s, alias %s)", task, reference, found.version, found.alias)
+        if current is not None:
+            await current.close()
+            return f"swapped {current.source.reference} -> {reference}"
+        return f"loaded {reference}"
+
+    def _open(self, task: str, source: ModelSource) -> ServedModel:
+        source.directory = resolve_bundle(source.reference, self.settings)
+        model = start_model(task, source, self.settings, self.metrics)
+        if model.meta.task != task:
+            raise ServiceUnavailable(f"{source.reference} is a {model.meta.task!r} model, not a {task!r} model")
+        return model
+
+    @staticmethod
+    def model_labels(model: ServedModel) -> dict[str, str]:
+        """The info-metric labels of a served model."""
+        return {
+            "name": model.meta.task,
+            "version": model.source.version or "",
+            "alias": model.source.alias or "",
+            "source": model.source.reference,
+            "backbone": model.meta.backbone,
+            "dataset_version": model.meta.dataset_version,
+            "demo": str(model.meta.demo).lower(),
+        }
+
+    async def close(self) -> None:
+        """Close every model (waiting for the requests holding them)."""
+        for task in list(self._models):
+            await self._models.pop(task).close()

@@ -1,0 +1,123 @@
+"""The ASGI guard around every request: request id, body-size limit (413), latency and status metrics.
+
+It is pure ASGI so it can count body bytes as they stream in and answer 413 before an oversized upload is
+held in memory or on disk, whatever the client claims in ``Content-Length``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from care_companion.monitoring.metrics import ServiceMetrics
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class BodyTooLarge(Exception):
+    """The request body passed its limit while streaming in."""
+
+
+def _json(status: int, code: str, detail: str, request_id: str) -> tuple[Message, Message]:
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+            (b"connection", b"close"),
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class RequestGuard:
+    """Wraps the app: assigns request ids, enforces ``limit_for(path)`` on bodies, observes every request."""
+
+    def __init__(
+        self, app: Any, *, metrics: ServiceMetrics, limit_for: Callable[[str], int], paths: Callable[[], set[str]]
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.limit_for = limit_for
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"], state["started"] = request_id, started
+        limit = self.limit_for(scope.get("path", ""))
+        status = 500
+        sent_start = False
+        overflow = False
+
+        async def reply(code: int, error: str, detail: str) -> None:
+            nonlocal status, sent_start
+            start, body = _json(code, error, detail, request_id)
+            status, sent_start = code, True
+            await send(start)
+            await send(body)
+
+        try:
+            declared = headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                if declared.isdigit():
+                    await reply(
+                        413, "payload_too_large", f"request body of {declared} bytes is over the {limit}-byte limit"
+                    )
+                else:
+                    await reply(400, "bad_request", f"invalid Content-Length header {declared!r}")
+                return
+
+            received = 0
+
+            async def guarded_receive() -> Message:
+                nonlocal received, overflow
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        overflow = True
+                        raise BodyTooLarge
+                return message
+
+            async def tracked_send(message: Message) -> None:
+                nonlocal status, sent_start
+                if overflow:  # whatever the app makes of the aborted body, the answer is 413
+                    if not sent_start:
+                        await reply(413, "payload_too_large", f"request body is over the {limit}-byte limit")
+                    return
+                if message["type"] == "http.response.start":
+                    status, sent_start = message["status"], True
+                    message = {
+                        **message,
+                        "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())],
+                    }
+                await send(message)
+
+            try:
+                await self.app(scope, guarded_receive, tracked_send)
+            except BodyTooLarge:
+                if not sent_start:
+                    await reply(413, "payload_too_large", f"request body is over the {limit}-byte limit")
+        finally:
+            path = scope.get("path", "")
+            endpoint = getattr(scope.get("route"), "path", None) or (path if path in self.paths() else "unmatched")
+            if status == 413:
+                task = next((t for t in ("chest", "wrist") if t in endpoint), "-")
+                self.metrics.observe_rejection(task, "payload_too_large")
+            self.metrics.observe_request(endpoint, scope.get("method", "-"), status, time.perf_counter() - started)

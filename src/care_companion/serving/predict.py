@@ -1,0 +1,168 @@
+"""Prediction use cases, free of HTTP: bytes in, a calibrated and reviewed-by-a-radiologist result out.
+
+The routers only parse requests and call these; tests call them directly too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from care_companion.config import Settings
+from care_companion.errors import CareError, InvalidImageError, NotForTask, RequestError, error_code
+from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.serving.engine import ServedModel
+from care_companion.serving.manager import ModelManager
+from care_companion.serving.results import decision_rule, interpret
+from care_companion.serving.schemas import (
+    BatchItem,
+    BatchResponse,
+    Decision,
+    ErrorBody,
+    ModelRef,
+    PredictionResult,
+)
+
+WRIST_VIEWS = ("pa", "lateral")
+
+
+@dataclass
+class Upload:
+    """One uploaded file: its name (for messages) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def _model_ref(model: ServedModel) -> ModelRef:
+    return ModelRef(name=model.meta.task, version=model.source.version, alias=model.source.alias, demo=model.meta.demo)
+
+
+class Predictor:
+    """Runs uploads through the served models; decoding happens in a worker pool, inference in micro-batches."""
+
+    def __init__(self, settings: Settings, models: ModelManager, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.models = models
+        self.metrics = metrics
+        self.pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        """Stop the decoding pool."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    async def _preprocess(self, model: ServedModel, upload: Upload) -> object:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.pool,
+            lambda: model.preprocess_bytes(
+                upload.data,
+                name=upload.name,
+                min_side=self.settings.min_image_side,
+                max_pixels=self.settings.max_image_pixels,
+            ),
+        )
+
+    async def predict(self, task: str, upload: Upload, *, request_id: str, started: float) -> PredictionResult:
+        """One image of ``task``: a calibrated result, or an error (bad image, not an image of this task).
+
+        Args:
+            task: the task name (chest).
+            upload: the file.
+            request_id: id echoed in the result and the logs.
+            started: ``time.perf_counter()`` when the request arrived, for the reported latency.
+
+        Raises:
+            InvalidImageError: the bytes are not a usable image (the reason says why).
+            NotForTask: the image is not an image of this task (a photo, another body part).
+            ServiceUnavailable: no model is loaded for the task, or the engine is overloaded.
+        """
+        async with self.models.lease(task) as model:
+            try:
+                tensor = await self._preprocess(model, upload)
+            except InvalidImageError as exc:
+                self.metrics.observe_rejection(task, exc.reason)
+                raise
+            probs = await model.probabilities(tensor)  # type: ignore[arg-type]
+            found = interpret(probs, model.task, model.meta.thresholds, margin=self.settings.confidence_margin)
+            if found.rejected:
+                error = NotForTask(
+                    f"{upload.name}: this does not look like a {task} X-ray (P({found.label}) = "
+                    f"{found.probabilities[found.label]:.2f}); no finding was made. Upload a {task} radiograph.",
+                    task=task,
+                )
+                self.metrics.observe_rejection(task, error.code)
+                raise error
+            self.metrics.observe_prediction(
+                task, found.label, found.positive, found.probabilities[found.label], found.confidence
+            )
+            return PredictionResult(
+                request_id=request_id,
+                task=task,
+                label=found.label,
+                probabilities=found.probabilities,
+                decision=Decision(
+                    positive=found.positive,
+                    score=round(found.score, 6),
+                    threshold=found.threshold,
+                    rule=decision_rule(model.task, found.threshold),
+                ),
+                confidence=found.confidence,  # type: ignore[arg-type]
+                confidence_reasons=found.confidence_reasons,
+                views_used=list(model.meta.views),
+                model=_model_ref(model),
+                latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+
+    async def predict_batch(
+        self, task: str, uploads: list[Upload], *, request_id: str, started: float
+    ) -> BatchResponse:
+        """Several images in one request: results in input order, each failure reported on its own item."""
+        limit = self.settings.batch_max_images
+        if not uploads:
+            raise RequestError("send at least one image in the 'files' field", code="no_images")
+        if len(uploads) > limit:
+            raise RequestError(
+                f"{len(uploads)} images in one request; at most {limit} (CARE_BATCH_MAX_IMAGES)",
+                code="too_many_images",
+                status=413,
+            )
+        if self.models.get(task) is None:
+            await self._require(task)  # the whole request gets 503, not one error per image
+
+        async def one(index: int, upload: Upload) -> BatchItem:
+            try:
+                result = await self.predict(task, upload, request_id=f"{request_id}-{index}", started=started)
+            except CareError as exc:
+                error = ErrorBody(error=error_code(exc), detail=exc.detail)
+                return BatchItem(index=index, filename=upload.name, ok=False, error=error)
+            return BatchItem(index=index, filename=upload.name, ok=True, result=result)
+
+        items = await asyncio.gather(*(one(i, u) for i, u in enumerate(uploads)))
+        return BatchResponse(
+            request_id=request_id, count=len(items), succeeded=sum(i.ok for i in items), items=list(items)
+        )
+
+    async def _require(self, task: str) -> None:
+        async with self.models.lease(task):  # raises 503 when the task has no model
+            return
+
+    async def predict_study(
+        self, task: str, views: dict[str, Upload | None], *, request_id: str, started: float
+    ) -> PredictionResult:
+        """A multi-view study (wrist: ``pa`` and ``lateral``).
+
+        Until a multi-view model is registered this answers 503 (ServiceUnavailable) saying so: never a fake
+        result.
+        """
+        given = [name for name, upload in views.items() if upload is not None]
+        async with self.models.lease(task) as model:
+            if not given:
+                raise RequestError(f"send at least one view: {', '.join(views)}", code="no_images")
+            raise RequestError(
+                f"the loaded {task} model ({model.source.reference}) is not a multi-view study model",
+                code="model_unsupported",
+                status=503,
+            )

@@ -1,0 +1,225 @@
+"""HTTP routes: thin shells that parse uploads and call :class:`care_companion.serving.predict.Predictor`."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Header, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from care_companion.config import Settings
+from care_companion.errors import RequestError
+from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.serving.engine import ServedModel
+from care_companion.serving.manager import ModelManager
+from care_companion.serving.predict import Predictor, Upload
+from care_companion.serving.schemas import (
+    BatchResponse,
+    ErrorBody,
+    Health,
+    LoadedModelInfo,
+    ModelsResponse,
+    PredictionResult,
+    ReloadResponse,
+)
+
+IMAGE_TYPES = ("image/", "application/dicom", "application/octet-stream")
+
+
+def get_predictor(request: Request) -> Predictor:
+    """The app's predictor."""
+    return request.app.state.predictor
+
+
+def get_models(request: Request) -> ModelManager:
+    """The app's model manager."""
+    return request.app.state.models
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """The app's settings."""
+    return request.app.state.settings
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+ModelsDep = Annotated[ModelManager, Depends(get_models)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "Not a usable image (empty, not an image, truncated, too small, decompression bomb, no pixel data).",
+        413: "Upload over the size limit (or too many images in a batch).",
+        415: "Wrong content type, or an image encoding this server cannot decode.",
+        422: "Not an image of this task (e.g. not a chest X-ray), or a missing field.",
+        503: "No model is loaded for the task, or the engine is overloaded; retry later.",
+    }.items()
+}
+
+
+def _request_meta(request: Request) -> tuple[str, float]:
+    state = request.scope.get("state", {})
+    return state.get("request_id", "-"), state.get("started", time.perf_counter())
+
+
+async def _read(upload: UploadFile, field: str) -> Upload:
+    """The bytes of one uploaded file; refuses parts that declare a non-image content type."""
+    declared = (upload.content_type or "").split(";")[0].strip().lower()
+    name = upload.filename or field
+    if declared and not declared.startswith(IMAGE_TYPES):
+        raise RequestError(
+            f"{name}: content type {declared!r} is not an image; send PNG, JPEG or DICOM",
+            code="unsupported_media_type",
+            status=415,
+        )
+    return Upload(name=name, data=await upload.read())
+
+
+predict = APIRouter(tags=["predict"], responses=ERRORS)
+
+
+@predict.post("/v1/predict/chest", response_model=PredictionResult, summary="Chest X-ray: one image")
+async def predict_chest(
+    request: Request,
+    predictor: PredictorDep,
+    file: Annotated[UploadFile, File(description="A frontal chest radiograph: PNG, JPEG or DICOM.")],
+) -> PredictionResult:
+    """Classify one chest X-ray as normal, pneumonia or tuberculosis, with calibrated probabilities.
+
+    A film that is not a chest X-ray gets 422. Every result must be reviewed by a radiologist.
+    """
+    request_id, started = _request_meta(request)
+    upload = await _read(file, "file")
+    return await predictor.predict("chest", upload, request_id=request_id, started=started)
+
+
+@predict.post("/v1/predict/chest/batch", response_model=BatchResponse, summary="Chest X-rays: several images")
+async def predict_chest_batch(
+    request: Request,
+    predictor: PredictorDep,
+    files: Annotated[list[UploadFile], File(description="Chest radiographs; results come back in this order.")],
+) -> BatchResponse:
+    """Classify several chest X-rays in one request; each image succeeds or fails on its own."""
+    request_id, started = _request_meta(request)
+    uploads = []
+    for i, f in enumerate(files):
+        uploads.append(await _read(f, f"files[{i}]"))
+    return await predictor.predict_batch("chest", uploads, request_id=request_id, started=started)
+
+
+@predict.post("/v1/predict/wrist", response_model=PredictionResult, summary="Wrist study: PA and lateral views")
+async def predict_wrist(
+    request: Request,
+    predictor: PredictorDep,
+    pa: Annotated[UploadFile | None, File(description="Posteroanterior view.")] = None,
+    lateral: Annotated[UploadFile | None, File(description="Lateral view.")] = None,
+) -> PredictionResult:
+    """Fracture triage of a wrist study. Answers 503 until a wrist model is registered."""
+    request_id, started = _request_meta(request)
+    views = {
+        "pa": await _read(pa, "pa") if pa else None,
+        "lateral": await _read(lateral, "lateral") if lateral else None,
+    }
+    return await predictor.predict_study("wrist", views, request_id=request_id, started=started)
+
+
+# The proposal's original endpoint names, kept as aliases.
+predict.add_api_route(
+    "/predict_chest",
+    predict_chest,
+    methods=["POST"],
+    response_model=PredictionResult,
+    deprecated=True,
+    summary="Alias of /v1/predict/chest",
+)
+predict.add_api_route(
+    "/predict_wrist",
+    predict_wrist,
+    methods=["POST"],
+    response_model=PredictionResult,
+    deprecated=True,
+    summary="Alias of /v1/predict/wrist",
+)
+
+
+def model_info(model: ServedModel) -> LoadedModelInfo:
+    """What ``GET /v1/models`` says about a loaded model."""
+    meta = model.meta
+    return LoadedModelInfo(
+        task=model.task_name,
+        name=meta.task,
+        version=model.source.version,
+        alias=model.source.alias,
+        source=model.source.reference,
+        classes=list(meta.classes),
+        positives=list(meta.positives),
+        reject=meta.reject,
+        thresholds=dict(meta.thresholds),
+        temperature=meta.temperature,
+        input_size=meta.input_size,
+        backbone=meta.backbone,
+        dataset_version=meta.dataset_version,
+        demo=meta.demo,
+        loaded_at=model.loaded_at,
+        metrics={k: float(v) for k, v in meta.metrics.items() if isinstance(v, int | float)},
+    )
+
+
+ops = APIRouter(tags=["operations"])
+
+
+@ops.get("/health", response_model=Health, summary="Liveness")
+async def health() -> Health:
+    """The process is up and answering."""
+    return Health(status="ok")
+
+
+@ops.get("/ready", response_model=Health, responses={503: {"model": Health}}, summary="Readiness")
+async def ready(models: ModelsDep) -> Response:
+    """Ready when at least one model is loaded; lists what each task serves."""
+    loaded = {m.task_name: m.source.version or m.source.reference for m in models.loaded()}
+    body = Health(
+        status="ready" if loaded else "not_ready",
+        models=loaded,
+        detail="; ".join(f"{t}: {why}" for t, why in models.unavailable.items()) or None,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if loaded else 503)
+
+
+@ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    registry: ServiceMetrics = request.app.state.metrics
+    return Response(registry.render(), media_type=registry.content_type)
+
+
+@ops.get("/v1/models", response_model=ModelsResponse, summary="Loaded models")
+async def list_models(models: ModelsDep) -> ModelsResponse:
+    """Loaded models with versions, classes and operating-point thresholds; why any task has none."""
+    return ModelsResponse(data=[model_info(m) for m in models.loaded()], unavailable=dict(models.unavailable))
+
+
+def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """When ``CARE_ADMIN_TOKEN`` is set, admin routes need ``Authorization: Bearer <token>``."""
+    if not settings.admin_token:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+        raise RequestError(
+            "admin token required: Authorization: Bearer <CARE_ADMIN_TOKEN>", code="unauthorized", status=401
+        )
+
+
+@ops.post(
+    "/v1/admin/reload",
+    response_model=ReloadResponse,
+    dependencies=[Depends(require_admin)],
+    responses={401: {"model": ErrorBody}},
+    summary="Reload models",
+)
+async def reload(models: ModelsDep) -> ReloadResponse:
+    """Look up every task's model again and swap in newly promoted versions; requests in flight finish first."""
+    changes = await models.refresh()
+    return ReloadResponse(changes=changes, models=[model_info(m) for m in models.loaded()])
