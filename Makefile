@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/care-companion demo
+	$(VENV)/bin/care-companion demo --serve
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

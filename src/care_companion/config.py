@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,10 @@ class Settings(BaseSettings):
     decode_workers: int = Field(default=2, ge=1, description="Threads decoding and preprocessing uploads.")
     inference_threads: int | None = Field(
         default=None, description="ONNX Runtime intra-op threads; None lets it use every core."
+    )
+    engine_precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto",
+        description="Served model file: auto uses a bundle's INT8 model only if it lost no sensitivity.",
     )
     max_upload_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Largest accepted request body (HTTP 413 above it)."

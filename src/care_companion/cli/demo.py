@@ -14,6 +14,9 @@ def demo_cmd(
     per_class: Annotated[int, typer.Option(help="Synthetic chest X-rays per class.")] = 200,
     non_xray: Annotated[int, typer.Option(help="Generated non-X-ray images.")] = 100,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs of the small demo model.")] = 12,
+    serve: Annotated[
+        bool, typer.Option(help="Then start the service on the demo model and print its URL (Ctrl-C stops it).")
+    ] = False,
 ) -> None:
     """Build a synthetic chest data set, train a small DEMO model, evaluate, gate and register it."""
     from care_companion.workflows.demo import DEMO_RECIPE, run_demo
@@ -49,3 +52,14 @@ def demo_cmd(
     console.print(f"[yellow]{REVIEW_WARNING}")
     if not outcome.gate.passed:
         raise typer.Exit(EXIT_GATE)
+    if serve:
+        from care_companion.cli.serve import run_service
+        from care_companion.workflows.demo import write_examples
+
+        examples = write_examples(cfg)
+        url = f"http://{cfg.host}:{cfg.port}"
+        console.rule("[bold]Serving the demo model")
+        console.print(f"try it:  curl -F file=@{examples['pneumonia']} {url}/v1/predict/chest")
+        console.print(f"         curl -F file=@{examples['photo']} {url}/v1/predict/chest   (not an X-ray: 422)")
+        console.print(f"API docs: {url}/docs")
+        run_service(cfg)

@@ -11,6 +11,7 @@ from care_companion.cli import data, registry, train
 from care_companion.cli.common import setup_logging
 from care_companion.cli.demo import demo_cmd
 from care_companion.cli.evaluate import evaluate_cmd
+from care_companion.cli.serve import serve_cmd
 
 app = typer.Typer(
     name="care-companion",
@@ -24,6 +25,7 @@ app.add_typer(train.app, name="train")
 app.add_typer(registry.app, name="registry")
 app.command("evaluate")(evaluate_cmd)
 app.command("demo")(demo_cmd)
+app.command("serve")(serve_cmd)
 
 
 def _version(value: bool) -> None:

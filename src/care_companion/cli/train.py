@@ -25,6 +25,15 @@ def report_outcome(outcome: TrainOutcome) -> None:
         f"specificity {m.get('specificity_abnormal', float('nan')):.3f}"
     )
     console.print(f"training: {outcome.train_seconds:.0f} s, {outcome.images_per_second:.1f} images/s")
+    if outcome.int8 is not None:
+        nan = float("nan")
+        fp32, int8 = outcome.int8.test.get("fp32", {}), outcome.int8.test.get("int8", {})
+        verdict = "served by default" if outcome.int8.preferred else "kept as an option, not served by default"
+        console.print(
+            f"INT8 model: {verdict} ({outcome.int8.reason}); test sensitivity "
+            f"{fp32.get('sensitivity_abnormal', nan):.3f} -> {int8.get('sensitivity_abnormal', nan):.3f}, "
+            f"AUC {fp32.get('auc_abnormal', nan):.3f} -> {int8.get('auc_abnormal', nan):.3f}"
+        )
     console.print(f"MLflow run {outcome.run_id} (data set {outcome.dataset_version})")
     if outcome.registered_version is not None:
         console.print(f"[green]registered[/] {outcome.task} version {outcome.registered_version} as @staging")
@@ -73,6 +82,12 @@ def train_chest(
     dataset_version: Annotated[str | None, typer.Option(help="Data-set version (default: latest import).")] = None,
     register: Annotated[bool, typer.Option(help="Register the model when it passes the gate.")] = True,
     demo: Annotated[bool, typer.Option(help="Mark the bundle as a demo model, not for clinical use.")] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            help="Also make an INT8 model calibrated on validation images; served only if no sensitivity drops."
+        ),
+    ] = True,
 ) -> None:
     """Train the chest model with the default recipe, or override any part of it."""
     from care_companion.tasks import CHEST
@@ -108,5 +123,7 @@ def train_chest(
             "seed": cfg.seed if seed is None else seed,
         }
         config = TrainConfig(**(CHEST.recipe.model_dump() | overrides | options))
-        outcome = train_task(CHEST, config, settings=cfg, dataset_version=dataset_version, register=register, demo=demo)
+        outcome = train_task(
+            CHEST, config, settings=cfg, dataset_version=dataset_version, register=register, demo=demo, int8=int8
+        )
     report_outcome(outcome)

@@ -18,6 +18,7 @@ from care_companion.tasks import TaskSpec
 
 BUNDLE_FILE = "bundle.json"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 CHECKPOINT_FILE = "model.pt"
 INTENDED_USE = (
     "Decision support for radiologists. Outputs are calibrated probabilities and an operating-point "
@@ -39,6 +40,23 @@ class TensorSpec(BaseModel):
     shape: list[int | str]
     dtype: str = "float32"
     description: str = ""
+
+
+class Int8Report(BaseModel):
+    """The statically quantised INT8 model of a bundle and how it compares with float32."""
+
+    file: str = INT8_FILE
+    calibration_images: int = Field(description="Validation images the activation scales were calibrated on.")
+    validation: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="'fp32' and 'int8' metrics on the validation split."
+    )
+    test: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="'fp32' and 'int8' metrics on the test split."
+    )
+    preferred: bool = Field(
+        description="True when no sensitivity dropped on validation or test: then 'auto' precision serves INT8."
+    )
+    reason: str = ""
 
 
 class BundleMeta(BaseModel):
@@ -66,6 +84,7 @@ class BundleMeta(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Summary of the test evaluation.")
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
+    int8: Int8Report | None = Field(default=None, description="The INT8 model, when one was made.")
     demo: bool = Field(default=False, description="True for demo models trained on synthetic data.")
     intended_use: str = INTENDED_USE
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))

@@ -8,7 +8,7 @@ import numpy as np
 
 from care_companion.errors import ModelError
 from care_companion.imaging.preprocess import to_model_input
-from care_companion.models.bundle import ONNX_FILE, BundleMeta, load_meta
+from care_companion.models.bundle import INT8_FILE, ONNX_FILE, BundleMeta, load_meta
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -19,17 +19,41 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class BundlePredictor:
-    """An ONNX Runtime session for one bundle; CUDA/TensorRT providers are used when present."""
+PRECISIONS = ("auto", "fp32", "int8")
 
-    def __init__(self, directory: Path, *, threads: int | None = None) -> None:
+
+def model_file(directory: Path, meta: BundleMeta, precision: str = "auto") -> Path:
+    """The ONNX file to run: float32, INT8, or (``auto``) INT8 only when the bundle says it lost no sensitivity."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    int8 = directory / (meta.int8.file if meta.int8 else INT8_FILE)
+    if precision == "int8" or (precision == "auto" and meta.int8 is not None and meta.int8.preferred):
+        if not int8.is_file():
+            if precision == "auto":
+                return directory / ONNX_FILE
+            raise ModelError(f"{directory}: bundle has no INT8 model ({int8.name}); quantise it first")
+        return int8
+    return directory / ONNX_FILE
+
+
+class BundlePredictor:
+    """An ONNX Runtime session for one bundle; CUDA/TensorRT providers are used when present.
+
+    Args:
+        directory: the bundle folder.
+        threads: ONNX Runtime intra-op threads (None: all cores).
+        precision: "fp32", "int8", or "auto" (INT8 when the bundle records that it kept sensitivity).
+    """
+
+    def __init__(self, directory: Path, *, threads: int | None = None, precision: str = "fp32") -> None:
         import onnxruntime as ort
 
         self.directory = Path(directory)
         self.meta: BundleMeta = load_meta(self.directory)
-        onnx_path = self.directory / ONNX_FILE
+        onnx_path = model_file(self.directory, self.meta, precision)
+        self.precision = "int8" if onnx_path.name != ONNX_FILE else "fp32"
         if not onnx_path.is_file():
-            raise ModelError(f"{self.directory}: bundle has no {ONNX_FILE}")
+            raise ModelError(f"{self.directory}: bundle has no {onnx_path.name}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -88,7 +88,9 @@ def start_model(task_name: str, source: ModelSource, settings: Settings, metrics
     """Open a bundle's engine (blocking) and wrap it with a micro-batcher; call :meth:`MicroBatcher.start` next."""
     if source.directory is None:
         raise ValueError(f"{source.reference}: resolve the bundle folder before starting it")
-    predictor = BundlePredictor(source.directory, threads=settings.inference_threads)
+    predictor = BundlePredictor(
+        source.directory, threads=settings.inference_threads, precision=settings.engine_precision
+    )
     batcher = MicroBatcher(
         predictor.logits,
         max_batch=settings.max_batch_size,

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from care_companion.config import Settings
@@ -75,7 +76,7 @@ class ModelManager:
         self.unavailable: dict[str, str] = {}
         self._lock = asyncio.Lock()
         for task in tasks:
-            metrics.queue_depth.labels(task).set_function(lambda task=task: self._depth(task))
+            metrics.queue_depth.labels(task).set_function(partial(self._depth, task))
             metrics.set_model(task, None)
 
     def _depth(self, task: str) -> float:

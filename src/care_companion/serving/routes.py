@@ -179,7 +179,7 @@ async def health() -> Health:
 @ops.get("/ready", response_model=Health, responses={503: {"model": Health}}, summary="Readiness")
 async def ready(models: ModelsDep) -> Response:
     """Ready when at least one model is loaded; lists what each task serves."""
-    loaded = {m.task_name: m.source.version or m.source.reference for m in models.loaded()}
+    loaded: dict[str, str | None] = {m.task_name: m.source.version or m.source.reference for m in models.loaded()}
     body = Health(
         status="ready" if loaded else "not_ready",
         models=loaded,

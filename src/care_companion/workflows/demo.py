@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.data.importer import ImportResult
@@ -47,3 +49,21 @@ def run_demo(
     recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})
     outcome = train_task(CHEST, recipe, settings=settings, dataset_version=imported.version, demo=True)
     return imported, outcome
+
+
+def write_examples(settings: Settings) -> dict[str, Path]:
+    """Example uploads for trying the demo service: one synthetic film per class and a photograph."""
+    from PIL import Image
+
+    from care_companion.data.synthetic import natural_images, synth_chest
+
+    folder = Path(settings.data_dir) / "demo-source" / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(settings.seed + 1)
+    images = {label: synth_chest(label, rng, 256) for label in ("normal", "pneumonia", "tuberculosis")}
+    images["photo"] = natural_images(rng, 1, 256)[0]
+    paths = {}
+    for name, pixels in images.items():
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(pixels).save(paths[name])
+    return paths

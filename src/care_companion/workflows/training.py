@@ -21,7 +21,7 @@ from care_companion.data.manifest import Manifest, load_manifest
 from care_companion.errors import DataError
 from care_companion.evaluation.metrics import EvaluationReport, evaluate_predictions
 from care_companion.evaluation.plots import write_plots
-from care_companion.models.bundle import CHECKPOINT_FILE, ONNX_FILE, BundleMeta, Normalisation, save_meta
+from care_companion.models.bundle import CHECKPOINT_FILE, ONNX_FILE, BundleMeta, Int8Report, Normalisation, save_meta
 from care_companion.models.export import export_onnx
 from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.registry.gate import GateResult, check_gate
@@ -32,6 +32,7 @@ from care_companion.tasks import TaskSpec
 from care_companion.training.calibration import fit_temperature
 from care_companion.training.operating_point import choose_operating_point
 from care_companion.training.trainer import TrainConfig, predict_logits, train_classifier
+from care_companion.workflows.quantization import add_int8
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class TrainOutcome(BaseModel):
     metrics: dict[str, Any]
     train_seconds: float
     images_per_second: float
+    int8: Int8Report | None = None
 
 
 def resolve_init_weights(value: str, settings: Settings) -> Path:
@@ -108,6 +110,7 @@ def train_task(
     dataset_version: str | None = None,
     register: bool = True,
     demo: bool = False,
+    int8: bool = True,
 ) -> TrainOutcome:
     """Run the whole training pipeline for ``task`` and leave a model bundle behind, registered or not.
 
@@ -118,6 +121,7 @@ def train_task(
         dataset_version: a data-set version to train on (default: the latest import).
         register: register the bundle when it passes the gate.
         demo: mark the bundle as a demo model (synthetic data, not for clinical use).
+        int8: also make a statically quantised INT8 model (calibrated on validation) and compare it.
     """
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
@@ -184,6 +188,14 @@ def train_task(
         metrics = summary_metrics(report, task)
         meta.metrics = metrics
         save_meta(bundle_dir, meta)
+        quantized = None
+        if int8:
+            try:
+                quantized = add_int8(bundle_dir, val, test, task, seed=config.seed)
+                run.log_metrics({f"int8_test_{k}": v for k, v in quantized.test["int8"].items()})
+                run.set_tags({"int8_preferred": str(quantized.preferred).lower()})
+            except Exception as exc:  # INT8 is an option: its failure must not lose the trained model
+                log.warning("INT8 quantisation failed, the bundle keeps only float32: %s", exc)
 
         run.log_metrics(
             {f"test_{k}": v for k, v in metrics.items()}
@@ -225,4 +237,5 @@ def train_task(
         metrics=metrics,
         train_seconds=result.seconds,
         images_per_second=result.images_per_second,
+        int8=quantized,
     )
