@@ -8,11 +8,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
 
 from care_companion.config import Settings
 from care_companion.data.chest import import_chest
+from care_companion.data.manifest import load_manifest
+from care_companion.data.synthetic import natural_images
+from care_companion.errors import ModelError
 from care_companion.models.bundle import load_meta
 from care_companion.registry.models import list_versions
+from care_companion.serving.app import create_app
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST
 from care_companion.training.trainer import TrainConfig
@@ -39,8 +45,17 @@ def real_chest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str]
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("real") / "care-data", seed=3, gate_min_sensitivity=0.0, gate_min_auc=0.6
     )
-    result = import_chest([cxr], store_from_settings(settings), seed=3, non_xray=60, workers=2)
+    result = import_chest(
+        [cxr],
+        store_from_settings(settings),
+        seed=3,
+        non_xray=60,
+        non_chest=[shared_path("fracatlas", "images")],
+        non_chest_max=80,
+        workers=2,
+    )
     assert result.counts["cxr-real"] == {"normal": 262, "pneumonia": 196, "tuberculosis": 189}
+    assert result.counts["non-chest:images"] == {"unknown": 80}
     return settings, result.version
 
 
@@ -67,6 +82,9 @@ def test_tiny_model_beats_chance_registers_and_exports(real_chest):
     report = json.loads((bundle / "evaluation.json").read_text())
     assert report["by_group"]["source"].keys() >= {"cxr-real", "generated-non-xray"}
 
+    assert meta.int8 is not None and (bundle / "model.int8.onnx").is_file()
+    assert set(meta.int8.test) == {"fp32", "int8"}
+
     # the registered model evaluates on any class-folder tree through its registry URI
     run = evaluate_model("models:/chest@staging", shared_path("cxr-real"), settings=settings, n_boot=50)
     assert run.report.n == 647 and run.report.auc_abnormal is not None and run.report.auc_abnormal > 0.75
@@ -86,3 +104,39 @@ def test_gate_refuses_a_model_short_of_the_recall_floor(real_chest):
 
     run = tracking_client(strict).get_run(outcome.run_id)
     assert run.data.tags["needs_retraining"] == "true" and run.data.tags["gate"] == "refused"
+
+
+def _upload(client: TestClient, path: Path) -> tuple[int, dict]:
+    response = client.post("/v1/predict/chest", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+    return response.status_code, response.json()
+
+
+def test_served_model_answers_chest_films_and_refuses_other_images(real_chest, tmp_path: Path):
+    """The trained model behind the service: chest films get findings, other body parts and photos get 422."""
+    settings, version = real_chest
+    if not list_versions_safe(settings):
+        train_task(CHEST, TINY, settings=settings, dataset_version=version)
+    frame = load_manifest(store_from_settings(settings), "chest", version).frame
+    imported = {Path(p).name for p in frame["path"]}
+    hands = [p for p in sorted(shared_path("fracatlas", "images").rglob("*.jpg")) if p.name not in imported][:10]
+    photo = tmp_path / "photo.png"
+    Image.fromarray(natural_images(np.random.default_rng(99), 1, 300)[0]).save(photo)
+    films = sorted(shared_path("cxr-real").rglob("*.jpg"))[::80]
+    with TestClient(create_app(settings.model_copy(update={"model_poll_seconds": 0}))) as client:
+        answers = [_upload(client, film) for film in films]
+        assert all(code == 200 for code, _ in answers), answers
+        for _, body in answers:
+            assert body["review_required"] is True and body["model"]["alias"] == "staging"
+            assert body["label"] in {"normal", "pneumonia", "tuberculosis"}
+        refused = [_upload(client, hand) for hand in hands]
+        assert sum(code == 422 for code, _ in refused) >= 8, refused  # other body parts: no finding
+        assert all(body["error"] == "not_a_chest_xray" for code, body in refused if code == 422)
+        code, body = _upload(client, photo)
+        assert code == 422 and body["error"] == "not_a_chest_xray", body
+
+
+def list_versions_safe(settings: Settings) -> list:
+    try:
+        return list_versions("chest", settings)
+    except ModelError:
+        return []

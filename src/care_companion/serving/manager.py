@@ -162,6 +162,7 @@ class ModelManager:
             "alias": model.source.alias or "",
             "source": model.source.reference,
             "backbone": model.meta.backbone,
+            "precision": model.predictor.precision,
             "dataset_version": model.meta.dataset_version,
             "demo": str(model.meta.demo).lower(),
         }

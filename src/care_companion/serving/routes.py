@@ -159,6 +159,7 @@ def model_info(model: ServedModel) -> LoadedModelInfo:
         thresholds=dict(meta.thresholds),
         temperature=meta.temperature,
         input_size=meta.input_size,
+        precision=model.predictor.precision,
         backbone=meta.backbone,
         dataset_version=meta.dataset_version,
         demo=meta.demo,

@@ -86,6 +86,7 @@ class LoadedModelInfo(BaseModel):
     thresholds: dict[str, float]
     temperature: float
     input_size: int
+    precision: str = Field(description="Which model file runs: fp32 or int8.")
     backbone: str
     dataset_version: str
     demo: bool
