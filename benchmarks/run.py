@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import chest_recipe, train_throughput
+from benchmarks import chest_recipe, int8, serve_load, train_throughput
 
 
 def main() -> None:
-    for module in (train_throughput, chest_recipe):
+    for module in (train_throughput, chest_recipe, int8, serve_load):
         print(f"== {module.__name__}", flush=True)
         sys.argv = [module.__name__]
         module.main()

@@ -44,6 +44,7 @@ def test_cli_spine_on_synthetic_data(cli_env: Path, tmp_path: Path, monkeypatch:
     bundle = Path(trained.output.strip().splitlines()[-1])
     assert (bundle / "bundle.json").is_file() and (bundle / "model.onnx").is_file()
     assert "registered chest version 1" in trained.output
+    assert "INT8 model:" in trained.output and (bundle / "model.int8.onnx").is_file()
 
     listed = invoke("registry", "list", "--task", "chest")
     assert listed.exit_code == 0 and "staging" in listed.output
@@ -114,8 +115,12 @@ def test_help_explains_every_group():
         result = invoke(group, "--help")
         assert result.exit_code == 0
     train_help = invoke("train", "chest", "--help").output
-    for option in ("--backbone", "--head-epochs", "--finetune-lr", "--pretrained", "--init-weights"):
+    for option in ("--backbone", "--head-epochs", "--finetune-lr", "--pretrained", "--init-weights", "--no-int8"):
         assert option in train_help
+    serve_help = invoke("serve", "--help").output
+    for option in ("--chest-model", "--alias", "--max-batch-size", "--precision", "--port"):
+        assert option in serve_help
+    assert "--serve" in invoke("demo", "--help").output
 
 
 def test_init_weights_from_the_registry(cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

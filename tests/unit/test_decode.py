@@ -16,6 +16,7 @@ from PIL import Image
 from care_companion.errors import InvalidImageError
 from care_companion.imaging.decode import decode_file, decode_image, sniff_format
 from tests.conftest import shared_path
+from tests.helpers import dicom_bytes
 
 # ------------------------------------------------------------------------------------------- builders
 
@@ -49,39 +50,7 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-def _dicom(
-    pixels: np.ndarray | None,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int = 16,
-    preamble: bool = True,
-    **attributes: object,
-) -> bytes:
-    """An in-memory DICOM file (Explicit VR Little Endian) with the given pixels and extra attributes."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    if pixels is not None:
-        ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits_stored)
-    else:
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    if preamble:
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.preamble = b"\0" * 128
-        ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    else:
-        del ds.file_meta
-        ds.save_as(buf, implicit_vr=True, little_endian=True)
-    return buf.getvalue()
+_dicom = dicom_bytes
 
 
 def _reason(data: bytes, **kwargs: object) -> str:

@@ -46,14 +46,21 @@ def test_int8_model_is_written_and_compared(quantized: Path) -> None:
         if "sensitivity" in k and split["int8"][k] < v
     ]
     assert meta.int8.preferred == (not drops)
+    assert set(meta.int8.thresholds) == {"abnormal", "pneumonia", "tuberculosis"} and meta.int8.temperature > 0
 
 
-def test_int8_outputs_track_fp32(quantized: Path) -> None:
+def test_int8_logits_track_fp32_and_use_their_own_operating_point(quantized: Path) -> None:
     images = list(_data(12, 3).images)
-    fp32 = BundlePredictor(quantized, precision="fp32").predict_proba(images)
+    fp32 = BundlePredictor(quantized, precision="fp32")
     int8 = BundlePredictor(quantized, precision="int8")
-    assert int8.precision == "int8"
-    assert np.abs(int8.predict_proba(images) - fp32).max() < 0.15
+    assert int8.precision == "int8" and fp32.precision == "fp32"
+    reference = fp32.logits(fp32.preprocess(images))
+    spread = float(reference.max() - reference.min()) or 1.0
+    assert np.abs(int8.logits(int8.preprocess(images)) - reference).max() < 0.1 * spread
+    meta = load_meta(quantized)
+    assert meta.int8 is not None
+    assert int8.thresholds == meta.int8.thresholds and int8.temperature == meta.int8.temperature
+    assert fp32.thresholds == meta.thresholds and fp32.temperature == meta.temperature
 
 
 def test_auto_precision_follows_the_verdict(quantized: Path, tmp_path: Path) -> None:

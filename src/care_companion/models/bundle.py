@@ -47,6 +47,10 @@ class Int8Report(BaseModel):
 
     file: str = INT8_FILE
     calibration_images: int = Field(description="Validation images the activation scales were calibrated on.")
+    temperature: float = Field(default=1.0, description="Temperature fitted to the INT8 model's validation logits.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="The INT8 model's own operating point, chosen on validation."
+    )
     validation: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="'fp32' and 'int8' metrics on the validation split."
     )
@@ -54,7 +58,8 @@ class Int8Report(BaseModel):
         default_factory=dict, description="'fp32' and 'int8' metrics on the test split."
     )
     preferred: bool = Field(
-        description="True when no sensitivity dropped on validation or test: then 'auto' precision serves INT8."
+        description="True when, each model at its own operating point, no sensitivity fell below float32's on "
+        "validation or test: then 'auto' precision serves INT8."
     )
     reason: str = ""
 

@@ -43,9 +43,13 @@ class BundlePredictor:
         directory: the bundle folder.
         threads: ONNX Runtime intra-op threads (None: all cores).
         precision: "fp32", "int8", or "auto" (INT8 when the bundle records that it kept sensitivity).
+        spin: let idle ONNX Runtime threads busy-wait for work (fastest alone; a service sharing its cores
+            with decoding and HTTP turns it off so waiting threads do not take CPU from them).
     """
 
-    def __init__(self, directory: Path, *, threads: int | None = None, precision: str = "fp32") -> None:
+    def __init__(
+        self, directory: Path, *, threads: int | None = None, precision: str = "fp32", spin: bool = True
+    ) -> None:
         import onnxruntime as ort
 
         self.directory = Path(directory)
@@ -57,9 +61,23 @@ class BundlePredictor:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
         providers = [p for p in preferred if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+
+    @property
+    def temperature(self) -> float:
+        """Calibration temperature of the model file being run."""
+        return self.meta.int8.temperature if self.precision == "int8" and self.meta.int8 else self.meta.temperature
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Operating point of the model file being run (the INT8 model has its own, chosen on validation)."""
+        if self.precision == "int8" and self.meta.int8 and self.meta.int8.thresholds:
+            return dict(self.meta.int8.thresholds)
+        return dict(self.meta.thresholds)
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 grayscale images to the model's normalised input batch."""
@@ -73,4 +91,4 @@ class BundlePredictor:
 
     def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
         """Calibrated class probabilities [N, C] for uint8 grayscale images."""
-        return softmax(self.logits(self.preprocess(images)), self.meta.temperature)
+        return softmax(self.logits(self.preprocess(images)), self.temperature)

@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
                     await poller
             await models.close()
             predictor.close()
+            log.info("service stopped: requests in flight finished, models closed")
 
     app = FastAPI(
         title="Care Companion",
@@ -91,8 +92,10 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
     def limit_for(path: str) -> int:
         return settings.max_batch_upload_bytes if path.endswith("/batch") else settings.max_upload_bytes
 
+    known = {getattr(route, "path", "") for router in (predict, ops) for route in router.routes}
+
     def paths() -> set[str]:
-        return {getattr(route, "path", "") for route in app.routes}
+        return known
 
     app.add_middleware(RequestGuard, metrics=metrics, limit_for=limit_for, paths=paths)
     return app

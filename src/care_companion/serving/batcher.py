@@ -9,11 +9,11 @@ engine works. While one batch runs, the next one fills.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from care_companion.errors import ServiceUnavailable
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
 OnBatch = Callable[[int, float], None]
+
+
+_STOP = object()  # put on the queue by close(): everything before it is still answered
 
 
 @dataclass
@@ -48,7 +51,7 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.on_batch = on_batch
         self.name = name
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._queue: asyncio.Queue[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -79,41 +82,43 @@ class MicroBatcher:
         return await future
 
     async def close(self) -> None:
-        """Finish every queued input, then stop the collector and the inference thread."""
+        """Answer every input already accepted, then stop the collector and the inference thread."""
         self._closed = True
-        if self._queue is not None:
-            while self._queue.qsize():
-                await asyncio.sleep(0.005)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._queue is not None and self._task is not None and not self._task.done():
+            self._queue.put_nowait(_STOP)
+            await self._task
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    async def _gather(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
-        batch = [await queue.get()]
+    async def _gather(self, queue: asyncio.Queue[Any]) -> tuple[list[_Item], bool]:
+        """The next batch, and whether the stop marker came after it."""
+        first = await queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
             try:
-                batch.append(queue.get_nowait())
-                continue
+                item = queue.get_nowait()
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
-            except TimeoutError:
-                break
-        return batch
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
 
     async def _collect(self) -> None:
         assert self._queue is not None and self._pool is not None
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._gather(self._queue)
+        stop = False
+        while not stop:
+            batch, stop = await self._gather(self._queue)
             live = [item for item in batch if not item.future.done()]  # a client may have gone away
             if not live:
                 continue

@@ -66,7 +66,7 @@ class ServedModel:
     async def probabilities(self, tensor: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities [C] of one preprocessed input, through the micro-batcher."""
         logits = await self.batcher.submit(tensor)
-        return softmax(logits[None, :], self.meta.temperature)[0]
+        return softmax(logits[None, :], self.predictor.temperature)[0]
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[ServedModel]:
@@ -89,7 +89,7 @@ def start_model(task_name: str, source: ModelSource, settings: Settings, metrics
     if source.directory is None:
         raise ValueError(f"{source.reference}: resolve the bundle folder before starting it")
     predictor = BundlePredictor(
-        source.directory, threads=settings.inference_threads, precision=settings.engine_precision
+        source.directory, threads=settings.inference_threads, precision=settings.engine_precision, spin=False
     )
     batcher = MicroBatcher(
         predictor.logits,

@@ -64,11 +64,12 @@ class RequestGuard:
         status = 500
         sent_start = False
         overflow = False
+        refused_size = False  # this guard answered 413 (not the app, e.g. too_many_images)
 
         async def reply(code: int, error: str, detail: str) -> None:
-            nonlocal status, sent_start
+            nonlocal status, sent_start, refused_size
             start, body = _json(code, error, detail, request_id)
-            status, sent_start = code, True
+            status, sent_start, refused_size = code, True, code == 413
             await send(start)
             await send(body)
 
@@ -117,7 +118,7 @@ class RequestGuard:
         finally:
             path = scope.get("path", "")
             endpoint = getattr(scope.get("route"), "path", None) or (path if path in self.paths() else "unmatched")
-            if status == 413:
+            if refused_size:
                 task = next((t for t in ("chest", "wrist") if t in endpoint), "-")
                 self.metrics.observe_rejection(task, "payload_too_large")
             self.metrics.observe_request(endpoint, scope.get("method", "-"), status, time.perf_counter() - started)

@@ -86,7 +86,7 @@ class Predictor:
                 self.metrics.observe_rejection(task, exc.reason)
                 raise
             probs = await model.probabilities(tensor)  # type: ignore[arg-type]
-            found = interpret(probs, model.task, model.meta.thresholds, margin=self.settings.confidence_margin)
+            found = interpret(probs, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin)
             if found.rejected:
                 error = NotForTask(
                     f"{upload.name}: this does not look like a {task} X-ray (P({found.label}) = "
@@ -124,6 +124,7 @@ class Predictor:
         if not uploads:
             raise RequestError("send at least one image in the 'files' field", code="no_images")
         if len(uploads) > limit:
+            self.metrics.observe_rejection(task, "too_many_images")
             raise RequestError(
                 f"{len(uploads)} images in one request; at most {limit} (CARE_BATCH_MAX_IMAGES)",
                 code="too_many_images",

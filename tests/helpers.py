@@ -1,0 +1,84 @@
+"""Builders shared by several test modules: in-memory DICOM files and a service client on a real bundle."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from care_companion.config import Settings
+from care_companion.serving.app import create_app
+from tests.conftest import write_bundle
+
+PNEUMONIA_LOGITS = [0.0, 3.0, 1.0, -2.0]  # softmax: normal .04, pneumonia .84, tuberculosis .11, unknown .01
+RESULT_KEYS = {
+    "request_id",
+    "task",
+    "label",
+    "probabilities",
+    "decision",
+    "confidence",
+    "confidence_reasons",
+    "views_used",
+    "review_required",
+    "warning",
+    "model",
+    "latency_ms",
+}
+
+
+def dicom_bytes(
+    pixels: np.ndarray | None,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 16,
+    preamble: bool = True,
+    **attributes: object,
+) -> bytes:
+    """An in-memory DICOM file (Explicit VR Little Endian) with the given pixels and extra attributes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "DX"
+    if pixels is not None:
+        ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=bits_stored)
+    else:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    if preamble:
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.preamble = b"\0" * 128
+        ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    else:
+        del ds.file_meta
+        ds.save_as(buf, implicit_vr=True, little_endian=True)
+    return buf.getvalue()
+
+
+@contextmanager
+def service_client(
+    root: Path, *, logits: list[float] = PNEUMONIA_LOGITS, raise_server_exceptions: bool = True, **overrides: Any
+) -> Iterator[TestClient]:
+    """A running service (lifespan included) on a fresh constant-output bundle, CARE_/MLFLOW_ env cleared."""
+    bundle = write_bundle(root / "bundle", logits=logits)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith(("CARE_", "MLFLOW_")):
+                mp.delenv(name)
+        settings = Settings(data_dir=root / "care-data", chest_model=str(bundle), model_poll_seconds=0, **overrides)
+        with TestClient(create_app(settings), raise_server_exceptions=raise_server_exceptions) as client:
+            yield client

@@ -1,0 +1,93 @@
+"""``care-companion serve`` as a real process: it loads a bundle, answers over HTTP and stops cleanly."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from care_companion.config import Settings
+from care_companion.workflows.demo import write_examples
+from tests.conftest import write_bundle
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _png(seed: int) -> bytes:
+    pixels = (np.random.default_rng(seed).random((200, 180)) * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_serve_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "bundle", logits=[0.0, 2.0, 0.0, -2.0])
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARE_", "MLFLOW_"))}
+    env |= {"CARE_DATA_DIR": str(tmp_path / "care-data"), "CARE_MODEL_POLL_SECONDS": "0"}
+    cli = Path(sys.executable).with_name("care-companion")
+    proc = subprocess.Popen(
+        [str(cli), "serve", "--chest-model", str(bundle), "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service did not become ready within 60 s"
+            time.sleep(0.3)
+        answer = httpx.post(f"{url}/v1/predict/chest", files={"file": ("a.png", _png(1), "image/png")}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["label"] == "pneumonia" and body["decision"]["positive"] is True
+        assert body["review_required"] is True and "radiologist" in body["warning"]
+        assert answer.headers["x-request-id"] == body["request_id"]
+        bad = httpx.post(f"{url}/v1/predict/chest", files={"file": ("b.png", _png(2)[:300], "image/png")})
+        assert bad.status_code == 400 and bad.json()["error"] == "truncated"
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'care_predictions_total{decision="positive",label="pneumonia",task="chest"} 1.0' in metrics
+        assert 'care_rejected_inputs_total{reason="truncated",task="chest"} 1.0' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output = proc.communicate(timeout=40)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    # uvicorn shuts down gracefully, then re-raises the signal, so the exit status may say SIGTERM
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "service stopped" in output, output
+    assert f"http://127.0.0.1:{port}" in output and "radiologist" in output
+
+
+def test_demo_examples_are_images_of_each_kind(tmp_path: Path) -> None:
+    paths = write_examples(Settings(data_dir=tmp_path))
+    assert set(paths) == {"normal", "pneumonia", "tuberculosis", "photo"}
+    for path in paths.values():
+        with Image.open(path) as image:
+            assert image.size == (256, 256)
