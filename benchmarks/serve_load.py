@@ -28,7 +28,7 @@ from benchmarks.common import OUT, SHARED_DATA, write_result
 from benchmarks.loadgen import NAIVE_BUNDLE_ENV, Server, run_load
 from care_companion.config import Settings
 from care_companion.imaging.decode import decode_image
-from care_companion.models.bundle import CHECKPOINT_FILE, ONNX_FILE, BundleMeta, save_meta
+from care_companion.models.bundle import CHECKPOINT_FILE, INT8_FILE, ONNX_FILE, BundleMeta, save_meta
 from care_companion.models.predictor import BundlePredictor
 from care_companion.tasks import CHEST
 
@@ -174,6 +174,9 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=None, help="model bundle (default: chest_recipe's, or random)")
     parser.add_argument("--port", type=int, default=8731, help="service port; the naive app uses the next one")
     parser.add_argument("--images", type=int, default=300, help="most real X-rays loaded from cxr-real")
+    parser.add_argument(
+        "--int8-duration", type=float, default=30.0, help="seconds against the service forced to INT8 (0: skip)"
+    )
     parser.add_argument("--engine-seconds", type=float, default=3.0, help="timing per raw-engine batch size")
     args = parser.parse_args()
     source = SHARED_DATA / "cxr-real"
@@ -256,6 +259,14 @@ def run(args: argparse.Namespace, source: Path, work: Path) -> None:
     else:
         print(f"naive design skipped: {bundle} has no {CHECKPOINT_FILE}")
 
+    int8: dict[str, Any] | None = None
+    if (bundle / INT8_FILE).is_file() and args.int8_duration > 0:
+        print(f"service forced to INT8: {args.concurrency} clients, {args.int8_duration:.0f} s", flush=True)
+        int8_env = env | {"CARE_ENGINE_PRECISION": "int8"}
+        with Server("care_companion.serving.app:create_app", args.port + 2, int8_env, work / "int8.log") as server:
+            int8 = drive(server, "/v1/predict/chest", args.int8_duration, "int8")
+        int8.pop("latencies_ms", None)
+
     print("raw engine (after the load tests):", flush=True)
     after, _ = engine_rates(bundle, tensors, settings, args.engine_seconds)
     # Other work on a shared machine only ever slows the engine down, so the faster pass is the fairer limit.
@@ -294,6 +305,18 @@ def run(args: argparse.Namespace, source: Path, work: Path) -> None:
     by_batch = ", ".join(f"{b}: {r:.1f}" for b, r in engine["images_per_second_by_batch"].items())
     mean_batch = service["mean_batch_size"]
     naive_line = row("naive: eager PyTorch per request, async handler", naive) if naive else "| naive | skipped |"
+    int8_line = ""
+    if int8:
+        int8_vs_naive = int8["throughput_rps"] / naive["throughput_rps"] if naive and naive["throughput_rps"] else None
+        label = f"the service forced to INT8 (`CARE_ENGINE_PRECISION=int8`, {args.int8_duration:.0f} s)"
+        int8_line = "\n" + row(label, int8)
+        int8_note = (
+            f" The INT8 option, which this model's bundle keeps off by default because it lost sensitivity (see the "
+            f"INT8 section), served {int8['throughput_rps']:.1f} images/s, "
+            f"{_num(int8_vs_naive, '.2f')}x the naive design."
+        )
+    else:
+        int8_note = ""
     md = (
         "## Inference service under load (100 concurrent clients, real chest X-rays)\n\n"
         f"Model: {bundle_note}; engine precision {engine['precision']}. {len(paths)} real JPEGs from "
@@ -308,6 +331,7 @@ def run(args: argparse.Namespace, source: Path, work: Path) -> None:
         + row(f"**the service** ({args.duration:.0f} s, {args.concurrency} clients)", service)
         + "\n"
         + naive_line
+        + int8_line
         + "\n\n"
         f"Raw engine images/s by batch size (faster of a pass before and one after the load tests): {by_batch}. "
         f"Decode {engine['decode_ms_per_image']:.1f} ms + preprocess {engine['preprocess_ms_per_image']:.1f} ms "
@@ -329,7 +353,7 @@ def run(args: argparse.Namespace, source: Path, work: Path) -> None:
         "The load generator runs on the same machine and takes its share of the same cores, so every figure is "
         "a lower bound of what a dedicated server would do. The naive design is an `async def` handler doing the "
         "decode and the eager forward pass inline, so one request at a time blocks the event loop: no batching, "
-        "no overlap of decoding and inference."
+        "no overlap of decoding and inference." + int8_note
     )
     write_result(
         "serve_load",
@@ -340,6 +364,7 @@ def run(args: argparse.Namespace, source: Path, work: Path) -> None:
             "engine": engine,
             "service": service,
             "naive": naive,
+            "int8_service": int8,
             "ratios": {"vs_raw": vs_raw, "vs_naive": vs_naive},
             "targets": TARGETS,
             "checks": checks,
