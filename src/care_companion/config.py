@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "care-companion-development-secret-change-me"
 
 
 class Settings(BaseSettings):
@@ -89,6 +91,35 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         default=None, description="Bearer token POST /v1/admin/reload requires; None leaves it open."
     )
+
+    environment: Literal["development", "production"] = Field(
+        default="development", description="production refuses insecure defaults (the development JWT secret)."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the records database (postgresql+psycopg://...); default SQLite in data_dir.",
+    )
+    jwt_secret: str = Field(
+        default=DEV_JWT_SECRET, description="Secret that signs access tokens; must be set outside development."
+    )
+    access_token_minutes: int = Field(default=60, ge=1, description="Lifetime of an access token.")
+    log_anonymous_predictions: bool = Field(
+        default=True, description="Keep predictions made without a study reference (image and result, no patient)."
+    )
+    retrain_min_feedback: int = Field(
+        default=50, ge=1, description="Confirmed new labels that make `retrain --if-needed` retrain."
+    )
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> Settings:
+        if self.environment == "production" and self.jwt_secret == DEV_JWT_SECRET:
+            raise ValueError("CARE_JWT_SECRET must be set to a private value when CARE_ENVIRONMENT=production")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        """Records database URL with the embedded default (SQLite under data_dir) resolved."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'care.db').resolve()}"
 
     @property
     def store_uri(self) -> str:

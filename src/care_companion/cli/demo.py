@@ -59,7 +59,9 @@ def demo_cmd(
         examples = write_examples(cfg)
         url = f"http://{cfg.host}:{cfg.port}"
         console.rule("[bold]Serving the demo model")
-        console.print(f"try it:  curl -F file=@{examples['pneumonia']} {url}/v1/predict/chest")
-        console.print(f"         curl -F file=@{examples['photo']} {url}/v1/predict/chest   (not an X-ray: 422)")
+        console.print(f"try it:  curl -F file=@{examples['pneumonia']} {url}/v1/predict/chest", soft_wrap=True)
+        console.print(
+            f"         curl -F file=@{examples['photo']} {url}/v1/predict/chest   (not an X-ray: 422)", soft_wrap=True
+        )
         console.print(f"API docs: {url}/docs")
         run_service(cfg)
