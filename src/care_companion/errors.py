@@ -89,3 +89,19 @@ class ServiceUnavailable(CareError):
 def error_code(exc: CareError) -> str:
     """The public code of an error: an invalid image reports its reason (truncated, empty, ...)."""
     return exc.reason if isinstance(exc, InvalidImageError) else exc.code
+
+
+class AuthError(CareError):
+    """Missing, malformed, expired or unknown credentials (HTTP 401)."""
+
+    code = "unauthorized"
+
+    def __init__(self, detail: str, *, code: str = "unauthorized") -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class Forbidden(CareError):
+    """Valid credentials, but the role may not do this (HTTP 403)."""
+
+    code = "forbidden"

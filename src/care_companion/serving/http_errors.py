@@ -15,9 +15,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from care_companion.errors import (
+    AuthError,
     CareError,
     ConfigError,
     DataError,
+    Forbidden,
     InvalidImageError,
     ModelError,
     NotForTask,
@@ -40,6 +42,10 @@ def status_of(exc: CareError) -> int:
     """HTTP status of an expected error."""
     if isinstance(exc, RequestError):
         return exc.status
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, Forbidden):
+        return 403
     if isinstance(exc, InvalidImageError):
         return 415 if exc.reason == "unsupported" else 400
     if isinstance(exc, NotForTask):
@@ -63,8 +69,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CareError)
     async def care_error(request: Request, exc: CareError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if status_of(exc) == 503 else None
-        return error_response(status_of(exc), error_code(exc), exc.detail, headers)
+        status = status_of(exc)
+        headers = {"Retry-After": "1"} if status == 503 else {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return error_response(status, error_code(exc), exc.detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
