@@ -1,0 +1,444 @@
+"""Repository functions over the records tables.
+
+Every function is keyword-only and takes the caller's :class:`~sqlalchemy.orm.Session`; it flushes (so ids are
+set and constraints checked) but never commits: the caller owns the transaction. List functions return
+``(items, count)`` where ``count`` is the number of matching rows before ``offset``/``limit`` (capped at
+:data:`MAX_LIMIT`). Missing rows raise :class:`NotFound`; unique-key clashes (MRN, username, API key prefix)
+raise :class:`Conflict` after rolling back only their own savepoint, so the session stays usable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from care_companion.errors import DataError
+from care_companion.records.models import (
+    ApiKey,
+    AuditLog,
+    Base,
+    Feedback,
+    Image,
+    Patient,
+    Prediction,
+    Study,
+    User,
+    utcnow,
+)
+from care_companion.records.schemas import (
+    FeedbackCreate,
+    PatientCreate,
+    PatientUpdate,
+    PredictionCreate,
+    StudyCreate,
+    UserCreate,
+)
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+
+ModelT = TypeVar("ModelT", bound=Base)
+
+
+class NotFound(DataError):
+    """A record asked for by id or key does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(DataError):
+    """A record clashes with an existing one on a unique key (MRN, username, API key prefix)."""
+
+    code = "conflict"
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _window(offset: int, limit: int) -> tuple[int, int]:
+    return max(offset, 0), min(max(limit, 0), MAX_LIMIT)
+
+
+def _page(session: Session, stmt: Select[ModelT], *, offset: int, limit: int) -> tuple[list[ModelT], int]:
+    offset, limit = _window(offset, limit)
+    count = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    items = list(session.scalars(stmt.offset(offset).limit(limit))) if limit else []
+    return items, count
+
+
+def _get(session: Session, model: type[ModelT], ident: int, what: str) -> ModelT:
+    row = session.get(model, ident)
+    if row is None:
+        raise NotFound(f"{what} {ident} not found")
+    return row
+
+
+def _insert_unique(session: Session, row: ModelT, conflict: Callable[[], str]) -> ModelT:
+    """Add and flush ``row`` in a savepoint; a unique-key clash becomes :class:`Conflict`."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError as exc:
+        raise Conflict(conflict()) from exc
+    return row
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# -- patients ------------------------------------------------------------------------------------------------
+
+
+def create_patient(*, session: Session, patient_in: PatientCreate) -> Patient:
+    """Add a patient; raises :class:`Conflict` when the MRN is taken."""
+    patient = Patient(**patient_in.model_dump())
+    return _insert_unique(session, patient, lambda: f"a patient with MRN {patient_in.mrn!r} already exists")
+
+
+def get_patient(*, session: Session, patient_id: int) -> Patient:
+    """The patient with this id; raises :class:`NotFound`."""
+    return _get(session, Patient, patient_id, "patient")
+
+
+def get_patient_by_mrn(*, session: Session, mrn: str) -> Patient | None:
+    """The patient with this MRN, or None."""
+    return session.scalar(select(Patient).where(Patient.mrn == mrn))
+
+
+def update_patient(*, session: Session, patient_id: int, patient_in: PatientUpdate) -> Patient:
+    """Change the fields set in ``patient_in``; raises :class:`NotFound`, or :class:`Conflict` on a taken MRN."""
+    patient = get_patient(session=session, patient_id=patient_id)
+    changes = patient_in.model_dump(exclude_unset=True)
+    try:
+        with session.begin_nested():
+            for field, value in changes.items():
+                setattr(patient, field, value)
+            session.flush()
+    except IntegrityError as exc:
+        session.refresh(patient)
+        raise Conflict(f"a patient with MRN {changes.get('mrn')!r} already exists") from exc
+    return patient
+
+
+def search_patients(
+    *,
+    session: Session,
+    query: str | None = None,
+    department: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[Patient], int]:
+    """Patients whose MRN starts with ``query`` or whose name contains it (case-insensitive), by name."""
+    stmt = select(Patient)
+    if query and query.strip():
+        pattern = _escape_like(query.strip().lower())
+        stmt = stmt.where(
+            or_(
+                func.lower(Patient.mrn).like(f"{pattern}%", escape="\\"),
+                func.lower(Patient.name).like(f"%{pattern}%", escape="\\"),
+            )
+        )
+    if department is not None:
+        stmt = stmt.where(Patient.department == department)
+    return _page(session, stmt.order_by(Patient.name, Patient.id), offset=offset, limit=limit)
+
+
+# -- users and API keys --------------------------------------------------------------------------------------
+
+
+def create_user(*, session: Session, user_in: UserCreate, password_hash: str | None) -> User:
+    """Add a user with an already hashed password (``user_in.password`` is ignored); :class:`Conflict` on a taken
+    username."""
+    user = User(**user_in.model_dump(exclude={"password"}), password_hash=password_hash, is_active=True)
+    return _insert_unique(session, user, lambda: f"a user named {user_in.username!r} already exists")
+
+
+def get_user(*, session: Session, user_id: int) -> User:
+    """The user with this id; raises :class:`NotFound`."""
+    return _get(session, User, user_id, "user")
+
+
+def get_user_by_username(*, session: Session, username: str) -> User | None:
+    """The user with this username, or None (sign-in treats both the same)."""
+    return session.scalar(select(User).where(User.username == username))
+
+
+def list_users(
+    *,
+    session: Session,
+    role: str | None = None,
+    department: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[User], int]:
+    """Users, by username, optionally of one role or department."""
+    stmt = select(User)
+    if role is not None:
+        stmt = stmt.where(User.role == role)
+    if department is not None:
+        stmt = stmt.where(User.department == department)
+    return _page(session, stmt.order_by(User.username), offset=offset, limit=limit)
+
+
+def create_api_key(*, session: Session, user_id: int, name: str, prefix: str, key_hash: str) -> ApiKey:
+    """Record an API key (generated and hashed by the caller); :class:`Conflict` when the prefix is taken."""
+    get_user(session=session, user_id=user_id)
+    key = ApiKey(user_id=user_id, name=name, prefix=prefix, key_hash=key_hash)
+    return _insert_unique(session, key, lambda: f"an API key with prefix {prefix!r} already exists")
+
+
+def get_api_key_by_prefix(*, session: Session, prefix: str) -> ApiKey | None:
+    """The API key with this prefix (revoked or not), or None."""
+    return session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+
+
+def list_api_keys(*, session: Session, user_id: int) -> list[ApiKey]:
+    """A user's API keys, oldest first."""
+    return list(session.scalars(select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.id)))
+
+
+def revoke_api_key(*, session: Session, key_id: int, at: datetime | None = None) -> ApiKey:
+    """Mark an API key revoked (kept for the audit trail); revoking twice keeps the first time."""
+    key = _get(session, ApiKey, key_id, "API key")
+    if key.revoked_at is None:
+        key.revoked_at = at or utcnow()
+        session.flush()
+    return key
+
+
+# -- studies and images --------------------------------------------------------------------------------------
+
+
+def create_study(*, session: Session, study_in: StudyCreate, created_by_id: int | None = None) -> Study:
+    """Add a study for an existing patient, in the patient's department; :class:`NotFound` for a missing patient
+    or referring doctor."""
+    patient = get_patient(session=session, patient_id=study_in.patient_id)
+    if study_in.referring_doctor_id is not None:
+        get_user(session=session, user_id=study_in.referring_doctor_id)
+    study = Study(**study_in.model_dump(), department=patient.department, created_by_id=created_by_id)
+    session.add(study)
+    session.flush()
+    return study
+
+
+def get_study(*, session: Session, study_id: int) -> Study:
+    """The study with this id; raises :class:`NotFound`."""
+    return _get(session, Study, study_id, "study")
+
+
+def list_studies(
+    *,
+    session: Session,
+    patient_id: int | None = None,
+    department: str | None = None,
+    task: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[Study], int]:
+    """Studies, newest first, optionally of one patient, department or task."""
+    stmt = select(Study)
+    if patient_id is not None:
+        stmt = stmt.where(Study.patient_id == patient_id)
+    if department is not None:
+        stmt = stmt.where(Study.department == department)
+    if task is not None:
+        stmt = stmt.where(Study.task == task)
+    return _page(session, stmt.order_by(Study.created_at.desc(), Study.id.desc()), offset=offset, limit=limit)
+
+
+def _find_image(session: Session, study_id: int, sha256: str, view: str) -> Image | None:
+    return session.scalar(select(Image).where(Image.study_id == study_id, Image.sha256 == sha256, Image.view == view))
+
+
+def add_image(
+    *,
+    session: Session,
+    study_id: int,
+    object_key: str,
+    sha256: str,
+    view: str,
+    content_type: str,
+    size_bytes: int,
+) -> Image:
+    """Record an image of a study; the same content in the same view of the same study returns the existing row."""
+    get_study(session=session, study_id=study_id)
+    existing = _find_image(session, study_id, sha256, view)
+    if existing is not None:
+        return existing
+    image = Image(
+        study_id=study_id,
+        object_key=object_key,
+        sha256=sha256,
+        view=view,
+        content_type=content_type,
+        size_bytes=size_bytes,
+    )
+    try:
+        with session.begin_nested():
+            session.add(image)
+            session.flush()
+    except IntegrityError:  # a concurrent upload of the same image won the race
+        found = _find_image(session, study_id, sha256, view)
+        if found is None:
+            raise
+        return found
+    return image
+
+
+def list_images(*, session: Session, study_id: int) -> list[Image]:
+    """A study's images in upload order."""
+    return list(session.scalars(select(Image).where(Image.study_id == study_id).order_by(Image.id)))
+
+
+# -- predictions and feedback --------------------------------------------------------------------------------
+
+
+def add_prediction(*, session: Session, prediction_in: PredictionCreate) -> Prediction:
+    """Record a model's answer (``study_id`` None: anonymous)."""
+    prediction = Prediction(**prediction_in.model_dump())
+    session.add(prediction)
+    session.flush()
+    return prediction
+
+
+def get_prediction(*, session: Session, prediction_id: int) -> Prediction:
+    """The prediction with this id; raises :class:`NotFound`."""
+    return _get(session, Prediction, prediction_id, "prediction")
+
+
+def list_predictions(
+    *,
+    session: Session,
+    study_id: int | None = None,
+    task: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[Prediction], int]:
+    """Predictions, newest first, optionally of one study or task."""
+    stmt = select(Prediction)
+    if study_id is not None:
+        stmt = stmt.where(Prediction.study_id == study_id)
+    if task is not None:
+        stmt = stmt.where(Prediction.task == task)
+    return _page(session, stmt.order_by(Prediction.id.desc()), offset=offset, limit=limit)
+
+
+def add_feedback(
+    *,
+    session: Session,
+    study_id: int,
+    radiologist_id: int,
+    feedback_in: FeedbackCreate,
+    prediction_id: int | None = None,
+    object_key: str | None = None,
+) -> Feedback:
+    """Record a radiologist's verdict on a study.
+
+    Args:
+        prediction_id: the prediction judged; default the study's latest, if any. Its label is kept as
+            ``predicted_label`` and ``agrees`` says whether it matches ``true_label`` (case-insensitive).
+        object_key: where the image was copied for retraining (``feedback/<task>/<LABEL>/...``).
+    """
+    study = get_study(session=session, study_id=study_id)
+    get_user(session=session, user_id=radiologist_id)
+    prediction: Prediction | None
+    if prediction_id is not None:
+        prediction = get_prediction(session=session, prediction_id=prediction_id)
+        if prediction.study_id != study.id:
+            raise DataError(f"prediction {prediction_id} is not a prediction of study {study_id}")
+    else:
+        prediction = session.scalar(
+            select(Prediction).where(Prediction.study_id == study.id).order_by(Prediction.id.desc()).limit(1)
+        )
+    predicted = prediction.label if prediction is not None else None
+    feedback = Feedback(
+        study_id=study.id,
+        prediction_id=prediction.id if prediction is not None else None,
+        radiologist_id=radiologist_id,
+        predicted_label=predicted,
+        true_label=feedback_in.true_label,
+        agrees=predicted is not None and predicted.casefold() == feedback_in.true_label.casefold(),
+        comment=feedback_in.comment,
+        object_key=object_key,
+    )
+    session.add(feedback)
+    session.flush()
+    return feedback
+
+
+def list_feedback(
+    *,
+    session: Session,
+    task: str | None = None,
+    study_id: int | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[Feedback], int]:
+    """Feedback, oldest first (the order retraining reads it in), optionally of one task or study."""
+    stmt = select(Feedback)
+    if task is not None:
+        stmt = stmt.join(Study, Feedback.study_id == Study.id).where(Study.task == task)
+    if study_id is not None:
+        stmt = stmt.where(Feedback.study_id == study_id)
+    return _page(session, stmt.order_by(Feedback.id), offset=offset, limit=limit)
+
+
+# -- audit ---------------------------------------------------------------------------------------------------
+
+
+def write_audit(
+    *,
+    session: Session,
+    user: User | None,
+    action: str,
+    resource_type: str,
+    resource_id: str | int | None = None,
+    request_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> AuditLog:
+    """Append an audit row: ``user`` None records an anonymous caller."""
+    row = AuditLog(
+        user_id=user.id if user is not None else None,
+        username=user.username if user is not None else "anonymous",
+        action=action,
+        resource_type=resource_type,
+        resource_id=str(resource_id) if resource_id is not None else None,
+        request_id=request_id,
+        detail=detail or {},
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_audit(
+    *,
+    session: Session,
+    user_id: int | None = None,
+    action: str | None = None,
+    resource_type: str | None = None,
+    resource_id: str | int | None = None,
+    since: datetime | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[AuditLog], int]:
+    """Audit rows, newest first, optionally filtered by user, action, resource or time."""
+    stmt = select(AuditLog)
+    if user_id is not None:
+        stmt = stmt.where(AuditLog.user_id == user_id)
+    if action is not None:
+        stmt = stmt.where(AuditLog.action == action)
+    if resource_type is not None:
+        stmt = stmt.where(AuditLog.resource_type == resource_type)
+    if resource_id is not None:
+        stmt = stmt.where(AuditLog.resource_id == str(resource_id))
+    if since is not None:
+        stmt = stmt.where(AuditLog.at >= since)
+    return _page(session, stmt.order_by(AuditLog.at.desc(), AuditLog.id.desc()), offset=offset, limit=limit)

@@ -1,0 +1,209 @@
+"""Pydantic schemas at the records boundary: ``XCreate`` in, ``XPublic`` out, and a generic :class:`Page`."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from care_companion.security import Role
+
+Sex = Literal["F", "M", "O", "U"]
+Task = Literal["chest", "wrist"]
+Confidence = Literal["high", "low"]
+
+DEFAULT_BODY_PART: dict[str, str] = {"chest": "chest", "wrist": "wrist"}
+
+T = TypeVar("T")
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class PatientBase(BaseModel):
+    """Fields a patient is created with."""
+
+    mrn: str = Field(min_length=1, max_length=64, description="Medical record number, unique in the hospital.")
+    name: str = Field(min_length=1, max_length=200)
+    birth_date: date | None = None
+    sex: Sex = "U"
+    medical_history: str = ""
+    department: str = Field(min_length=1, max_length=100)
+
+
+class PatientCreate(PatientBase):
+    """A new patient."""
+
+
+class PatientUpdate(BaseModel):
+    """A partial update: only the fields set are changed."""
+
+    mrn: str | None = Field(default=None, min_length=1, max_length=64)
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    birth_date: date | None = None
+    sex: Sex | None = None
+    medical_history: str | None = None
+    department: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class PatientPublic(_Public, PatientBase):
+    """A patient as the API shows it."""
+
+    id: int
+    created_at: datetime
+
+
+class UserCreate(BaseModel):
+    """A new user; ``password`` is hashed by the caller (security), never stored as given."""
+
+    username: str = Field(min_length=1, max_length=64)
+    full_name: str = Field(min_length=1, max_length=200)
+    role: Role
+    specialties: list[str] = Field(default_factory=list)
+    department: str = Field(default="", max_length=100)
+    password: str | None = Field(default=None, description="None for machine users that sign in with API keys.")
+
+
+class UserPublic(_Public):
+    """A user without secrets."""
+
+    id: int
+    username: str
+    full_name: str
+    role: Role
+    specialties: list[str]
+    department: str
+    is_active: bool
+    created_at: datetime
+
+
+class ApiKeyPublic(_Public):
+    """An API key without its hash."""
+
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class StudyCreate(BaseModel):
+    """A new study (visit); its department is the patient's, its body part defaults to the task's."""
+
+    patient_id: int
+    task: Task
+    body_part: str | None = Field(default=None, max_length=50)
+    referring_doctor_id: int | None = None
+    accession: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _default_body_part(self) -> StudyCreate:
+        if not self.body_part:
+            self.body_part = DEFAULT_BODY_PART[self.task]
+        return self
+
+
+class StudyPublic(_Public):
+    """A study as the API shows it."""
+
+    id: int
+    patient_id: int
+    referring_doctor_id: int | None
+    task: Task
+    body_part: str
+    department: str
+    accession: str | None
+    created_at: datetime
+    created_by_id: int | None
+
+
+class ImagePublic(_Public):
+    """An image of a study (its bytes live in the object store under ``object_key``)."""
+
+    id: int
+    study_id: int
+    object_key: str
+    sha256: str
+    view: str
+    content_type: str
+    size_bytes: int
+    created_at: datetime
+
+
+class PredictionCreate(BaseModel):
+    """A model's answer to record; ``study_id`` None for an anonymous prediction."""
+
+    study_id: int | None = None
+    image_id: int | None = None
+    request_id: str = Field(max_length=64)
+    task: Task
+    model_name: str = Field(max_length=200)
+    model_version: str | None = Field(default=None, max_length=50)
+    probabilities: dict[str, float]
+    label: str = Field(max_length=50)
+    threshold: float
+    positive: bool
+    confidence: Confidence
+    latency_ms: float = Field(ge=0)
+
+
+class PredictionPublic(_Public, PredictionCreate):
+    """A recorded prediction."""
+
+    id: int
+    created_at: datetime
+
+
+class FeedbackCreate(BaseModel):
+    """A radiologist's verdict on a study."""
+
+    true_label: str = Field(min_length=1, max_length=50)
+    comment: str = ""
+
+
+class FeedbackPublic(_Public):
+    """A recorded verdict, with the model's label it was compared to."""
+
+    id: int
+    study_id: int
+    prediction_id: int | None
+    radiologist_id: int
+    predicted_label: str | None
+    true_label: str
+    agrees: bool
+    comment: str
+    object_key: str | None
+    created_at: datetime
+
+
+class AuditPublic(_Public):
+    """One audit log row."""
+
+    id: int
+    at: datetime
+    user_id: int | None
+    username: str
+    action: str
+    resource_type: str
+    resource_id: str | None
+    request_id: str | None
+    detail: dict[str, Any]
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: its items, the total matching count, and where the page starts."""
+
+    data: list[T]
+    count: int
+    offset: int
+    limit: int
+
+    @classmethod
+    def of(cls, items: list[Any], count: int, *, offset: int, limit: int) -> Page[T]:
+        """A page from ORM rows (read through the item schema's attributes)."""
+        return cls.model_validate(
+            {"data": items, "count": count, "offset": offset, "limit": limit}, from_attributes=True
+        )
