@@ -27,6 +27,7 @@ from care_companion.errors import (
     ServiceUnavailable,
     error_code,
 )
+from care_companion.records.repos import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ def status_of(exc: CareError) -> int:
         return exc.status
     if isinstance(exc, AuthError):
         return 401
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
     if isinstance(exc, Forbidden):
         return 403
     if isinstance(exc, InvalidImageError):
