@@ -30,6 +30,7 @@ from care_companion.config import Settings
 from care_companion.imaging.decode import decode_image
 from care_companion.models.bundle import CHECKPOINT_FILE, INT8_FILE, ONNX_FILE, BundleMeta, save_meta
 from care_companion.models.predictor import BundlePredictor
+from care_companion.records.db import upgrade
 from care_companion.tasks import CHEST
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
@@ -228,6 +229,7 @@ def run(args: argparse.Namespace, source: Path, work: Path) -> None:
         )
 
     env = {"CARE_CHEST_MODEL": str(bundle), "CARE_DATA_DIR": str(work / "care-data"), "CARE_MODEL_POLL_SECONDS": "0"}
+    upgrade(Settings(data_dir=work / "care-data").db_url)  # the service refuses an unmigrated records database
     print(f"service: {args.concurrency} clients, {args.duration:.0f} s", flush=True)
     with Server("care_companion.serving.app:create_app", args.port, env, work / "service.log") as server:
         snapshots: dict[str, dict[str, float]] = {}

@@ -69,6 +69,14 @@ def dicom_bytes(
     return buf.getvalue()
 
 
+def migrated(settings: Settings) -> Settings:
+    """``settings`` after migrating its records database (the service refuses an unmigrated one)."""
+    from care_companion.records.db import upgrade
+
+    upgrade(settings.db_url)
+    return settings
+
+
 @contextmanager
 def service_client(
     root: Path, *, logits: list[float] = PNEUMONIA_LOGITS, raise_server_exceptions: bool = True, **overrides: Any
@@ -80,5 +88,6 @@ def service_client(
             if name.startswith(("CARE_", "MLFLOW_")):
                 mp.delenv(name)
         settings = Settings(data_dir=root / "care-data", chest_model=str(bundle), model_poll_seconds=0, **overrides)
-        with TestClient(create_app(settings), raise_server_exceptions=raise_server_exceptions) as client:
+        app = create_app(migrated(settings))
+        with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
             yield client

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     jwt_secret: str = Field(
         default=DEV_JWT_SECRET, description="Secret that signs access tokens; must be set outside development."
     )
+    db_wait_seconds: float = Field(
+        default=30.0, ge=0, description="How long the service waits at start-up for an unreachable database."
+    )
     access_token_minutes: int = Field(default=60, ge=1, description="Lifetime of an access token.")
     log_anonymous_predictions: bool = Field(
         default=True, description="Keep predictions made without a study reference (image and result, no patient)."

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from care_companion.config import Settings
+from care_companion.records.db import upgrade
 from care_companion.workflows.demo import write_examples
 from tests.conftest import write_bundle
 
@@ -36,14 +37,34 @@ def _png(seed: int) -> bytes:
     return out.getvalue()
 
 
+CLI = Path(sys.executable).with_name("care-companion")
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARE_", "MLFLOW_"))}
+    return env | {"CARE_DATA_DIR": str(tmp_path / "care-data"), "CARE_MODEL_POLL_SECONDS": "0"}
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "bundle")
+    done = subprocess.run(
+        [str(CLI), "serve", "--chest-model", str(bundle), "--port", str(_free_port())],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "not migrated" in done.stdout + done.stderr and "db upgrade" in done.stdout + done.stderr
+
+
 def test_serve_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "bundle", logits=[0.0, 2.0, 0.0, -2.0])
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARE_", "MLFLOW_"))}
-    env |= {"CARE_DATA_DIR": str(tmp_path / "care-data"), "CARE_MODEL_POLL_SECONDS": "0"}
-    cli = Path(sys.executable).with_name("care-companion")
+    env = _env(tmp_path)
+    upgrade(Settings(data_dir=tmp_path / "care-data").db_url)
     proc = subprocess.Popen(
-        [str(cli), "serve", "--chest-model", str(bundle), "--port", str(port), "--log-level", "warning"],
+        [str(CLI), "serve", "--chest-model", str(bundle), "--port", str(port), "--log-level", "warning"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

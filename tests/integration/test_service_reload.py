@@ -26,6 +26,7 @@ from care_companion.registry.models import register_bundle, set_alias
 from care_companion.registry.tracking import start_run, tracking_client
 from care_companion.serving.app import create_app
 from tests.conftest import write_bundle
+from tests.helpers import migrated
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +86,7 @@ def serve_settings(reg_settings: Settings, **overrides: object) -> Settings:
         "model_poll_seconds": 0,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return migrated(Settings(**values))  # type: ignore[arg-type]
 
 
 def predict(client: TestClient, seed: int = 0) -> dict:
@@ -235,7 +236,7 @@ def test_configured_alias_reference_is_followed(
 ) -> None:
     point(reg_settings, canary=versions["pneumonia"])
     settings = serve_settings(reg_settings, chest_model="models:/chest@canary")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(migrated(settings))) as client:
         result = predict(client)
         assert result["model"]["version"] == "2" and result["model"]["alias"] == "canary"
         point(reg_settings, canary=versions["normal"])

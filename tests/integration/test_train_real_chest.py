@@ -25,6 +25,7 @@ from care_companion.training.trainer import TrainConfig
 from care_companion.workflows.evaluation import evaluate_model
 from care_companion.workflows.training import train_task
 from tests.conftest import shared_path
+from tests.helpers import migrated
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -122,7 +123,7 @@ def test_served_model_answers_chest_films_and_refuses_other_images(real_chest, t
     photo = tmp_path / "photo.png"
     Image.fromarray(natural_images(np.random.default_rng(99), 1, 300)[0]).save(photo)
     films = sorted(shared_path("cxr-real").rglob("*.jpg"))[::80]
-    with TestClient(create_app(settings.model_copy(update={"model_poll_seconds": 0}))) as client:
+    with TestClient(create_app(migrated(settings.model_copy(update={"model_poll_seconds": 0})))) as client:
         answers = [_upload(client, film) for film in films]
         assert all(code == 200 for code, _ in answers), answers
         for _, body in answers:

@@ -23,7 +23,7 @@ from care_companion.config import Settings
 from care_companion.models.bundle import load_meta, save_meta
 from care_companion.serving.app import create_app
 from tests.conftest import write_bundle
-from tests.helpers import PNEUMONIA_LOGITS, RESULT_KEYS
+from tests.helpers import PNEUMONIA_LOGITS, RESULT_KEYS, migrated
 
 if TYPE_CHECKING:  # starlette's TestClient answers with httpx2 responses
     from httpx2 import Response
@@ -122,7 +122,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(data_dir: Path, chest_model: Path | None, **overrides: object) -> Settings:
-    return Settings(
+    settings = Settings(
         data_dir=data_dir,
         chest_model=str(chest_model) if chest_model else None,
         model_poll_seconds=0,
@@ -130,6 +130,7 @@ def make_settings(data_dir: Path, chest_model: Path | None, **overrides: object)
         batch_max_images=BATCH_MAX,
         **overrides,  # type: ignore[arg-type]
     )
+    return migrated(settings)
 
 
 @pytest.fixture(scope="module")

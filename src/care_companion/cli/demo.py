@@ -54,8 +54,10 @@ def demo_cmd(
         raise typer.Exit(EXIT_GATE)
     if serve:
         from care_companion.cli.serve import run_service
+        from care_companion.records.db import upgrade
         from care_companion.workflows.demo import write_examples
 
+        upgrade(cfg.db_url)  # the records database the service needs
         examples = write_examples(cfg)
         url = f"http://{cfg.host}:{cfg.port}"
         console.rule("[bold]Serving the demo model")

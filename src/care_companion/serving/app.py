@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from care_companion import REVIEW_WARNING, __version__
 from care_companion.config import Settings, get_settings
+from care_companion.errors import CareError, ServiceUnavailable
 from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.records.db import check_migrated, make_engine, session_factory
 from care_companion.serving.http_errors import install_error_handlers
 from care_companion.serving.manager import SERVED_TASKS, ModelManager
 from care_companion.serving.middleware import RequestGuard
@@ -45,6 +50,30 @@ async def _poll(models: ModelManager, every: float) -> None:
                 log.info("%s: %s", task, change)
 
 
+async def open_records(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    """Connect to the records database, waiting up to ``db_wait_seconds`` for it to answer.
+
+    Raises:
+        ConfigError: the database is not migrated (the service refuses to start: run ``db upgrade``).
+        ServiceUnavailable: it did not answer in time.
+    """
+    engine = make_engine(settings.db_url)
+    deadline = time.monotonic() + settings.db_wait_seconds
+    while True:
+        try:
+            await asyncio.to_thread(check_migrated, engine)
+            return engine, session_factory(engine)
+        except ServiceUnavailable as exc:
+            if time.monotonic() >= deadline:
+                engine.dispose()
+                raise
+            log.warning("%s; retrying", exc.detail)
+            await asyncio.sleep(1.0)
+        except Exception:
+            engine.dispose()
+            raise
+
+
 def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SERVED_TASKS) -> FastAPI:
     """A ready-to-serve app; models are loaded when it starts (its lifespan), not here.
 
@@ -57,6 +86,11 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            engine, app.state.sessions = await open_records(settings)
+        except CareError as exc:
+            log.error("the service cannot start: %s", exc.detail)
+            raise
         models = ModelManager(settings, metrics, tasks)
         predictor = Predictor(settings, models, metrics)
         app.state.models, app.state.predictor = models, predictor
@@ -75,6 +109,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
                     await poller
             await models.close()
             predictor.close()
+            engine.dispose()
             log.info("service stopped: requests in flight finished, models closed")
 
     app = FastAPI(
