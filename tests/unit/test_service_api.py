@@ -43,6 +43,16 @@ ALL_PATHS = {
     "/metrics",
     "/v1/models",
     "/v1/admin/reload",
+    "/v1/auth/token",
+    "/v1/auth/me",
+    "/v1/patients",
+    "/v1/patients/{patient_id}",
+    "/v1/studies",
+    "/v1/studies/{study_id}",
+    "/v1/studies/{study_id}/images",
+    "/v1/studies/{study_id}/predictions",
+    "/v1/studies/{study_id}/feedback",
+    "/v1/audit",
 }
 
 

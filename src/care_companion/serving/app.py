@@ -18,10 +18,12 @@ from care_companion.config import Settings, get_settings
 from care_companion.errors import CareError, ServiceUnavailable
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.records.db import check_migrated, make_engine, session_factory
+from care_companion.serving.auth import auth_router
 from care_companion.serving.http_errors import install_error_handlers
 from care_companion.serving.manager import SERVED_TASKS, ModelManager
 from care_companion.serving.middleware import RequestGuard
 from care_companion.serving.predict import Predictor
+from care_companion.serving.records_routes import records_router
 from care_companion.serving.routes import ops, predict
 
 log = logging.getLogger(__name__)
@@ -123,11 +125,15 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
     install_error_handlers(app)
     app.include_router(predict)
     app.include_router(ops)
+    app.include_router(auth_router)
+    app.include_router(records_router)
 
     def limit_for(path: str) -> int:
         return settings.max_batch_upload_bytes if path.endswith("/batch") else settings.max_upload_bytes
 
-    known = {getattr(route, "path", "") for router in (predict, ops) for route in router.routes}
+    known = {
+        getattr(route, "path", "") for router in (predict, ops, auth_router, records_router) for route in router.routes
+    }
 
     def paths() -> set[str]:
         return known

@@ -32,6 +32,7 @@ from care_companion.records.repos import Conflict, NotFound
 log = logging.getLogger(__name__)
 
 MULTIPART = "multipart/form-data"
+UPLOAD_PATHS = ("/v1/predict/", "/predict_")
 
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -81,7 +82,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
-        if request.method == "POST" and not content_type.startswith(MULTIPART):
+        upload = request.url.path.startswith(UPLOAD_PATHS)
+        if upload and request.method == "POST" and not content_type.startswith(MULTIPART):
             return error_response(
                 415,
                 "unsupported_media_type",
