@@ -19,12 +19,14 @@ from care_companion.errors import CareError, ServiceUnavailable
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.records.db import check_migrated, make_engine, session_factory
 from care_companion.serving.auth import auth_router
+from care_companion.serving.feedback_routes import feedback_router
 from care_companion.serving.http_errors import install_error_handlers
 from care_companion.serving.manager import SERVED_TASKS, ModelManager
 from care_companion.serving.middleware import RequestGuard
 from care_companion.serving.predict import Predictor
 from care_companion.serving.records_routes import records_router
 from care_companion.serving.routes import ops, predict
+from care_companion.storage import store_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             engine, app.state.sessions = await open_records(settings)
+            app.state.store = store_from_settings(settings)
         except CareError as exc:
             log.error("the service cannot start: %s", exc.detail)
             raise
@@ -127,6 +130,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
     app.include_router(ops)
     app.include_router(auth_router)
     app.include_router(records_router)
+    app.include_router(feedback_router)
 
     def limit_for(path: str) -> int:
         return settings.max_batch_upload_bytes if path.endswith("/batch") else settings.max_upload_bytes
