@@ -31,6 +31,9 @@ RESULT_KEYS = {
     "warning",
     "model",
     "latency_ms",
+    "study_id",
+    "image_id",
+    "prediction_id",
 }
 
 

@@ -53,6 +53,7 @@ ALL_PATHS = {
     "/v1/studies/{study_id}/predictions",
     "/v1/studies/{study_id}/feedback",
     "/v1/audit",
+    "/v1/feedback/export.csv",
 }
 
 

@@ -23,6 +23,7 @@ from care_companion.serving.feedback_routes import feedback_router
 from care_companion.serving.http_errors import install_error_handlers
 from care_companion.serving.manager import SERVED_TASKS, ModelManager
 from care_companion.serving.middleware import RequestGuard
+from care_companion.serving.persistence import RecordKeeper
 from care_companion.serving.predict import Predictor
 from care_companion.serving.records_routes import records_router
 from care_companion.serving.routes import ops, predict
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
         try:
             engine, app.state.sessions = await open_records(settings)
             app.state.store = store_from_settings(settings)
+            app.state.records = RecordKeeper(settings, app.state.sessions, app.state.store)
         except CareError as exc:
             log.error("the service cannot start: %s", exc.detail)
             raise

@@ -6,14 +6,16 @@ import hmac
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Header, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from care_companion.config import Settings
 from care_companion.errors import RequestError
 from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.serving.auth import bearer
 from care_companion.serving.engine import ServedModel
 from care_companion.serving.manager import ModelManager
+from care_companion.serving.persistence import RecordKeeper
 from care_companion.serving.predict import Predictor, Upload
 from care_companion.serving.schemas import (
     BatchResponse,
@@ -38,6 +40,11 @@ def get_models(request: Request) -> ModelManager:
     return request.app.state.models
 
 
+def get_records(request: Request) -> RecordKeeper:
+    """The app's record keeper."""
+    return request.app.state.records
+
+
 def get_settings_dep(request: Request) -> Settings:
     """The app's settings."""
     return request.app.state.settings
@@ -45,6 +52,7 @@ def get_settings_dep(request: Request) -> Settings:
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 ModelsDep = Annotated[ModelManager, Depends(get_models)]
+RecordsDep = Annotated[RecordKeeper, Depends(get_records)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -84,29 +92,46 @@ predict = APIRouter(tags=["predict"], responses=ERRORS)
 async def predict_chest(
     request: Request,
     predictor: PredictorDep,
+    records: RecordsDep,
+    credential: Annotated[str | None, Depends(bearer)],
     file: Annotated[UploadFile, File(description="A frontal chest radiograph: PNG, JPEG or DICOM.")],
+    study_id: Annotated[
+        int | None,
+        Form(description="Store the image and result with this study (needs a login with upload rights)."),
+    ] = None,
 ) -> PredictionResult:
     """Classify one chest X-ray as normal, pneumonia or tuberculosis, with calibrated probabilities.
 
-    A film that is not a chest X-ray gets 422. Every result must be reviewed by a radiologist.
+    A film that is not a chest X-ray gets 422. With ``study_id`` the image and result are stored with the
+    study in one transaction (503 and nothing stored if the database or the store fails); without it the
+    result is logged anonymously. Every result must be reviewed by a radiologist.
     """
     request_id, started = _request_meta(request)
+    caller = await records.authorise(credential, study_id, "chest")
     upload = await _read(file, "file")
-    return await predictor.predict("chest", upload, request_id=request_id, started=started)
+    result = await predictor.predict("chest", upload, request_id=request_id, started=started)
+    return await records.keep(caller, upload, result, view="frontal")
 
 
 @predict.post("/v1/predict/chest/batch", response_model=BatchResponse, summary="Chest X-rays: several images")
 async def predict_chest_batch(
     request: Request,
     predictor: PredictorDep,
+    records: RecordsDep,
+    credential: Annotated[str | None, Depends(bearer)],
     files: Annotated[list[UploadFile], File(description="Chest radiographs; results come back in this order.")],
 ) -> BatchResponse:
-    """Classify several chest X-rays in one request; each image succeeds or fails on its own."""
+    """Classify several chest X-rays in one request; each image succeeds or fails on its own (logged anonymously)."""
     request_id, started = _request_meta(request)
+    caller = await records.authorise(credential, None, "chest")
     uploads = []
     for i, f in enumerate(files):
         uploads.append(await _read(f, f"files[{i}]"))
-    return await predictor.predict_batch("chest", uploads, request_id=request_id, started=started)
+    batch = await predictor.predict_batch("chest", uploads, request_id=request_id, started=started)
+    for item in batch.items:
+        if item.result is not None:
+            item.result = await records.keep(caller, uploads[item.index], item.result, view="frontal")
+    return batch
 
 
 @predict.post("/v1/predict/wrist", response_model=PredictionResult, summary="Wrist study: PA and lateral views")

@@ -49,6 +49,9 @@ class PredictionResult(BaseModel):
     warning: str = REVIEW_WARNING
     model: ModelRef
     latency_ms: float = Field(description="Server-side time from request to answer, in milliseconds.")
+    study_id: int | None = Field(default=None, description="The study the result was stored with, if any.")
+    image_id: int | None = Field(default=None, description="The stored image's record, for a study.")
+    prediction_id: int | None = Field(default=None, description="The stored prediction's record, if kept.")
 
 
 class BatchItem(BaseModel):
