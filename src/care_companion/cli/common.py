@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -31,6 +32,11 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "botocore", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user set (not None): overrides of a recipe or of the settings."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def settings() -> Settings:

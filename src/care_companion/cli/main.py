@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from care_companion import __version__
-from care_companion.cli import data, db, registry, train, users
+from care_companion.cli import data, db, feedback, registry, train, users
 from care_companion.cli.common import setup_logging
 from care_companion.cli.demo import demo_cmd
 from care_companion.cli.evaluate import evaluate_cmd
@@ -24,10 +24,12 @@ app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.add_typer(registry.app, name="registry")
 app.add_typer(users.app, name="users")
+app.add_typer(feedback.app, name="feedback")
 app.add_typer(db.app, name="db")
 app.command("evaluate")(evaluate_cmd)
 app.command("demo")(demo_cmd)
 app.command("serve")(serve_cmd)
+app.command("retrain")(feedback.retrain_cmd)
 
 
 def _version(value: bool) -> None:

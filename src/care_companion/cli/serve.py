@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from care_companion import REVIEW_WARNING
-from care_companion.cli.common import console, friendly_errors, settings
+from care_companion.cli.common import console, friendly_errors, given, settings
 from care_companion.config import Settings
 
 
@@ -50,19 +50,15 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the registered models over HTTP (falls back from production to staging)."""
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "host": host,
-            "port": port,
-            "chest_model": chest_model,
-            "serve_alias": alias,
-            "max_batch_size": max_batch_size,
-            "max_wait_ms": max_wait_ms,
-            "engine_precision": precision,
-        }.items()
-        if v is not None
-    }
+    overrides: dict[str, Any] = given(
+        host=host,
+        port=port,
+        chest_model=chest_model,
+        serve_alias=alias,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        engine_precision=precision,
+    )
     with friendly_errors():
         cfg = Settings.model_validate(settings().model_dump() | overrides)
         run_service(cfg, log_level=log_level)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, settings
+from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, given, settings
 
 if TYPE_CHECKING:
     from care_companion.workflows.training import TrainOutcome
@@ -95,24 +95,20 @@ def train_chest(
     from care_companion.workflows.training import resolve_init_weights, train_task
 
     cfg = settings()
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "backbone": backbone,
-            "image_size": image_size,
-            "batch_size": batch_size,
-            "head_epochs": head_epochs,
-            "head_lr": head_lr,
-            "finetune_epochs": finetune_epochs,
-            "finetune_lr": finetune_lr,
-            "weight_decay": weight_decay,
-            "patience": patience,
-            "samples_per_epoch": samples_per_epoch,
-            "max_train_per_class": max_train_per_class,
-            "max_steps_per_epoch": max_steps_per_epoch,
-        }.items()
-        if v is not None
-    }
+    overrides: dict[str, Any] = given(
+        backbone=backbone,
+        image_size=image_size,
+        batch_size=batch_size,
+        head_epochs=head_epochs,
+        head_lr=head_lr,
+        finetune_epochs=finetune_epochs,
+        finetune_lr=finetune_lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        samples_per_epoch=samples_per_epoch,
+        max_train_per_class=max_train_per_class,
+        max_steps_per_epoch=max_steps_per_epoch,
+    )
     with friendly_errors():
         if init_weights is not None:
             overrides["init_weights"] = resolve_init_weights(init_weights, cfg)

@@ -65,14 +65,21 @@ class _Item:
 
 
 @dataclass(frozen=True)
-class _Processed:
-    item: _Item
+class Prepared:
+    """An image ready for the data set: its stored PNG, size and the hashes duplicates are found by."""
+
     png: bytes
     width: int
     height: int
     size: int
     sha256: str
     pixel_sha256: str
+
+
+@dataclass(frozen=True)
+class _Processed:
+    item: _Item
+    prepared: Prepared
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -105,17 +112,28 @@ def _process(args: tuple[_Item, int, int]) -> _Processed | SkippedFile:
         return SkippedFile(source=item.source, path=item.relative, reason=exc.reason, detail=exc.detail)
     except OSError as exc:
         return SkippedFile(source=item.source, path=item.relative, reason="unreadable", detail=str(exc))
+    return _Processed(item=item, prepared=prepare(image, raw))
+
+
+def prepare(image: np.ndarray, raw: bytes) -> Prepared:
+    """Shrink a decoded image to the stored size and hash it (``raw``: the original file's bytes)."""
     image = _shrink(image, MAX_STORED_SIDE)
-    pixel_hash = hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest()
-    return _Processed(
-        item=item,
+    return Prepared(
         png=encode_png(image),
         width=image.shape[1],
         height=image.shape[0],
         size=len(raw),
         sha256=hashlib.sha256(raw).hexdigest(),
-        pixel_sha256=pixel_hash,
+        pixel_sha256=hashlib.sha256(image.tobytes() + str(image.shape).encode()).hexdigest(),
     )
+
+
+def store_prepared(store: ObjectStore, task: str, prepared: Prepared) -> str:
+    """Put a prepared image in the data set's content-addressed image folder; returns its key."""
+    key = f"{dataset_prefix(task)}/images/{prepared.pixel_sha256[:2]}/{prepared.pixel_sha256}.png"
+    if not store.exists(key):
+        store.put_bytes(key, prepared.png)
+    return key
 
 
 def import_images(
@@ -179,14 +197,13 @@ def import_images(
             skipped.append(processed)
             continue
         where = f"{processed.item.source}/{processed.item.relative}"
-        first = seen.get(processed.sha256) or seen.get(processed.pixel_sha256)
+        prepared = processed.prepared
+        first = seen.get(prepared.sha256) or seen.get(prepared.pixel_sha256)
         if first is not None:
             duplicates.append({"path": where, "duplicate_of": first})
             continue
-        seen[processed.sha256] = seen[processed.pixel_sha256] = where
-        key = f"{dataset_prefix(task.name)}/images/{processed.pixel_sha256[:2]}/{processed.pixel_sha256}.png"
-        if not store.exists(key):
-            store.put_bytes(key, processed.png)
+        seen[prepared.sha256] = seen[prepared.pixel_sha256] = where
+        key = store_prepared(store, task.name, prepared)
         origin, patient = origin_and_patient(Path(processed.item.relative).stem)
         rows.append(
             {
@@ -196,11 +213,11 @@ def import_images(
                 "origin": origin if processed.item.path is not None else "generated",
                 "patient_id": patient,
                 "path": processed.item.relative,
-                "width": processed.width,
-                "height": processed.height,
-                "bytes": processed.size,
-                "sha256": processed.sha256,
-                "pixel_sha256": processed.pixel_sha256,
+                "width": prepared.width,
+                "height": prepared.height,
+                "bytes": prepared.size,
+                "sha256": prepared.sha256,
+                "pixel_sha256": prepared.pixel_sha256,
             }
         )
     if not rows:
