@@ -94,3 +94,28 @@ def service_client(
         app = create_app(migrated(settings))
         with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
             yield client
+
+
+def seed_users(session: Any, users: tuple[tuple[str, str, str], ...]) -> None:
+    """Create (username, role, department) users without passwords (tests sign their tokens directly)."""
+    from care_companion.records.repos import create_user
+    from care_companion.records.schemas import UserCreate
+
+    for name, role, department in users:
+        create_user(
+            session=session,
+            user_in=UserCreate.model_validate(
+                {"username": name, "full_name": name, "role": role, "department": department}
+            ),
+            password_hash=None,
+        )
+
+
+def tokens_for(settings: Settings, users: tuple[tuple[str, str, str], ...]) -> dict[str, str]:
+    """An access token per (username, role, department)."""
+    from care_companion.security import create_access_token
+
+    return {
+        name: create_access_token(username=name, role=role, department=department, settings=settings)
+        for name, role, department in users
+    }

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import func, select
 
 from care_companion.records.models import Feedback
-from care_companion.records.repos import add_image, add_prediction, create_patient, create_study, create_user
-from care_companion.records.schemas import PatientCreate, PredictionCreate, StudyCreate, UserCreate
-from care_companion.security import create_access_token
-from tests.helpers import dicom_bytes, service_client
+from care_companion.records.repos import add_image, add_prediction, create_patient, create_study
+from care_companion.records.schemas import PatientCreate, PredictionCreate, StudyCreate
+from tests.helpers import dicom_bytes, seed_users, service_client, tokens_for
 
+USERS = (("rad", "radiologist", "er"), ("tech", "technician", "er"), ("rad2", "radiologist", "icu"))
 PNG = b"\x89PNG\r\n\x1a\n" + b"pretend-png-bytes"
 
 
@@ -31,16 +31,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         store = app.state.store  # type: ignore[attr-defined]
         dicom = dicom_bytes(np.full((80, 80), 900, np.uint16), bits_stored=12, PatientName="Doe^Jane")
         with app.state.sessions() as session, session.begin():  # type: ignore[attr-defined]
-            for name, role, dept in (
-                ("rad", "radiologist", "er"),
-                ("tech", "technician", "er"),
-                ("rad2", "radiologist", "icu"),
-            ):
-                create_user(
-                    session=session,
-                    user_in=UserCreate(username=name, full_name=name, role=role, department=dept),
-                    password_hash=None,
-                )
+            seed_users(session, USERS)
             patient = create_patient(
                 session=session, patient_in=PatientCreate(mrn="MRN-1", name="Jane Doe", department="er")
             )
@@ -63,14 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             )  # fmt: skip
             ids = {"study": study.id, "prediction": prediction.id}
         settings = app.state.settings  # type: ignore[attr-defined]
-        tokens = {
-            name: create_access_token(username=name, role=role, department=dept, settings=settings)
-            for name, role, dept in (
-                ("rad", "radiologist", "er"),
-                ("tech", "technician", "er"),
-                ("rad2", "radiologist", "icu"),
-            )
-        }
+        tokens = tokens_for(settings, USERS)
         yield {
             "client": client,
             "store": store,

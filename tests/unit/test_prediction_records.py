@@ -15,11 +15,10 @@ from sqlalchemy.exc import OperationalError
 
 from care_companion.records.models import AuditLog, Prediction
 from care_companion.records.models import Image as ImageRow
-from care_companion.records.repos import create_patient, create_study, create_user
-from care_companion.records.schemas import PatientCreate, StudyCreate, UserCreate
-from care_companion.security import create_access_token
+from care_companion.records.repos import create_patient, create_study
+from care_companion.records.schemas import PatientCreate, StudyCreate
 from care_companion.serving import persistence
-from tests.helpers import service_client
+from tests.helpers import seed_users, service_client, tokens_for
 
 USERS = (("tech", "technician", "er"), ("far", "technician", "icu"), ("rad", "radiologist", "er"))
 
@@ -35,22 +34,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with service_client(tmp_path_factory.mktemp("keep")) as client:
         app: Any = client.app
         with app.state.sessions() as session, session.begin():
-            for name, role, dept in USERS:
-                create_user(
-                    session=session,
-                    user_in=UserCreate(username=name, full_name=name, role=role, department=dept),
-                    password_hash=None,
-                )
+            seed_users(session, USERS)
             patient = create_patient(
                 session=session, patient_in=PatientCreate(mrn="M1", name="Jo Doe", department="er")
             )
             chest = create_study(session=session, study_in=StudyCreate(patient_id=patient.id, task="chest"))
             wrist = create_study(session=session, study_in=StudyCreate(patient_id=patient.id, task="wrist"))
             studies = {"chest": chest.id, "wrist": wrist.id}
-        tokens = {
-            name: create_access_token(username=name, role=role, department=dept, settings=app.state.settings)
-            for name, role, dept in USERS
-        }
+        tokens = tokens_for(app.state.settings, USERS)
         yield {"client": client, "app": app, "studies": studies, "tokens": tokens}
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from care_companion.models.bundle import BundleMeta
-from care_companion.serving.results import Interpretation, decision_rule, interpret, task_of
+from care_companion.serving.results import Interpretation, decision_rule, interpret
 from care_companion.tasks import CHEST
 
 # class order: normal, pneumonia, tuberculosis, unknown
@@ -22,13 +22,13 @@ def _interpret(
 
 def test_task_of_rebuilds_the_task_from_bundle_metadata() -> None:
     meta = BundleMeta.for_task(CHEST, backbone="resnet18", input_size=64, thresholds=THRESHOLDS)
-    task = task_of(meta)
+    task = meta.task_spec()
     assert task.name == "chest"
     assert task.classes == ["normal", "pneumonia", "tuberculosis", "unknown"]
     assert task.negative == "normal" and task.positives == ["pneumonia", "tuberculosis"]
     assert task.reject == "unknown" and task.views == ["frontal"]
     other = meta.model_copy(update={"classes": ["normal", "fracture"], "positives": ["fracture"], "reject": None})
-    assert task_of(other).positive_indices == [1] and task_of(other).reject is None
+    assert other.task_spec().positive_indices == [1] and other.task_spec().reject is None
 
 
 def test_decision_rule_names_the_disease_classes_and_threshold() -> None:

@@ -97,6 +97,17 @@ class BundleMeta(BaseModel):
     run_id: str | None = None
     training: dict[str, Any] = Field(default_factory=dict, description="Resolved training arguments.")
 
+    def task_spec(self) -> TaskSpec:
+        """The task definition the bundle was trained for, as its metadata records it."""
+        return TaskSpec(
+            name=self.task,
+            classes=list(self.classes),
+            negative=self.negative,
+            positives=list(self.positives),
+            reject=self.reject,
+            views=list(self.views),
+        )
+
     @classmethod
     def for_task(cls, task: TaskSpec, **kwargs: Any) -> BundleMeta:
         """Metadata pre-filled from a task definition."""

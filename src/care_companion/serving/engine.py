@@ -17,7 +17,6 @@ from care_companion.models.bundle import BundleMeta
 from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.serving.batcher import MicroBatcher
-from care_companion.serving.results import task_of
 from care_companion.tasks import TaskSpec
 
 
@@ -56,7 +55,7 @@ class ServedModel:
     @property
     def task(self) -> TaskSpec:
         """The task the bundle was trained for."""
-        return task_of(self.meta)
+        return self.meta.task_spec()
 
     def preprocess_bytes(self, data: bytes, *, name: str, min_side: int, max_pixels: int) -> np.ndarray:
         """Decode untrusted bytes and make the model input [1, S, S] (blocking: run it in a worker thread)."""

@@ -10,7 +10,6 @@ import numpy as np
 from pydantic import BaseModel
 
 from care_companion.evaluation.decision import ABNORMAL, decide, p_abnormal, resolve_thresholds
-from care_companion.models.bundle import BundleMeta
 from care_companion.tasks import TaskSpec
 
 
@@ -25,18 +24,6 @@ class Interpretation(BaseModel):
     threshold: float
     confidence: str
     confidence_reasons: list[str]
-
-
-def task_of(meta: BundleMeta) -> TaskSpec:
-    """The task definition a bundle was trained for, as recorded in its metadata."""
-    return TaskSpec(
-        name=meta.task,
-        classes=list(meta.classes),
-        negative=meta.negative,
-        positives=list(meta.positives),
-        reject=meta.reject,
-        views=list(meta.views),
-    )
 
 
 def decision_rule(task: TaskSpec, threshold: float) -> str:
