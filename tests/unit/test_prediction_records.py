@@ -131,3 +131,5 @@ def test_database_failure_is_503_and_leaves_no_orphan_object(
     assert answer.status_code == 503 and answer.json()["error"] == "database_unavailable"
     assert (_count(world, Prediction), _count(world, ImageRow)) == before
     assert set(store.list("images/")) == objects  # the image written for this request was removed again
+    anonymous = _post(world, _png(5))  # no study: the answer is still served, only its log entry is lost
+    assert anonymous.status_code == 200 and anonymous.json()["prediction_id"] is None

@@ -155,6 +155,16 @@ class RecordKeeper:
             log.exception("could not delete %s after a failed commit", key)
 
     async def keep(self, caller: Caller, upload: Upload, result: PredictionResult, view: str) -> PredictionResult:
-        """Keep the result (and, for a study, its image); returns it with the record ids filled in."""
-        ids = await asyncio.to_thread(self._keep, caller, upload, result, view)
+        """Keep the result (and, for a study, its image); returns it with the record ids filled in.
+
+        For a study, a failure is the client's 503 (nothing half-written). An anonymous result is still
+        served when only its log entry fails: the log is a convenience, the answer is the service.
+        """
+        try:
+            ids = await asyncio.to_thread(self._keep, caller, upload, result, view)
+        except ServiceUnavailable as exc:
+            if caller.study_id is not None:
+                raise
+            log.warning("anonymous prediction %s served but not logged: %s", result.request_id, exc.detail)
+            return result
         return result.model_copy(update=ids) if ids else result
