@@ -14,13 +14,13 @@ from pathlib import PurePosixPath
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from care_companion.errors import CareError, RequestError, ServiceUnavailable
+from care_companion.errors import RequestError
 from care_companion.imaging.decode import sniff_format
 from care_companion.imaging.deid import deidentify_dicom
 from care_companion.records.models import Feedback, Prediction, Study, User
 from care_companion.records.repos import add_feedback, get_study, list_images
 from care_companion.records.schemas import FeedbackCreate
-from care_companion.storage.base import ObjectStore
+from care_companion.storage.base import ObjectStore, store_errors
 from care_companion.tasks import get_task
 
 CSV_COLUMNS = (
@@ -70,7 +70,7 @@ def record_feedback(
 
     Raises:
         RequestError: the label is not a class of the study's task (422).
-        ServiceUnavailable: the object store failed (503; nothing is recorded).
+        ServiceUnavailable: the object store failed (503, ``store_unavailable``; nothing is recorded).
     """
     study = get_study(session=session, study_id=study_id)
     classes = get_task(study.task).classes
@@ -83,18 +83,12 @@ def record_feedback(
     first_key: str | None = None
     for image in list_images(session=session, study_id=study.id):
         key = feedback_key(study.task, label, image.sha256, image.object_key)
-        try:
+        with store_errors(f"copying study {study.id}'s image"):
             if not store.exists(key):
                 data = store.get_bytes(image.object_key)
                 if sniff_format(data) == "dicom":
                     data = deidentify_dicom(data, salt=deid_salt, name=image.object_key)
                 store.put_bytes(key, data)
-        except CareError:
-            raise
-        except Exception as exc:  # local I/O errors, S3 client and connection errors
-            raise ServiceUnavailable(
-                f"the object store failed while copying study {study.id}'s image: {exc}", code="store_unavailable"
-            ) from exc
         first_key = first_key or key
     verdict = feedback_in.model_copy(update={"true_label": label})
     return add_feedback(

@@ -128,21 +128,13 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
     )
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
-    app.include_router(predict)
-    app.include_router(ops)
-    app.include_router(auth_router)
-    app.include_router(records_router)
-    app.include_router(feedback_router)
+    routers = (predict, ops, auth_router, records_router, feedback_router)
+    for router in routers:
+        app.include_router(router)
 
     def limit_for(path: str) -> int:
         return settings.max_batch_upload_bytes if path.endswith("/batch") else settings.max_upload_bytes
 
-    known = {
-        getattr(route, "path", "") for router in (predict, ops, auth_router, records_router) for route in router.routes
-    }
-
-    def paths() -> set[str]:
-        return known
-
+    paths = frozenset(getattr(route, "path", "") for router in routers for route in router.routes)
     app.add_middleware(RequestGuard, metrics=metrics, limit_for=limit_for, paths=paths)
     return app

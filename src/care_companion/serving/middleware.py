@@ -43,7 +43,7 @@ class RequestGuard:
     """Wraps the app: assigns request ids, enforces ``limit_for(path)`` on bodies, observes every request."""
 
     def __init__(
-        self, app: Any, *, metrics: ServiceMetrics, limit_for: Callable[[str], int], paths: Callable[[], set[str]]
+        self, app: Any, *, metrics: ServiceMetrics, limit_for: Callable[[str], int], paths: frozenset[str]
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -117,7 +117,7 @@ class RequestGuard:
                     await reply(413, "payload_too_large", f"request body is over the {limit}-byte limit")
         finally:
             path = scope.get("path", "")
-            endpoint = getattr(scope.get("route"), "path", None) or (path if path in self.paths() else "unmatched")
+            endpoint = getattr(scope.get("route"), "path", None) or (path if path in self.paths else "unmatched")
             if refused_size:
                 task = next((t for t in ("chest", "wrist") if t in endpoint), "-")
                 self.metrics.observe_rejection(task, "payload_too_large")

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from care_companion.config import Settings
-from care_companion.errors import AuthError, CareError, Forbidden, RequestError, ServiceUnavailable
+from care_companion.errors import AuthError, Forbidden, RequestError, ServiceUnavailable
 from care_companion.imaging.decode import sniff_format
 from care_companion.records.db import database_unavailable
 from care_companion.records.models import User
@@ -29,17 +29,17 @@ from care_companion.security import Permission, can
 from care_companion.serving.auth import authenticate_credential, check_department
 from care_companion.serving.predict import Upload
 from care_companion.serving.schemas import PredictionResult
-from care_companion.storage.base import ObjectStore
+from care_companion.storage.base import ObjectStore, store_errors
 
 log = logging.getLogger(__name__)
 
 SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 
 
-def image_key(task: str, data: bytes) -> tuple[str, str]:
-    """The content hash of an upload and its object key ``images/<task>/<hh>/<sha256><suffix>``."""
+def image_key(task: str, data: bytes, fmt: str | None) -> tuple[str, str]:
+    """The content hash of an upload (format ``fmt``) and its key ``images/<task>/<hh>/<sha256><suffix>``."""
     sha = hashlib.sha256(data).hexdigest()
-    return sha, f"images/{task}/{sha[:2]}/{sha}{SUFFIX.get(sniff_format(data) or '', '.img')}"
+    return sha, f"images/{task}/{sha[:2]}/{sha}{SUFFIX.get(fmt or '', '.img')}"
 
 
 @dataclass
@@ -88,16 +88,13 @@ class RecordKeeper:
             return {}
         image_id = None
         created_key = None
+        fmt = sniff_format(upload.data)
         if caller.study_id is not None:
-            sha, key = image_key(result.task, upload.data)
-            try:
+            sha, key = image_key(result.task, upload.data, fmt)
+            with store_errors("storing the image"):
                 if not self.store.exists(key):
                     self.store.put_bytes(key, upload.data)
                     created_key = key
-            except CareError:
-                raise
-            except Exception as exc:  # local I/O, S3 client or connection errors
-                raise ServiceUnavailable(f"the object store failed: {exc}", code="store_unavailable") from exc
         try:
             with self.sessions() as session, session.begin():
                 if caller.study_id is not None:
@@ -107,7 +104,7 @@ class RecordKeeper:
                         object_key=key,
                         sha256=sha,
                         view=view,
-                        content_type=sniff_format(upload.data) or "unknown",
+                        content_type=fmt or "unknown",
                         size_bytes=len(upload.data),
                     )
                     image_id = image.id

@@ -9,10 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from care_companion.config import Settings
 from care_companion.errors import RequestError
 from care_companion.monitoring.metrics import ServiceMetrics
-from care_companion.serving.auth import bearer
+from care_companion.serving.auth import SettingsDep, bearer
 from care_companion.serving.engine import ServedModel
 from care_companion.serving.manager import ModelManager
 from care_companion.serving.persistence import RecordKeeper
@@ -45,15 +44,9 @@ def get_records(request: Request) -> RecordKeeper:
     return request.app.state.records
 
 
-def get_settings_dep(request: Request) -> Settings:
-    """The app's settings."""
-    return request.app.state.settings
-
-
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 ModelsDep = Annotated[ModelManager, Depends(get_models)]
 RecordsDep = Annotated[RecordKeeper, Depends(get_records)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}

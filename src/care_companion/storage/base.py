@@ -10,11 +10,12 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from care_companion.errors import CareError, ConfigError
+from care_companion.errors import CareError, ConfigError, ServiceUnavailable
 
 
 class ObjectNotFound(CareError):
@@ -136,3 +137,15 @@ def copy_atomic(source: Path, target: Path, *, durable: bool = False) -> None:
             shutil.copyfileobj(src, out, 1024 * 1024)
 
     _atomic_target(target, fill, durable=durable)
+
+
+@contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """Turn any failure of the object store (local I/O, S3 client, connection) into a 503-style
+    :class:`ServiceUnavailable` (code ``store_unavailable``); our own errors pass through."""
+    try:
+        yield
+    except CareError:
+        raise
+    except Exception as exc:
+        raise ServiceUnavailable(f"the object store failed while {what}: {exc}", code="store_unavailable") from exc
