@@ -108,9 +108,17 @@ class LoadResult:
 
 
 async def drive(
-    url: str, payloads: list[tuple[str, bytes]], *, concurrency: int, duration: float, warmup: float, seed: int = 0
+    url: str,
+    payloads: list[tuple[str, bytes]],
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    seed: int = 0,
+    credential: str | None = None,
 ) -> LoadResult:
-    """``concurrency`` clients each POST a random image (multipart ``file``) in a loop, one request at a time.
+    """``concurrency`` clients each POST a random image (multipart ``file``) in a loop, one request at a time,
+    sending ``Authorization: Bearer <credential>`` when one is given.
 
     Requests started during the first ``warmup`` seconds are not counted; clients stop starting new ones after
     ``warmup + duration`` seconds. Every non-200 answer or transport failure counts as an error.
@@ -124,6 +132,7 @@ async def drive(
     window_start, window_end = begin + warmup, begin + warmup + duration
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
 
     async def client(session: aiohttp.ClientSession) -> None:
         while (started := time.perf_counter()) < window_end:
@@ -131,7 +140,7 @@ async def drive(
             form = aiohttp.FormData()
             form.add_field("file", data, filename=name, content_type="image/jpeg")
             try:
-                async with session.post(url, data=form) as response:
+                async with session.post(url, data=form, headers=headers) as response:
                     body = await response.read()
                     status = str(response.status)
             except Exception as exc:  # transport failure: counted as an error, the client goes on
@@ -168,7 +177,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--credential-file", type=Path, help="file holding an API key or token to send")
     args = parser.parse_args()
+    credential = args.credential_file.read_text().strip() if args.credential_file else None
     paths = [Path(p) for p in args.paths.read_text().splitlines() if p.strip()]
     payloads = [(p.name, p.read_bytes()) for p in paths]
     try:
@@ -178,7 +189,14 @@ def main() -> None:
     except ImportError:
         pass
     result = asyncio.run(
-        drive(args.url, payloads, concurrency=args.concurrency, duration=args.duration, warmup=args.warmup)
+        drive(
+            args.url,
+            payloads,
+            concurrency=args.concurrency,
+            duration=args.duration,
+            warmup=args.warmup,
+            credential=credential,
+        )
     )
     args.out.write_text(json.dumps(result.summary() | {"latencies_ms": result.latencies_ms}))
 
@@ -291,6 +309,7 @@ def run_load(
     warmup: float,
     out: Path,
     on_window: Any = None,
+    credential_file: Path | None = None,
 ) -> dict[str, Any]:
     """Drive ``server`` with a load-generator process; sample server CPU over the measured window.
 
@@ -299,6 +318,8 @@ def run_load(
     """
     cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", server.base + path, "--paths", str(paths_file)]
     cmd += ["--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup), "--out", str(out)]
+    if credential_file is not None:
+        cmd += ["--credential-file", str(credential_file)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     client = psutil.Process(proc.pid)
     marks: dict[str, tuple[float, float, float, float]] = {}

@@ -32,6 +32,7 @@ from care_companion.models.bundle import CHECKPOINT_FILE, INT8_FILE, ONNX_FILE, 
 from care_companion.models.predictor import BundlePredictor
 from care_companion.records.db import upgrade
 from care_companion.tasks import CHEST
+from care_companion.workflows.accounts import open_account
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 TARGETS = {"vs_raw": 0.8, "vs_naive": 3.0, "rss_mb": 2048.0, "p95_ms": 2000.0}
@@ -225,11 +226,18 @@ def run(args: argparse.Namespace, source: Path, work: Path) -> None:
             duration=duration,
             warmup=args.warmup,
             out=work / f"{name}.json",
+            credential_file=credential_file,
             **kwargs,
         )
 
     env = {"CARE_CHEST_MODEL": str(bundle), "CARE_DATA_DIR": str(work / "care-data"), "CARE_MODEL_POLL_SECONDS": "0"}
-    upgrade(Settings(data_dir=work / "care-data").db_url)  # the service refuses an unmigrated records database
+    served = Settings(data_dir=work / "care-data")
+    upgrade(served.db_url)  # the service refuses an unmigrated records database
+    # Every prediction needs a login: the clients send a technician's API key, as a PACS gateway would.
+    machine = open_account(served, username="loadgen", role="technician", api_key=True, reset=True)
+    credential_file = work / "credential"
+    credential_file.write_text(machine.api_key or "")
+    credential_file.chmod(0o600)
     print(f"service: {args.concurrency} clients, {args.duration:.0f} s", flush=True)
     with Server("care_companion.serving.app:create_app", args.port, env, work / "service.log") as server:
         snapshots: dict[str, dict[str, float]] = {}

@@ -82,9 +82,15 @@ def migrated(settings: Settings) -> Settings:
 
 @contextmanager
 def service_client(
-    root: Path, *, logits: list[float] = PNEUMONIA_LOGITS, raise_server_exceptions: bool = True, **overrides: Any
+    root: Path,
+    *,
+    logits: list[float] = PNEUMONIA_LOGITS,
+    raise_server_exceptions: bool = True,
+    login: bool = True,
+    **overrides: Any,
 ) -> Iterator[TestClient]:
-    """A running service (lifespan included) on a fresh constant-output bundle, CARE_/MLFLOW_ env cleared."""
+    """A running service (lifespan included) on a fresh constant-output bundle, CARE_/MLFLOW_ env cleared;
+    with ``login`` the client sends a technician's token (:func:`sign_in`) on every request."""
     bundle = write_bundle(root / "bundle", logits=logits)
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
@@ -93,6 +99,8 @@ def service_client(
         settings = Settings(data_dir=root / "care-data", chest_model=str(bundle), model_poll_seconds=0, **overrides)
         app = create_app(migrated(settings))
         with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+            if login:
+                sign_in(client)
             yield client
 
 
@@ -119,3 +127,34 @@ def tokens_for(settings: Settings, users: tuple[tuple[str, str, str], ...]) -> d
         name: create_access_token(username=name, role=role, department=department, settings=settings)
         for name, role, department in users
     }
+
+
+UPLOADER = ("uploader", "technician", "radiology")
+
+
+def user_token(settings: Settings, user: tuple[str, str, str] = UPLOADER, sessions: Any = None) -> str:
+    """An access token for ``user`` (username, role, department), created in the records database of
+    ``settings`` (or of ``sessions``) when missing."""
+    from care_companion.records.db import make_engine, session_factory
+    from care_companion.records.repos import get_user_by_username
+
+    engine = None
+    if sessions is None:
+        engine = make_engine(settings.db_url)
+        sessions = session_factory(engine)
+    try:
+        with sessions() as session, session.begin():
+            if get_user_by_username(session=session, username=user[0]) is None:
+                seed_users(session, (user,))
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return tokens_for(settings, (user,))[user[0]]
+
+
+def sign_in(client: TestClient, user: tuple[str, str, str] = UPLOADER) -> str:
+    """Make the client send ``user``'s access token on every request (:func:`user_token`); returns it."""
+    app: Any = client.app
+    token = user_token(app.state.settings, user, app.state.sessions)
+    client.headers["Authorization"] = f"Bearer {token}"
+    return token

@@ -88,9 +88,6 @@ class Settings(BaseSettings):
         description="Confidence is 'low' when P(abnormal) is this close to its threshold or the top two "
         "classes are this close.",
     )
-    admin_token: str | None = Field(
-        default=None, description="Bearer token POST /v1/admin/reload requires; None leaves it open."
-    )
 
     environment: Literal["development", "production"] = Field(
         default="development", description="production refuses insecure defaults (the development JWT secret)."
@@ -107,7 +104,13 @@ class Settings(BaseSettings):
     )
     access_token_minutes: int = Field(default=60, ge=1, description="Lifetime of an access token.")
     log_anonymous_predictions: bool = Field(
-        default=True, description="Keep predictions made without a study reference (image and result, no patient)."
+        default=True, description="Log the results of predictions made without a study (no image is kept, no patient)."
+    )
+    orphan_grace_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Objects no record references are swept (at start-up, `db sweep`) only once older than this: "
+        "a request on another replica writes its object before its rows commit.",
     )
     retrain_min_feedback: int = Field(
         default=50, ge=1, description="Confirmed new labels that make `retrain --if-needed` retrain."

@@ -20,6 +20,7 @@ from care_companion.config import Settings
 from care_companion.records.db import upgrade
 from care_companion.workflows.demo import write_examples
 from tests.conftest import write_bundle
+from tests.helpers import user_token
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,9 @@ def test_serve_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "bundle", logits=[0.0, 2.0, 0.0, -2.0])
     port = _free_port()
     env = _env(tmp_path)
-    upgrade(Settings(data_dir=tmp_path / "care-data").db_url)
+    settings = Settings(data_dir=tmp_path / "care-data")
+    upgrade(settings.db_url)
+    login = {"Authorization": f"Bearer {user_token(settings)}"}
     proc = subprocess.Popen(
         [str(CLI), "serve", "--chest-model", str(bundle), "--port", str(port), "--log-level", "warning"],
         env=env,
@@ -82,13 +85,19 @@ def test_serve_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, "service did not become ready within 60 s"
             time.sleep(0.3)
-        answer = httpx.post(f"{url}/v1/predict/chest", files={"file": ("a.png", _png(1), "image/png")}, timeout=30)
+        anonymous = httpx.post(f"{url}/v1/predict/chest", files={"file": ("a.png", _png(1), "image/png")}, timeout=30)
+        assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+        answer = httpx.post(
+            f"{url}/v1/predict/chest", files={"file": ("a.png", _png(1), "image/png")}, headers=login, timeout=30
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["label"] == "pneumonia" and body["decision"]["positive"] is True
         assert body["review_required"] is True and "radiologist" in body["warning"]
         assert answer.headers["x-request-id"] == body["request_id"]
-        bad = httpx.post(f"{url}/v1/predict/chest", files={"file": ("b.png", _png(2)[:300], "image/png")})
+        bad = httpx.post(
+            f"{url}/v1/predict/chest", files={"file": ("b.png", _png(2)[:300], "image/png")}, headers=login
+        )
         assert bad.status_code == 400 and bad.json()["error"] == "truncated"
         metrics = httpx.get(f"{url}/metrics").text
         assert 'care_predictions_total{decision="positive",label="pneumonia",task="chest"} 1.0' in metrics

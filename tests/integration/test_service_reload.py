@@ -26,7 +26,9 @@ from care_companion.registry.models import register_bundle, set_alias
 from care_companion.registry.tracking import start_run, tracking_client
 from care_companion.serving.app import create_app
 from tests.conftest import write_bundle
-from tests.helpers import migrated
+from tests.helpers import migrated, sign_in
+
+ADMIN = ("ops", "admin", "radiology")
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +108,7 @@ def served_version(client: TestClient) -> str | None:
 def test_fallback_alias_then_reload_swaps_to_production(reg_settings: Settings, versions: dict[str, int]) -> None:
     point(reg_settings, staging=versions["normal"], production=None)
     with TestClient(create_app(serve_settings(reg_settings))) as client:
+        sign_in(client, ADMIN)
         result = predict(client)
         assert result["label"] == "normal" and result["decision"]["positive"] is False
         assert result["model"] == {"name": "chest", "version": "1", "alias": "staging", "demo": False}
@@ -134,6 +137,7 @@ def test_fallback_alias_then_reload_swaps_to_production(reg_settings: Settings, 
 def test_requests_during_reloads_all_succeed(reg_settings: Settings, versions: dict[str, int]) -> None:
     point(reg_settings, production=versions["normal"])
     with TestClient(create_app(serve_settings(reg_settings, max_wait_ms=2))) as client:
+        sign_in(client, ADMIN)
         assert served_version(client) == "1"
         reloads_done = threading.Event()
         changes: list[str] = []
@@ -186,6 +190,7 @@ def test_requests_during_reloads_all_succeed(reg_settings: Settings, versions: d
 def test_poller_follows_a_promotion_without_reload(reg_settings: Settings, versions: dict[str, int]) -> None:
     point(reg_settings, production=versions["normal"])
     with TestClient(create_app(serve_settings(reg_settings, model_poll_seconds=0.2))) as client:
+        sign_in(client, ADMIN)
         assert served_version(client) == "1"
         point(reg_settings, production=versions["pneumonia"])
         deadline = time.monotonic() + 10
@@ -199,6 +204,7 @@ def test_poller_follows_a_promotion_without_reload(reg_settings: Settings, versi
 def test_unloadable_version_leaves_the_old_model_serving(reg_settings: Settings, versions: dict[str, int]) -> None:
     point(reg_settings, production=versions["pneumonia"])
     with TestClient(create_app(serve_settings(reg_settings))) as client:
+        sign_in(client, ADMIN)
         assert predict(client)["model"]["version"] == "2"
         point(reg_settings, production=versions["broken"])
         reload = client.post("/v1/admin/reload")
@@ -221,6 +227,7 @@ def test_unloadable_version_leaves_the_old_model_serving(reg_settings: Settings,
 def test_unloadable_version_at_start_is_unavailable(reg_settings: Settings, versions: dict[str, int]) -> None:
     point(reg_settings, production=versions["broken"])
     with TestClient(create_app(serve_settings(reg_settings))) as client:
+        sign_in(client, ADMIN)
         assert client.get("/ready").status_code == 503
         response = client.post("/v1/predict/chest", files={"file": ("a.png", _png(), "image/png")})
         assert response.status_code == 503
@@ -237,6 +244,7 @@ def test_configured_alias_reference_is_followed(
     point(reg_settings, canary=versions["pneumonia"])
     settings = serve_settings(reg_settings, chest_model="models:/chest@canary")
     with TestClient(create_app(migrated(settings))) as client:
+        sign_in(client, ADMIN)
         result = predict(client)
         assert result["model"]["version"] == "2" and result["model"]["alias"] == "canary"
         point(reg_settings, canary=versions["normal"])

@@ -25,7 +25,7 @@ from care_companion.training.trainer import TrainConfig
 from care_companion.workflows.evaluation import evaluate_model
 from care_companion.workflows.training import train_task
 from tests.conftest import shared_path
-from tests.helpers import migrated
+from tests.helpers import migrated, sign_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -124,6 +124,7 @@ def test_served_model_answers_chest_films_and_refuses_other_images(real_chest, t
     Image.fromarray(natural_images(np.random.default_rng(99), 1, 300)[0]).save(photo)
     films = sorted(shared_path("cxr-real").rglob("*.jpg"))[::80]
     with TestClient(create_app(migrated(settings.model_copy(update={"model_poll_seconds": 0})))) as client:
+        sign_in(client)
         answers = [_upload(client, film) for film in films]
         assert all(code == 200 for code, _ in answers), answers
         for _, body in answers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from care_companion.cli.main import app
@@ -51,3 +52,73 @@ def test_create_admin_with_generated_password_and_api_key(cli_env: Path) -> None
     assert bad_role.exit_code == 2 and "role" in bad_role.output
     listed = runner.invoke(app, ["users", "list"])
     assert listed.exit_code == 0 and "2 user(s)" in listed.output and "radiologist" in listed.output
+
+
+def test_open_account_reset_gives_the_demo_admin_a_new_password(cli_env: Path) -> None:
+    from care_companion.workflows.accounts import open_account
+
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    settings = get_settings()
+    first = open_account(settings, username="admin", role="admin", reset=True)
+    second = open_account(settings, username="admin", role="admin", reset=True, api_key=True)
+    assert first.created and not second.created and first.password != second.password
+    engine = make_engine(settings.db_url)
+    try:
+        with session_factory(engine)() as session:
+            user = get_user_by_username(session=session, username="admin")
+            assert user is not None and verify_password(user.password_hash, second.password)
+            assert not verify_password(user.password_hash, first.password)
+    finally:
+        engine.dispose()
+
+
+def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving step of `demo --serve`: the printed password signs in and the printed API key predicts.
+
+    Training is replaced by a ready bundle (the demo's training is covered by the end-to-end CLI tests)."""
+    from fastapi.testclient import TestClient
+
+    from care_companion.cli import serve as serve_module
+    from care_companion.registry.gate import GateResult
+    from care_companion.serving.app import create_app
+    from care_companion.workflows import demo
+    from care_companion.workflows.training import TrainOutcome
+    from tests.conftest import write_bundle
+
+    bundle = write_bundle(cli_env.parent / "bundle", logits=[0.0, 3.0, 1.0, -2.0])
+    outcome = TrainOutcome(
+        task="chest", bundle_dir=bundle, run_id="r", dataset_version="v", registered_version=1,
+        gate=GateResult(passed=True), metrics={}, train_seconds=1.0, images_per_second=1.0,
+    )  # fmt: skip
+    imported = demo.ImportResult(
+        task="chest", version="v", n_images=0, counts={}, splits={}, manifest_key="m", report_key="r"
+    )
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: (imported, outcome))
+    served: dict[str, object] = {}
+
+    def fake_serve(cfg: object) -> None:
+        served["settings"] = cfg
+
+    monkeypatch.setattr(serve_module, "run_service", fake_serve)
+    result = runner.invoke(app, ["demo", "--serve"])
+    assert result.exit_code == 0, result.output
+    fields = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1].split()
+        for line in result.output.splitlines()
+        if line.startswith("admin")
+    }
+    username, _, password = fields["admin login"][:3]
+    key = fields["admin API key"][0]
+    assert f"Authorization: Bearer {key}" in result.output
+    cfg = served["settings"].model_copy(update={"chest_model": str(bundle), "model_poll_seconds": 0})  # type: ignore[attr-defined]
+    with TestClient(create_app(cfg)) as client:
+        token = client.post("/v1/auth/token", data={"username": username, "password": password})
+        assert token.status_code == 200 and token.json()["role"] == "admin"
+        example = Path(result.output.split("file=@")[1].split()[0])
+        answer = client.post(
+            "/v1/predict/chest",
+            files={"file": ("x.png", example.read_bytes(), "image/png")},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert answer.status_code == 200, answer.text
+        assert client.post("/v1/predict/chest", files={"file": ("x.png", b"x", "image/png")}).status_code == 401

@@ -26,7 +26,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"pretend-png-bytes"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running service with users, one chest study (a PNG and a DICOM image) and a 'normal' prediction."""
-    with service_client(tmp_path_factory.mktemp("feedback")) as client:
+    with service_client(tmp_path_factory.mktemp("feedback"), login=False) as client:
         app = client.app
         store = app.state.store  # type: ignore[attr-defined]
         dicom = dicom_bytes(np.full((80, 80), 900, np.uint16), bits_stored=12, PatientName="Doe^Jane")

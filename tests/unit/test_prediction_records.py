@@ -31,7 +31,7 @@ def _png(seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with service_client(tmp_path_factory.mktemp("keep")) as client:
+    with service_client(tmp_path_factory.mktemp("keep"), login=False) as client:
         app: Any = client.app
         with app.state.sessions() as session, session.begin():
             seed_users(session, USERS)
@@ -45,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"client": client, "app": app, "studies": studies, "tokens": tokens}
 
 
-def _post(world: dict[str, Any], data: bytes, *, user: str | None = None, study: int | None = None) -> Any:
+def _post(world: dict[str, Any], data: bytes, *, user: str | None = "tech", study: int | None = None) -> Any:
     headers = {"Authorization": f"Bearer {world['tokens'][user]}"} if user else {}
     form = {"study_id": str(study)} if study is not None else {}
     return world["client"].post(
@@ -58,7 +58,7 @@ def _count(world: dict[str, Any], model: type) -> int:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def test_anonymous_predictions_are_logged_without_an_image(world: dict[str, Any]) -> None:
+def test_predictions_without_a_study_are_logged_without_an_image(world: dict[str, Any]) -> None:
     images = _count(world, ImageRow)
     answer = _post(world, _png(1))
     assert answer.status_code == 200
@@ -69,7 +69,11 @@ def test_anonymous_predictions_are_logged_without_an_image(world: dict[str, Any]
         assert row is not None and row.study_id is None and row.label == body["label"]
         assert row.request_id == body["request_id"]
     assert _count(world, ImageRow) == images
-    assert _post(world, _png(1), user=None).status_code == 200
+    rows = _count(world, Prediction)
+    nobody = _post(world, _png(1), user=None)
+    assert nobody.status_code == 401 and nobody.json()["error"] == "unauthorized", nobody.text
+    assert _post(world, b"junk", user=None).status_code == 401  # the login is checked before the upload
+    assert _count(world, Prediction) == rows
     bad = world["client"].post(
         "/v1/predict/chest", files={"file": ("f.png", _png(1), "image/png")}, headers={"Authorization": "Bearer nope"}
     )
@@ -78,7 +82,7 @@ def test_anonymous_predictions_are_logged_without_an_image(world: dict[str, Any]
 
 def test_a_study_prediction_keeps_image_prediction_and_audit(world: dict[str, Any]) -> None:
     study = world["studies"]["chest"]
-    assert _post(world, _png(2), study=study).status_code == 401
+    assert _post(world, _png(2), user=None, study=study).status_code == 401
     assert _post(world, _png(2), user="far", study=study).status_code == 404  # another department's study
     wrong = _post(world, _png(2), user="tech", study=world["studies"]["wrist"])
     assert wrong.status_code == 422 and wrong.json()["error"] == "wrong_task"

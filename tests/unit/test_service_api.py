@@ -23,14 +23,14 @@ from care_companion.config import Settings
 from care_companion.models.bundle import load_meta, save_meta
 from care_companion.serving.app import create_app
 from tests.conftest import write_bundle
-from tests.helpers import PNEUMONIA_LOGITS, RESULT_KEYS, migrated
+from tests.helpers import PNEUMONIA_LOGITS, RESULT_KEYS, migrated, sign_in
 
 if TYPE_CHECKING:  # starlette's TestClient answers with httpx2 responses
     from httpx2 import Response
 
 MAX_UPLOAD = 200_000
 BATCH_MAX = 4
-TOKEN = "s3cret"
+ADMIN = ("boss", "admin", "radiology")
 UNKNOWN_LOGITS = [0.0, 0.0, 0.0, 5.0]
 ALL_PATHS = {
     "/v1/predict/chest",
@@ -146,9 +146,10 @@ def make_settings(data_dir: Path, chest_model: Path | None, **overrides: object)
 
 @pytest.fixture(scope="module")
 def client(bundles: dict[str, Path], data_dir: Path) -> Iterator[TestClient]:
-    """The service with the pneumonia bundle and an admin token."""
-    app = create_app(make_settings(data_dir, bundles["pneumonia"], admin_token=TOKEN))
+    """The service with the pneumonia bundle, signed in as a technician."""
+    app = create_app(make_settings(data_dir, bundles["pneumonia"]))
     with TestClient(app) as test_client:
+        sign_in(test_client)
         yield test_client
 
 
@@ -156,6 +157,7 @@ def client(bundles: dict[str, Path], data_dir: Path) -> Iterator[TestClient]:
 def unknown_client(bundles: dict[str, Path], data_dir: Path) -> Iterator[TestClient]:
     """The service with a bundle that calls every image "unknown" (not a chest X-ray)."""
     with TestClient(create_app(make_settings(data_dir, bundles["unknown"]))) as test_client:
+        sign_in(test_client)
         yield test_client
 
 
@@ -164,6 +166,7 @@ def empty_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClien
     """The service with no model at all: empty data dir, no chest model configured."""
     settings = make_settings(tmp_path_factory.mktemp("empty") / "care-data", None)
     with TestClient(create_app(settings)) as test_client:
+        sign_in(test_client)
         yield test_client
 
 
@@ -360,16 +363,25 @@ def test_models_lists_the_loaded_model(client: TestClient, bundles: dict[str, Pa
 
 
 @pytest.mark.parametrize(
-    "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}],
-    ids=["none", "wrong", "basic", "bare"],
+    ("headers", "status", "code"),
+    [
+        ({"Authorization": ""}, 401, "unauthorized"),
+        ({"Authorization": "Bearer wrong"}, 401, "invalid_token"),
+        ({"Authorization": "Basic Ym9zczpwdw=="}, 401, "unauthorized"),
+        ({}, 403, "forbidden"),  # the client's own technician token: signed in, but not an admin
+    ],
 )
-def test_admin_reload_refuses_without_the_right_token(client: TestClient, headers: dict[str, str]) -> None:
-    assert_error(client.post("/v1/admin/reload", headers=headers), 401, "unauthorized")
+def test_admin_reload_needs_an_admin(client: TestClient, headers: dict[str, str], status: int, code: str) -> None:
+    assert_error(client.post("/v1/admin/reload", headers=headers), status, code)
 
 
-def test_admin_reload_with_the_token(client: TestClient, bundles: dict[str, Path]) -> None:
-    response = client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+def test_admin_reload_as_admin(client: TestClient, bundles: dict[str, Path]) -> None:
+    technician = client.headers["Authorization"]
+    try:
+        sign_in(client, ADMIN)
+        response = client.post("/v1/admin/reload")
+    finally:
+        client.headers["Authorization"] = technician
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["changes"]["chest"] == f"unchanged: {bundles['pneumonia']}"
@@ -377,14 +389,31 @@ def test_admin_reload_with_the_token(client: TestClient, bundles: dict[str, Path
     assert [m["task"] for m in body["models"]] == ["chest"]
 
 
+@pytest.mark.parametrize(
+    ("path", "files"),
+    [
+        ("/v1/predict/chest", {"file": ("a.png", b"x", "image/png")}),
+        ("/predict_chest", {"file": ("a.png", b"x", "image/png")}),
+        ("/v1/predict/chest/batch", {"files": ("a.png", b"x", "image/png")}),
+        ("/v1/predict/wrist", {"pa": ("a.png", b"x", "image/png")}),
+        ("/predict_wrist", {"pa": ("a.png", b"x", "image/png")}),
+    ],
+)
+def test_every_predict_endpoint_needs_a_login(client: TestClient, path: str, files: dict[str, tuple]) -> None:
+    """No token: 401 before the upload is even looked at (the junk bytes would otherwise be a 400)."""
+    assert_error(client.post(path, files=files, headers={"Authorization": ""}), 401, "unauthorized")
+    assert_error(client.post(path, files=files, headers={"Authorization": "Bearer x.y.z"}), 401, "invalid_token")
+
+
 def test_reload_swaps_a_changed_bundle_folder(bundles: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
     folder = shutil.copytree(bundles["pneumonia"], tmp_path / "bundle")
     with TestClient(create_app(make_settings(data_dir, folder))) as test_client:
+        sign_in(test_client, ADMIN)
         first = test_client.post("/v1/predict/chest", files={"file": ("a.png", png_bytes(), "image/png")})
         assert first.json()["decision"]["positive"] is True
         meta = load_meta(folder)
         save_meta(folder, meta.model_copy(update={"thresholds": {"abnormal": 0.99}}))  # a stricter operating point
-        reload = test_client.post("/v1/admin/reload")  # no admin token configured: open
+        reload = test_client.post("/v1/admin/reload")
         assert reload.status_code == 200
         assert reload.json()["changes"]["chest"] == f"swapped {folder} -> {folder}"
         second = test_client.post("/v1/predict/chest", files={"file": ("a.png", png_bytes(), "image/png")})

@@ -55,15 +55,27 @@ def demo_cmd(
     if serve:
         from care_companion.cli.serve import run_service
         from care_companion.records.db import upgrade
-        from care_companion.workflows.demo import write_examples
+        from care_companion.workflows.accounts import open_account
+        from care_companion.workflows.demo import DEMO_ADMIN, write_examples
 
         upgrade(cfg.db_url)  # the records database the service needs
+        with friendly_errors():
+            admin = open_account(cfg, username=DEMO_ADMIN, role="admin", api_key=True, reset=True)
         examples = write_examples(cfg)
         url = f"http://{cfg.host}:{cfg.port}"
+        auth = f'-H "Authorization: Bearer {admin.api_key}"'
         console.rule("[bold]Serving the demo model")
-        console.print(f"try it:  curl -F file=@{examples['pneumonia']} {url}/v1/predict/chest", soft_wrap=True)
         console.print(
-            f"         curl -F file=@{examples['photo']} {url}/v1/predict/chest   (not an X-ray: 422)", soft_wrap=True
+            f"admin login: [bold]{admin.username}[/] / [bold]{admin.password}[/]   (new on every demo run)",
+            soft_wrap=True,
         )
-        console.print(f"API docs: {url}/docs")
+        lines = [
+            f"admin API key: {admin.api_key}",
+            f"  sign in:  curl -d username={admin.username} -d password={admin.password} {url}/v1/auth/token",
+            f"  try it:   curl {auth} -F file=@{examples['pneumonia']} {url}/v1/predict/chest",
+            f"            curl {auth} -F file=@{examples['photo']} {url}/v1/predict/chest   (not an X-ray: 422)",
+        ]
+        for line in lines:
+            console.print(line, soft_wrap=True, highlight=False)
+        console.print(f"  API docs: {url}/docs  (Authorize with the login above)")
         run_service(cfg)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from care_companion.cli.common import console, friendly_errors, settings
+
+if TYPE_CHECKING:
+    from care_companion.workflows.accounts import Credentials
 
 app = typer.Typer(help="Users: technicians, radiologists and admins; API keys for machines.", no_args_is_help=True)
 
@@ -29,41 +31,31 @@ def create_cmd(
     api_key: Annotated[bool, typer.Option(help="Also make an API key for machine access (printed once).")] = False,
 ) -> None:
     """Create a user (the first admin bootstraps the service); the database must be migrated (db upgrade)."""
-    from care_companion.records.db import check_migrated, make_engine, session_factory
-    from care_companion.records.repos import create_api_key, create_user
-    from care_companion.records.schemas import UserCreate
-    from care_companion.security import hash_password, new_api_key
+    from care_companion.workflows.accounts import open_account
 
-    generated = password is None
-    secret = password or secrets.token_urlsafe(12)
     with friendly_errors():
-        user_in = UserCreate.model_validate(
-            {
-                "username": username,
-                "full_name": full_name or username,
-                "role": role,
-                "specialties": list(specialty or []),
-                "department": department,
-                "password": secret,
-            }
+        account = open_account(
+            settings(),
+            username=username,
+            role=role,
+            department=department,
+            full_name=full_name,
+            specialties=specialty,
+            password=password,
+            api_key=api_key,
         )
-        engine = make_engine(settings().db_url)
-        try:
-            check_migrated(engine)
-            with session_factory(engine)() as session, session.begin():
-                user = create_user(session=session, user_in=user_in, password_hash=hash_password(secret))
-                key = new_api_key() if api_key else None
-                if key is not None:
-                    create_api_key(
-                        session=session, user_id=user.id, name="cli", prefix=key.prefix, key_hash=key.key_hash
-                    )
-        finally:
-            engine.dispose()
-    console.print(f"created {role} [bold]{username}[/] (department {department})")
-    if generated:
-        console.print(f"password: {secret}   (shown once; store it now)", soft_wrap=True)
-    if key is not None:
-        console.print(f"API key:  {key.key}   (shown once; send it as 'Authorization: Bearer <key>')", soft_wrap=True)
+    console.print(f"created {account.role} [bold]{account.username}[/] (department {account.department})")
+    show_secrets(account)
+
+
+def show_secrets(account: Credentials) -> None:
+    """Print a generated password and an API key, each once."""
+    if account.generated:
+        console.print(f"password: {account.password}   (shown once; store it now)", soft_wrap=True)
+    if account.api_key is not None:
+        console.print(
+            f"API key:  {account.api_key}   (shown once; send it as 'Authorization: Bearer <key>')", soft_wrap=True
+        )
 
 
 @app.command("list")

@@ -131,16 +131,41 @@ def current_user(
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
+def check_permission(user: User, permission: Permission) -> User:
+    """``user`` when their role has ``permission``; :class:`Forbidden` (403) otherwise."""
+    if not can(user.role, permission):
+        raise Forbidden(f"role {user.role!r} does not have the {permission.value!r} permission")
+    return user
+
+
 def require(permission: Permission) -> Callable[[User], User]:
     """A dependency that returns the current user when their role has ``permission``, else 403."""
 
     def dependency(user: CurrentUser) -> User:
-        if not can(user.role, permission):
-            raise Forbidden(f"role {user.role!r} does not have the {permission.value!r} permission")
-        return user
+        return check_permission(user, permission)
 
     dependency.__name__ = f"require_{permission.value}"
     return dependency
+
+
+def uploader(request: Request, settings: SettingsDep, credential: Annotated[str | None, Depends(bearer)]) -> User:
+    """The authenticated user of a prediction request, who must have the ``predict`` permission (401, 403).
+
+    The user is looked up in a short session of its own, not the request's: no database connection is held
+    while the image is decoded and the model runs.
+    """
+    sessions: sessionmaker[Session] | None = getattr(request.app.state, "sessions", None)
+    if sessions is None:
+        raise ServiceUnavailable("this service has no records database configured", code="database_unavailable")
+    try:
+        with sessions() as session:
+            user = authenticate_credential(session=session, credential=credential, settings=settings)
+    except DBAPIError as exc:
+        raise database_unavailable(exc) from exc
+    return check_permission(user, Permission.PREDICT)
+
+
+Uploader = Annotated[User, Depends(uploader)]
 
 
 # -- departments ---------------------------------------------------------------------------------------------

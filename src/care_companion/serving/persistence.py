@@ -1,6 +1,6 @@
 """Every prediction is kept: with a study reference, the image (content-addressed in the object store) and the
-image, prediction and audit rows, in one database transaction; without one, the prediction alone, anonymously
-(``CARE_LOG_ANONYMOUS_PREDICTIONS``).
+image, prediction and audit rows, in one database transaction; without one, the prediction alone, anonymously,
+that is linked to no patient (``CARE_LOG_ANONYMOUS_PREDICTIONS``). Every prediction needs a login either way.
 
 Order of writes: the study is checked before any inference; after it, the image goes to the store first (its
 key is its content hash, so a retry rewrites the same object), then the rows commit together. If the commit
@@ -19,14 +19,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from care_companion.config import Settings
-from care_companion.errors import AuthError, Forbidden, RequestError, ServiceUnavailable
+from care_companion.errors import RequestError, ServiceUnavailable
 from care_companion.imaging.decode import sniff_format
 from care_companion.records.db import database_unavailable
 from care_companion.records.models import User
 from care_companion.records.repos import add_image, add_prediction, get_study, write_audit
 from care_companion.records.schemas import PredictionCreate
-from care_companion.security import Permission, can
-from care_companion.serving.auth import authenticate_credential, check_department
+from care_companion.serving.auth import check_department
 from care_companion.serving.predict import Upload
 from care_companion.serving.schemas import PredictionResult
 from care_companion.storage.base import ObjectStore, store_errors
@@ -44,9 +43,9 @@ def image_key(task: str, data: bytes, fmt: str | None) -> tuple[str, str]:
 
 @dataclass
 class Caller:
-    """Who is predicting (None: anonymous) and for which study."""
+    """Who is predicting and for which study (None: the result is logged without a study)."""
 
-    user_id: int | None
+    user_id: int
     username: str
     study_id: int | None
 
@@ -59,18 +58,9 @@ class RecordKeeper:
         self.sessions = sessions
         self.store = store
 
-    def _authorise(self, credential: str | None, study_id: int | None, task: str) -> Caller:
+    def _authorise(self, user: User, study_id: int, task: str) -> Caller:
         try:
             with self.sessions() as session:
-                user: User | None = None
-                if credential:
-                    user = authenticate_credential(session=session, credential=credential, settings=self.settings)
-                if study_id is None:
-                    return Caller(user.id if user else None, user.username if user else "anonymous", None)
-                if user is None:
-                    raise AuthError("a prediction for a study needs a login: send Authorization: Bearer <token>")
-                if not can(user.role, Permission.PREDICT):
-                    raise Forbidden(f"a {user.role} may not upload images")
                 study = get_study(session=session, study_id=study_id)
                 check_department(user, study.department, what="study")
                 if study.task != task:
@@ -79,9 +69,11 @@ class RecordKeeper:
         except DBAPIError as exc:
             raise database_unavailable(exc) from exc
 
-    async def authorise(self, credential: str | None, study_id: int | None, task: str) -> Caller:
-        """Check the caller and the study before any inference (401, 403, 404, 422 or 503)."""
-        return await asyncio.to_thread(self._authorise, credential, study_id, task)
+    async def authorise(self, user: User, study_id: int | None, task: str) -> Caller:
+        """Check the study (if any) against the uploader before any inference (404, 422 or 503)."""
+        if study_id is None:
+            return Caller(user.id, user.username, None)
+        return await asyncio.to_thread(self._authorise, user, study_id, task)
 
     def _keep(self, caller: Caller, upload: Upload, result: PredictionResult, view: str) -> dict[str, int | None]:
         if caller.study_id is None and not self.settings.log_anonymous_predictions:
@@ -126,7 +118,7 @@ class RecordKeeper:
                     ),
                 )
                 if caller.study_id is not None:
-                    user = session.get(User, caller.user_id) if caller.user_id is not None else None
+                    user = session.get(User, caller.user_id)
                     write_audit(
                         session=session,
                         user=user,

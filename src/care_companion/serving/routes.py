@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from care_companion.errors import RequestError
 from care_companion.monitoring.metrics import ServiceMetrics
-from care_companion.serving.auth import SettingsDep, bearer
+from care_companion.security import Permission
+from care_companion.serving.auth import AUTH_ERRORS, Uploader, require
 from care_companion.serving.engine import ServedModel
 from care_companion.serving.manager import ModelManager
 from care_companion.serving.persistence import RecordKeeper
@@ -78,7 +78,7 @@ async def _read(upload: UploadFile, field: str) -> Upload:
     return Upload(name=name, data=await upload.read())
 
 
-predict = APIRouter(tags=["predict"], responses=ERRORS)
+predict = APIRouter(tags=["predict"], responses={**ERRORS, **AUTH_ERRORS})
 
 
 @predict.post("/v1/predict/chest", response_model=PredictionResult, summary="Chest X-ray: one image")
@@ -86,21 +86,22 @@ async def predict_chest(
     request: Request,
     predictor: PredictorDep,
     records: RecordsDep,
-    credential: Annotated[str | None, Depends(bearer)],
+    user: Uploader,
     file: Annotated[UploadFile, File(description="A frontal chest radiograph: PNG, JPEG or DICOM.")],
     study_id: Annotated[
         int | None,
-        Form(description="Store the image and result with this study (needs a login with upload rights)."),
+        Form(description="Store the image and result with this study (of the uploader's department)."),
     ] = None,
 ) -> PredictionResult:
     """Classify one chest X-ray as normal, pneumonia or tuberculosis, with calibrated probabilities.
 
-    A film that is not a chest X-ray gets 422. With ``study_id`` the image and result are stored with the
+    Needs a login with upload rights (technician, radiologist or admin). A film that is not a chest X-ray gets
+    422. With ``study_id`` the image and result are stored with the
     study in one transaction (503 and nothing stored if the database or the store fails); without it the
     result is logged anonymously. Every result must be reviewed by a radiologist.
     """
     request_id, started = _request_meta(request)
-    caller = await records.authorise(credential, study_id, "chest")
+    caller = await records.authorise(user, study_id, "chest")
     upload = await _read(file, "file")
     result = await predictor.predict("chest", upload, request_id=request_id, started=started)
     return await records.keep(caller, upload, result, view="frontal")
@@ -111,12 +112,12 @@ async def predict_chest_batch(
     request: Request,
     predictor: PredictorDep,
     records: RecordsDep,
-    credential: Annotated[str | None, Depends(bearer)],
+    user: Uploader,
     files: Annotated[list[UploadFile], File(description="Chest radiographs; results come back in this order.")],
 ) -> BatchResponse:
     """Classify several chest X-rays in one request; each image succeeds or fails on its own (logged anonymously)."""
     request_id, started = _request_meta(request)
-    caller = await records.authorise(credential, None, "chest")
+    caller = await records.authorise(user, None, "chest")
     uploads = []
     for i, f in enumerate(files):
         uploads.append(await _read(f, f"files[{i}]"))
@@ -131,10 +132,12 @@ async def predict_chest_batch(
 async def predict_wrist(
     request: Request,
     predictor: PredictorDep,
+    user: Uploader,
     pa: Annotated[UploadFile | None, File(description="Posteroanterior view.")] = None,
     lateral: Annotated[UploadFile | None, File(description="Lateral view.")] = None,
 ) -> PredictionResult:
-    """Fracture triage of a wrist study. Answers 503 until a wrist model is registered."""
+    """Fracture triage of a wrist study (needs a login with upload rights). Answers 503 until a wrist model is
+    registered."""
     request_id, started = _request_meta(request)
     views = {
         "pa": await _read(pa, "pa") if pa else None,
@@ -220,25 +223,17 @@ async def list_models(models: ModelsDep) -> ModelsResponse:
     return ModelsResponse(data=[model_info(m) for m in models.loaded()], unavailable=dict(models.unavailable))
 
 
-def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    """When ``CARE_ADMIN_TOKEN`` is set, admin routes need ``Authorization: Bearer <token>``."""
-    if not settings.admin_token:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
-        raise RequestError(
-            "admin token required: Authorization: Bearer <CARE_ADMIN_TOKEN>", code="unauthorized", status=401
-        )
-
-
 @ops.post(
     "/v1/admin/reload",
     response_model=ReloadResponse,
-    dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorBody}},
+    dependencies=[Depends(require(Permission.MANAGE_MODELS))],
+    responses=AUTH_ERRORS,
     summary="Reload models",
 )
 async def reload(models: ModelsDep) -> ReloadResponse:
-    """Look up every task's model again and swap in newly promoted versions; requests in flight finish first."""
+    """Look up every task's model again and swap in newly promoted versions; requests in flight finish first.
+
+    Needs an admin (the ``manage_models`` permission).
+    """
     changes = await models.refresh()
     return ReloadResponse(changes=changes, models=[model_info(m) for m in models.loaded()])

@@ -19,6 +19,8 @@ from care_companion.tasks import CHEST
 from care_companion.training.trainer import TrainConfig
 from care_companion.workflows.training import TrainOutcome, train_task
 
+DEMO_ADMIN = "admin"  # the demo's admin user; its password is reset on every run and printed
+
 DEMO_RECIPE = TrainConfig(
     backbone="resnet18",
     image_size=128,
