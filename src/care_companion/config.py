@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How long the service waits at start-up for an unreachable database."
     )
     access_token_minutes: int = Field(default=60, ge=1, description="Lifetime of an access token.")
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed sign-ins of one username (since its last success) that lock it."
+    )
+    login_lockout_minutes: float = Field(
+        default=15.0, gt=0, description="How long those failures count, and so how long a lock lasts."
+    )
     log_anonymous_predictions: bool = Field(
         default=True, description="Log the results of predictions made without a study (no image is kept, no patient)."
     )

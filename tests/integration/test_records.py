@@ -236,6 +236,21 @@ def test_patient_create_get_update(session: Session) -> None:
     assert info.value.code == "not_found"
 
 
+def test_a_transferred_patient_takes_their_studies_along(session: Session) -> None:
+    patient = _patient(session, mrn="MOVE-1")
+    other = _patient(session, mrn="STAY-1")
+    studies = [
+        repos.create_study(session=session, study_in=StudyCreate(patient_id=p.id, task="chest"))
+        for p in (patient, patient, other)
+    ]
+    repos.update_patient(session=session, patient_id=patient.id, patient_in=PatientUpdate(department="icu"))
+    session.expire_all()
+    moved = [repos.get_study(session=session, study_id=s.id).department for s in studies]
+    assert moved == ["icu", "icu", "radiology"]
+    repos.update_patient(session=session, patient_id=patient.id, patient_in=PatientUpdate(name="Renamed"))
+    assert repos.get_study(session=session, study_id=studies[0].id).department == "icu"
+
+
 def test_duplicate_mrn_is_a_conflict_and_the_session_stays_usable(session: Session) -> None:
     first = _patient(session, mrn="DUP-1")
     with pytest.raises(repos.Conflict, match="MRN 'DUP-1' already exists") as info:

@@ -233,8 +233,28 @@ def test_bad_password_unknown_user_machine_and_disabled_users_get_the_same_401(a
 
     failed = [row for row in api.audit_rows() if row["action"] == "auth.failed"]  # committed despite the 401
     assert [row["detail"] for row in failed] == [{"username": u} for u, _ in attempts]
+    assert [(row["resource_type"], row["resource_id"]) for row in failed] == [("login", u) for u, _ in attempts]
     assert {row["user_id"] for row in failed} == {None}
     assert not [row for row in api.audit_rows() if row["action"] == "auth.login"]
+
+
+def test_repeated_failures_lock_the_username_until_the_window_passes(api: Api) -> None:
+    limit = api.settings.login_max_failures
+    for _ in range(limit - 1):
+        assert _login(api, "rad", "wrong password").status_code == 401
+    assert _login(api, "rad", PASSWORD).status_code == 200  # a success forgives earlier failures
+    for _ in range(limit):
+        assert _login(api, "rad", "wrong password").status_code == 401
+    locked = _login(api, "rad", PASSWORD)  # the right password no longer helps
+    assert locked.status_code == 429 and locked.json()["error"] == "too_many_attempts", locked.text
+    retry = int(locked.headers["retry-after"])
+    assert 0 < retry <= api.settings.login_lockout_minutes * 60
+    assert _login(api, "tech", PASSWORD).status_code == 200  # other usernames are not affected
+    assert [r["action"] for r in api.audit_rows()][-2] == "auth.locked"
+    with api.sessions() as session, session.begin():  # the window passes: the failures age out
+        for row in session.scalars(select(AuditLog).where(AuditLog.action == "auth.failed")):
+            row.at = row.at - timedelta(minutes=api.settings.login_lockout_minutes + 1)
+    assert _login(api, "rad", PASSWORD).status_code == 200
 
 
 def test_invalid_bodies_are_422(api: Api) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -113,13 +113,21 @@ def get_patient_by_mrn(*, session: Session, mrn: str) -> Patient | None:
 
 
 def update_patient(*, session: Session, patient_id: int, patient_in: PatientUpdate) -> Patient:
-    """Change the fields set in ``patient_in``; raises :class:`NotFound`, or :class:`Conflict` on a taken MRN."""
+    """Change the fields set in ``patient_in``; raises :class:`NotFound`, or :class:`Conflict` on a taken MRN.
+
+    A patient moved to another department (a transfer) takes their studies along, so the new department's
+    staff see the history and the old one's no longer do.
+    """
     patient = get_patient(session=session, patient_id=patient_id)
     changes = patient_in.model_dump(exclude_unset=True)
     try:
         with session.begin_nested():
             for field, value in changes.items():
                 setattr(patient, field, value)
+            if changes.get("department") is not None:
+                session.execute(
+                    update(Study).where(Study.patient_id == patient.id).values(department=changes["department"])
+                )
             session.flush()
     except IntegrityError as exc:
         session.refresh(patient)
@@ -422,6 +430,7 @@ def list_audit(
     *,
     session: Session,
     user_id: int | None = None,
+    username: str | None = None,
     action: str | None = None,
     resource_type: str | None = None,
     resource_id: str | int | None = None,
@@ -429,10 +438,12 @@ def list_audit(
     offset: int = 0,
     limit: int = DEFAULT_LIMIT,
 ) -> tuple[list[AuditLog], int]:
-    """Audit rows, newest first, optionally filtered by user, action, resource or time."""
+    """Audit rows, newest first, optionally filtered by user (id or name), action, resource or time."""
     stmt = select(AuditLog)
     if user_id is not None:
         stmt = stmt.where(AuditLog.user_id == user_id)
+    if username is not None:
+        stmt = stmt.where(AuditLog.username == username)
     if action is not None:
         stmt = stmt.where(AuditLog.action == action)
     if resource_type is not None:

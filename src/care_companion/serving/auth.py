@@ -12,7 +12,9 @@ ids exist elsewhere (:func:`check_department`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from functools import lru_cache
+from math import ceil
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -25,8 +27,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from care_companion.config import Settings
 from care_companion.errors import AuthError, Forbidden, ServiceUnavailable
 from care_companion.records.db import database_unavailable
-from care_companion.records.models import AuditLog, User
-from care_companion.records.repos import NotFound, get_api_key_by_prefix, get_user_by_username, write_audit
+from care_companion.records.models import AuditLog, User, utcnow
+from care_companion.records.repos import (
+    NotFound,
+    get_api_key_by_prefix,
+    get_user_by_username,
+    list_audit,
+    write_audit,
+)
 from care_companion.records.schemas import UserPublic
 from care_companion.security import (
     API_KEY_PREFIX,
@@ -264,7 +272,29 @@ def issue_token(user: User, settings: Settings) -> Token:
 auth_router = APIRouter(tags=["auth"], responses=AUTH_ERRORS)
 
 
-@auth_router.post(TOKEN_URL, response_model=Token, summary="Sign in (OAuth2 password flow)")
+def login_locked_for(session: Session, username: str, settings: Settings) -> float:
+    """Seconds until ``username`` may try again: its failed sign-ins since its last success, within the last
+    ``login_lockout_minutes``, reached ``login_max_failures`` (0: not locked). Counted from the audit log, so
+    every replica agrees and a restart does not reset it."""
+    window = timedelta(minutes=settings.login_lockout_minutes)
+    since = utcnow() - window
+    successes, _ = list_audit(session=session, username=username, action="auth.login", since=since, limit=1)
+    if successes:
+        since = max(since, successes[0].at)
+    failures, count = list_audit(
+        session=session, action="auth.failed", resource_type="login", resource_id=username, since=since, limit=1
+    )
+    if count < settings.login_max_failures:
+        return 0.0
+    return max(1.0, (failures[0].at + window - utcnow()).total_seconds())
+
+
+@auth_router.post(
+    TOKEN_URL,
+    response_model=Token,
+    summary="Sign in (OAuth2 password flow)",
+    responses={429: {"model": ErrorBody, "description": "Too many failed sign-ins of this username; wait."}},
+)
 def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     session: SessionDep,
@@ -274,12 +304,24 @@ def login(
     """Exchange a username and password (form fields) for an access token.
 
     A wrong password and an unknown user get the same 401 ``invalid_credentials``; both are audited
-    (``auth.failed``, with the username tried), as is every success (``auth.login``).
+    (``auth.failed``, with the username tried), as is every success (``auth.login``). After
+    ``CARE_LOGIN_MAX_FAILURES`` failures a username is locked for ``CARE_LOGIN_LOCKOUT_MINUTES`` (429
+    ``too_many_attempts`` with ``Retry-After``, audited as ``auth.locked``), whatever password is sent.
     """
+    username = form.username[:AUDIT_USERNAME_CHARS]
+    wait = login_locked_for(session, username, settings)
+    if wait:
+        audit(session, None, request, "auth.locked", "login", username, username=username)
+        return error_response(
+            429,
+            "too_many_attempts",
+            f"too many failed sign-ins for this username; try again in {ceil(wait / 60)} min",
+            {"Retry-After": str(ceil(wait))},
+        )
     user = authenticate(session=session, username=form.username, password=form.password)
     if user is None:
         # Answer without raising so the audit row of the failure commits with the request's transaction.
-        audit(session, None, request, "auth.failed", "user", username=form.username[:AUDIT_USERNAME_CHARS])
+        audit(session, None, request, "auth.failed", "login", username, username=username)
         return error_response(401, "invalid_credentials", INVALID_CREDENTIALS, {"WWW-Authenticate": "Bearer"})
     audit(session, user, request, "auth.login", "user", user.id)
     return issue_token(user, settings)
