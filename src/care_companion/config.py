@@ -118,6 +118,9 @@ class Settings(BaseSettings):
         description="Objects no record references are swept (at start-up, `db sweep`) only once older than this: "
         "a request on another replica writes its object before its rows commit.",
     )
+    orphan_sweep_seconds: float = Field(
+        default=3600.0, ge=0, description="Seconds between orphan sweeps after the start-up one (0: none)."
+    )
     retrain_min_feedback: int = Field(
         default=50, ge=1, description="Confirmed new labels that make `retrain --if-needed` retrain."
     )

@@ -89,6 +89,18 @@ def test_list_follows_pagination(s3_endpoint: str, bucket: str) -> None:
     assert store.list("img/") == keys
 
 
+def test_list_modified_follows_pagination_under_a_prefix(s3_endpoint: str, bucket: str, s3_client: Any) -> None:
+    store = S3Store(bucket, prefix="team", endpoint_url=s3_endpoint)
+    store.page_size = 2
+    keys = [f"img/{i:03d}.png" for i in range(5)]
+    for key in keys:
+        store.put_bytes(key, b"x")
+    found = store.list_modified("img/")
+    assert sorted(found) == keys
+    head = s3_client.head_object(Bucket=bucket, Key="team/img/000.png")
+    assert found["img/000.png"] == head["LastModified"] and found["img/000.png"].tzinfo is not None
+
+
 def test_injected_client_is_used(s3_client: Any, bucket: str) -> None:
     store = S3Store(bucket, client=s3_client)
     store.put_bytes("a", b"1")

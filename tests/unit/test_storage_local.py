@@ -6,7 +6,9 @@ and provides a (parametrised) ``store`` fixture. tests/integration/test_storage_
 
 from __future__ import annotations
 
+import os
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,17 @@ class ObjectStoreContract:
 
     def test_list_empty_store(self, store: ObjectStore) -> None:
         assert store.list() == []
+
+    def test_list_modified_gives_aware_write_times(self, store: ObjectStore) -> None:
+        before = datetime.now(UTC) - timedelta(seconds=2)  # S3 keeps whole seconds; clocks may be coarse
+        for key in ["m/1", "m/sub/2", "mx", "other"]:
+            store.put_bytes(key, b"x")
+        after = datetime.now(UTC) + timedelta(seconds=2)
+        found = store.list_modified("m")
+        assert sorted(found) == store.list("m") == ["m/1", "m/sub/2", "mx"]
+        assert all(moment.tzinfo is not None and before <= moment <= after for moment in found.values())
+        assert sorted(store.list_modified()) == store.list()
+        assert store.list_modified("zzz/") == {}
 
     def test_delete(self, store: ObjectStore) -> None:
         store.put_bytes("d/x", b"1")
@@ -146,6 +159,16 @@ def test_local_store_ignores_stray_temp_files(tmp_path: Path) -> None:
     store.put_bytes("k", b"1")
     (tmp_path / ".~tmp-k.abc123").write_bytes(b"partial")  # left by a crashed writer
     assert store.list() == ["k"]
+    assert list(store.list_modified()) == ["k"]
+
+
+def test_local_store_list_modified_is_the_file_mtime(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put_bytes("old/k.png", b"1")
+    moment = datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    os.utime(tmp_path / "old" / "k.png", (moment.timestamp(), moment.timestamp()))
+    assert store.list_modified("old/") == {"old/k.png": moment}
+    assert store.list_modified("old/")["old/k.png"].utcoffset() == timedelta(0)
 
 
 def test_open_store_dispatch(tmp_path: Path) -> None:

@@ -84,11 +84,12 @@ def record_feedback(
     for image in list_images(session=session, study_id=study.id):
         key = feedback_key(study.task, label, image.sha256, image.object_key)
         with store_errors(f"copying study {study.id}'s image"):
-            if not store.exists(key):
-                data = store.get_bytes(image.object_key)
-                if sniff_format(data) == "dicom":
-                    data = deidentify_dicom(data, salt=deid_salt, name=image.object_key)
-                store.put_bytes(key, data)
+            # Written even when present (the same de-identified bytes): a fresh timestamp keeps the orphan
+            # sweep, which spares recent objects, off a copy this verdict is about to reference.
+            data = store.get_bytes(image.object_key)
+            if sniff_format(data) == "dicom":
+                data = deidentify_dicom(data, salt=deid_salt, name=image.object_key)
+            store.put_bytes(key, data)
         first_key = first_key or key
     verdict = feedback_in.model_copy(update={"true_label": label})
     return add_feedback(

@@ -15,6 +15,7 @@ from care_companion.errors import ConfigError, ServiceUnavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
+SQLITE_BUSY_SECONDS = 15.0
 
 
 def safe_url(url: str) -> str:
@@ -29,7 +30,8 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``.
 
     SQLite: the parent folder is created, connections may cross threads, foreign keys are enforced, the
-    journal is WAL and transactions are begun explicitly, so savepoints and transactional DDL work.
+    journal is WAL, and transactions are begun explicitly (``BEGIN IMMEDIATE``: writers wait up to
+    ``SQLITE_BUSY_SECONDS`` for each other), so savepoints and transactional DDL work.
     PostgreSQL (and others): connections are checked before use (``pool_pre_ping``).
     """
     parsed = make_url(url)
@@ -39,7 +41,7 @@ def make_engine(url: str) -> Engine:
     on_disk = database not in ("", ":memory:") and not database.startswith("file:")
     if on_disk:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False})
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -54,7 +56,9 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock at the start, so concurrent writers queue on the busy timeout instead
+        # of failing with "database is locked" when a deferred transaction's read turns into a write.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -8,16 +8,19 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from care_companion import REVIEW_WARNING, __version__
 from care_companion.config import Settings, get_settings
 from care_companion.errors import CareError, ServiceUnavailable
 from care_companion.monitoring.metrics import ServiceMetrics
-from care_companion.records.db import check_migrated, make_engine, session_factory
+from care_companion.reconcile import sweep_orphans
+from care_companion.records.db import check_migrated, database_unavailable, make_engine, session_factory
 from care_companion.serving.auth import auth_router
 from care_companion.serving.feedback_routes import feedback_router
 from care_companion.serving.http_errors import install_error_handlers
@@ -27,9 +30,11 @@ from care_companion.serving.persistence import RecordKeeper
 from care_companion.serving.predict import Predictor
 from care_companion.serving.records_routes import records_router
 from care_companion.serving.routes import ops, predict
-from care_companion.storage import store_from_settings
+from care_companion.storage import ObjectStore, store_from_settings
 
 log = logging.getLogger(__name__)
+
+SWEEP_STOP_WAIT_SECONDS = 10.0  # at shutdown, how long a sweep still running may take to finish
 
 DESCRIPTION = f"""
 Chest X-ray triage (normal, pneumonia, tuberculosis; anything that is not a chest X-ray is refused with 422)
@@ -53,6 +58,31 @@ async def _poll(models: ModelManager, every: float) -> None:
         for task, change in changes.items():
             if change.startswith("swapped") or change.startswith("loaded"):
                 log.info("%s: %s", task, change)
+
+
+async def sweep_once(sessions: sessionmaker[Session], store: ObjectStore, grace_seconds: float, when: str) -> None:
+    """Delete orphan objects older than ``grace_seconds`` (left by a crash between a write and its commit)
+    in a worker thread; any failure, the database being down included, is only a warning."""
+    try:
+        report = await asyncio.to_thread(sweep_orphans, sessions, store, older_than=timedelta(seconds=grace_seconds))
+    except Exception as exc:  # never let the sweep stop or crash the service
+        error = database_unavailable(exc) if isinstance(exc, DBAPIError) else exc  # no secrets in the log
+        log.warning("orphan sweep %s failed: %s", when, getattr(error, "detail", error))
+        return
+    log.info("orphan sweep %s: %s", when, report.summary())
+    if report.missing_objects:
+        shown = ", ".join(report.missing_objects[:20])
+        log.warning("records name %d objects the store lacks: %s", len(report.missing_objects), shown)
+
+
+async def sweep_orphans_regularly(
+    sessions: sessionmaker[Session], store: ObjectStore, grace_seconds: float, every: float
+) -> None:
+    """One sweep at start-up, then one every ``every`` seconds (0: only the first)."""
+    await sweep_once(sessions, store, grace_seconds, "at start-up")
+    while every:
+        await asyncio.sleep(every)
+        await sweep_once(sessions, store, grace_seconds, "(scheduled)")
 
 
 async def open_records(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
@@ -104,6 +134,11 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
         changes = await models.refresh()
         for task, change in changes.items():
             log.info("%s: %s", task, change)
+        sweeper = asyncio.create_task(
+            sweep_orphans_regularly(
+                app.state.sessions, app.state.store, settings.orphan_grace_seconds, settings.orphan_sweep_seconds
+            )
+        )
         poller = (
             asyncio.create_task(_poll(models, settings.model_poll_seconds)) if settings.model_poll_seconds else None
         )
@@ -114,6 +149,10 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            await asyncio.wait({sweeper}, timeout=SWEEP_STOP_WAIT_SECONDS)
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await models.close()
             predictor.close()
             engine.dispose()

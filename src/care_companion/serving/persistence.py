@@ -4,8 +4,11 @@ that is linked to no patient (``CARE_LOG_ANONYMOUS_PREDICTIONS``). Every predict
 
 Order of writes: the study is checked before any inference; after it, the image goes to the store first (its
 key is its content hash, so a retry rewrites the same object), then the rows commit together. If the commit
-fails, an object this request created is deleted again, so neither orphan rows nor orphan objects remain;
-the client gets 503. Blocking database and store calls run in worker threads, never on the event loop.
+fails, an object this request created is deleted again (unless another request of this process is storing
+the same image), so neither orphan rows nor orphan objects remain; the client gets 503. A crash between the
+two writes leaves an object no row names: the orphan sweep (:mod:`care_companion.reconcile`, at start-up and
+every ``CARE_ORPHAN_SWEEP_SECONDS``) deletes it once it is older than ``CARE_ORPHAN_GRACE_SECONDS``.
+Blocking database and store calls run in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
@@ -57,6 +64,8 @@ class RecordKeeper:
         self.settings = settings
         self.sessions = sessions
         self.store = store
+        self._leases: Counter[str] = Counter()  # image keys being stored by requests in flight
+        self._lock = threading.Lock()
 
     def _authorise(self, user: User, study_id: int, task: str) -> Caller:
         try:
@@ -75,73 +84,106 @@ class RecordKeeper:
             return Caller(user.id, user.username, None)
         return await asyncio.to_thread(self._authorise, user, study_id, task)
 
+    @contextmanager
+    def _lease(self, key: str | None) -> Iterator[None]:
+        """Mark ``key`` as being stored by a request of this process for the duration of the block."""
+        if key is None:
+            yield
+            return
+        with self._lock:
+            self._leases[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._leases[key] -= 1
+                if not self._leases[key]:
+                    del self._leases[key]
+
+    def _put(self, key: str, data: bytes) -> bool:
+        """Store an image; True when this request created the object."""
+        with store_errors("storing the image"):
+            existed = self.store.exists(key)
+            # Written even when present: the same bytes, and a fresh timestamp that keeps the orphan sweep
+            # (which spares recent objects) off an old orphan this request is about to reference.
+            self.store.put_bytes(key, data)
+        return not existed
+
+    def _forget(self, key: str) -> None:
+        """Delete an object this request created, unless another request of this process is storing it too
+        (the same image uploaded twice at once); whatever is left is the orphan sweep's (``reconcile``)."""
+        with self._lock:
+            if self._leases[key] > 1:
+                return
+        try:
+            self.store.delete(key)
+        except Exception:
+            log.exception("could not delete %s after a failed commit; the orphan sweep will", key)
+
+    def _write_rows(
+        self, caller: Caller, upload: Upload, result: PredictionResult, view: str, image: tuple[str, str, str] | None
+    ) -> dict[str, int | None]:
+        """The image (``(sha256, key, format)`` or None), prediction and audit rows, in one transaction."""
+        with self.sessions() as session, session.begin():
+            image_id = None
+            if image is not None and caller.study_id is not None:
+                sha, key, fmt = image
+                image_id = add_image(
+                    session=session,
+                    study_id=caller.study_id,
+                    object_key=key,
+                    sha256=sha,
+                    view=view,
+                    content_type=fmt,
+                    size_bytes=len(upload.data),
+                ).id
+            prediction = add_prediction(
+                session=session,
+                prediction_in=PredictionCreate(
+                    study_id=caller.study_id,
+                    image_id=image_id,
+                    request_id=result.request_id[:64],
+                    task=result.task,  # type: ignore[arg-type]
+                    model_name=result.model.name,
+                    model_version=result.model.version,
+                    probabilities=result.probabilities,
+                    label=result.label,
+                    threshold=result.decision.threshold,
+                    positive=result.decision.positive,
+                    confidence=result.confidence,
+                    latency_ms=result.latency_ms,
+                ),
+            )
+            if caller.study_id is not None:
+                write_audit(
+                    session=session,
+                    user=session.get(User, caller.user_id),
+                    action="prediction.create",
+                    resource_type="study",
+                    resource_id=caller.study_id,
+                    request_id=result.request_id,
+                    detail={"prediction_id": prediction.id, "image_id": image_id},
+                )
+            return {"study_id": caller.study_id, "image_id": image_id, "prediction_id": prediction.id}
+
     def _keep(self, caller: Caller, upload: Upload, result: PredictionResult, view: str) -> dict[str, int | None]:
         if caller.study_id is None and not self.settings.log_anonymous_predictions:
             return {}
-        image_id = None
-        created_key = None
-        fmt = sniff_format(upload.data)
+        image = None
         if caller.study_id is not None:
+            fmt = sniff_format(upload.data)
             sha, key = image_key(result.task, upload.data, fmt)
-            with store_errors("storing the image"):
-                if not self.store.exists(key):
-                    self.store.put_bytes(key, upload.data)
-                    created_key = key
-        try:
-            with self.sessions() as session, session.begin():
-                if caller.study_id is not None:
-                    image = add_image(
-                        session=session,
-                        study_id=caller.study_id,
-                        object_key=key,
-                        sha256=sha,
-                        view=view,
-                        content_type=fmt or "unknown",
-                        size_bytes=len(upload.data),
-                    )
-                    image_id = image.id
-                prediction = add_prediction(
-                    session=session,
-                    prediction_in=PredictionCreate(
-                        study_id=caller.study_id,
-                        image_id=image_id,
-                        request_id=result.request_id[:64],
-                        task=result.task,  # type: ignore[arg-type]
-                        model_name=result.model.name,
-                        model_version=result.model.version,
-                        probabilities=result.probabilities,
-                        label=result.label,
-                        threshold=result.decision.threshold,
-                        positive=result.decision.positive,
-                        confidence=result.confidence,
-                        latency_ms=result.latency_ms,
-                    ),
-                )
-                if caller.study_id is not None:
-                    user = session.get(User, caller.user_id)
-                    write_audit(
-                        session=session,
-                        user=user,
-                        action="prediction.create",
-                        resource_type="study",
-                        resource_id=caller.study_id,
-                        request_id=result.request_id,
-                        detail={"prediction_id": prediction.id, "image_id": image_id},
-                    )
-                ids = {"study_id": caller.study_id, "image_id": image_id, "prediction_id": prediction.id}
-        except Exception as exc:
-            if created_key is not None:
-                self._forget(created_key)
-            if isinstance(exc, DBAPIError):
-                raise database_unavailable(exc) from exc
-            raise
-        return ids
-
-    def _forget(self, key: str) -> None:
-        try:
-            self.store.delete(key)
-        except Exception:  # the reconciliation of orphans (issue 4, faults) catches what this misses
-            log.exception("could not delete %s after a failed commit", key)
+            image = (sha, key, fmt or "unknown")
+        with self._lease(image[1] if image else None):
+            created = self._put(image[1], upload.data) if image else False
+            try:
+                return self._write_rows(caller, upload, result, view, image)
+            except Exception as exc:
+                if image is not None and created:
+                    self._forget(image[1])
+                if isinstance(exc, DBAPIError):
+                    raise database_unavailable(exc) from exc
+                raise
 
     async def keep(self, caller: Caller, upload: Upload, result: PredictionResult, view: str) -> PredictionResult:
         """Keep the result (and, for a study, its image); returns it with the record ids filled in.

@@ -12,6 +12,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -68,6 +69,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys of all objects whose key starts with ``prefix``."""
+
+    @abstractmethod
+    def list_modified(self, prefix: str = "") -> dict[str, datetime]:
+        """Every object whose key starts with ``prefix``, mapped to when it was last written (aware, UTC)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from care_companion.storage.base import (
@@ -41,24 +43,38 @@ class LocalStore(ObjectStore):
         """Whether an object is stored under ``key``."""
         return self._path(key).is_file()
 
-    def list(self, prefix: str = "") -> list[str]:
-        """Sorted keys starting with ``prefix`` (a plain string prefix, as in S3)."""
+    def _walk(self, prefix: str) -> Iterator[str]:
+        """Keys starting with ``prefix`` (temporary files of writes in progress left out), in walk order."""
         check_prefix(prefix)
         folder = prefix.rpartition("/")[0]
         start = self.root.joinpath(*folder.split("/")) if folder else self.root
         if not start.is_dir():
-            return []
-        keys: list[str] = []
+            return
         for dirpath, dirnames, filenames in os.walk(start):
             rel = Path(dirpath).relative_to(self.root).as_posix()
             base = "" if rel == "." else f"{rel}/"
             dirnames[:] = [d for d in dirnames if (base + d + "/").startswith(prefix) or prefix.startswith(base + d)]
-            keys.extend(
+            yield from (
                 base + name
                 for name in filenames
                 if not name.startswith(TMP_PREFIX) and (base + name).startswith(prefix)
             )
-        return sorted(keys)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys starting with ``prefix`` (a plain string prefix, as in S3)."""
+        return sorted(self._walk(prefix))
+
+    def list_modified(self, prefix: str = "") -> dict[str, datetime]:
+        """Keys starting with ``prefix`` mapped to their files' modification times (UTC); a file deleted while
+        listing is left out."""
+        found: dict[str, datetime] = {}
+        for key in self._walk(prefix):
+            try:
+                mtime = self._path(key).stat().st_mtime
+            except FileNotFoundError:
+                continue
+            found[key] = datetime.fromtimestamp(mtime, UTC)
+        return found
 
     def delete(self, key: str) -> None:
         """Remove the object under ``key``; missing keys are ignored."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +93,8 @@ class S3Store(ObjectStore):
             return False
         return True
 
-    def list(self, prefix: str = "") -> list[str]:
-        """Sorted keys starting with ``prefix``, following every result page."""
+    def _items(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """The listing entries (``Key``, ``LastModified``, ...) under ``prefix``, following every result page."""
         check_prefix(prefix)
         from botocore.exceptions import ClientError
 
@@ -100,15 +102,21 @@ class S3Store(ObjectStore):
         pages = paginator.paginate(
             Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig={"PageSize": self.page_size}
         )
-        keys: list[str] = []
         try:
             for page in pages:
-                keys.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", []))
+                yield from page.get("Contents", [])
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
                 raise ConfigError(f"S3 bucket {self.bucket!r} does not exist ({self._where()})") from exc
             raise
-        return sorted(keys)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys starting with ``prefix``, following every result page."""
+        return sorted(item["Key"][len(self.prefix) :] for item in self._items(prefix))
+
+    def list_modified(self, prefix: str = "") -> dict[str, datetime]:
+        """Keys starting with ``prefix`` mapped to their ``LastModified`` times (UTC)."""
+        return {item["Key"][len(self.prefix) :]: _utc(item["LastModified"]) for item in self._items(prefix)}
 
     def delete(self, key: str) -> None:
         """Remove the object under ``key``; missing keys are ignored."""
@@ -135,3 +143,8 @@ class S3Store(ObjectStore):
     def uri(self, key: str) -> str:
         """``s3://bucket/prefix/key`` (the store root for ``''``)."""
         return f"s3://{self.bucket}/{self.prefix}{check_key(key) if key else ''}"
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime (botocore parses LastModified aware; a naive one is taken as UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
