@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 ALGORITHM = "HS256"
 API_KEY_PREFIX = "cc"
+MIN_PASSWORD_LENGTH = 8
+GENERATED_PASSWORD_BYTES = 12  # 16 URL-safe characters, 96 random bits
 
 
 class Role(StrEnum):
@@ -76,6 +78,11 @@ def hash_password(password: str) -> str:
     if not password:
         raise ValueError("password must not be empty")
     return str(_hasher().hash(password))
+
+
+def new_password() -> str:
+    """A random password (16 URL-safe characters) for an account created without one; show it once."""
+    return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,8 @@ from care_companion.records.db import make_engine, session_factory
 from care_companion.records.models import User
 from care_companion.records.repos import add_image, create_patient, create_study
 from care_companion.records.schemas import FeedbackCreate, PatientCreate, StudyCreate
-from care_companion.serving.app import sweep_once
+from care_companion.serving import app as service_app
+from care_companion.serving.app import OrphanSweeper, sweep_once
 from care_companion.serving.persistence import image_key
 from care_companion.storage import LocalStore, ObjectStore
 from tests.helpers import migrated, seed_users, service_client
@@ -252,8 +254,48 @@ def test_a_failing_startup_sweep_is_only_a_warning(caplog: pytest.LogCaptureFixt
     engine = make_engine("postgresql+psycopg://care:s3cret-pw@127.0.0.1:1/care")
     try:
         with caplog.at_level(logging.WARNING):
-            asyncio.run(sweep_once(session_factory(engine), LocalStore(tmp_path), 0, "at start-up"))
+            sweep_once(session_factory(engine), LocalStore(tmp_path), 0, "at start-up")
     finally:
         engine.dispose()
     assert "orphan sweep at start-up failed" in caplog.text and "database_unavailable" not in caplog.text
     assert "unavailable" in caplog.text and "s3cret-pw" not in caplog.text
+
+
+def test_stopping_the_sweeper_between_sweeps_does_not_wait(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'none.db'}")  # unmigrated: each sweep fails fast, a warning
+
+    async def run() -> float:
+        sweeper = OrphanSweeper(session_factory(engine), LocalStore(tmp_path), 0, every=3600)
+        sweeper.start()
+        await asyncio.sleep(0.5)  # the start-up sweep is over; it now sleeps for an hour
+        began = time.monotonic()
+        await sweeper.stop(wait=60)
+        return time.monotonic() - began
+
+    try:
+        assert asyncio.run(run()) < 30, "stop() waited for the sleeping sweeper instead of cancelling it"
+    finally:
+        engine.dispose()
+
+
+def test_stopping_the_sweeper_lets_a_running_sweep_finish(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_sweep(*args: object, **kwargs: object) -> OrphanReport:
+        started.set()
+        release.wait(30)
+        finished.set()
+        return OrphanReport()
+
+    monkeypatch.setattr(service_app, "sweep_orphans", slow_sweep)
+
+    async def run() -> None:
+        sweeper = OrphanSweeper(None, LocalStore(tmp_path), 0, every=3600)  # type: ignore[arg-type]
+        sweeper.start()
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        threading.Timer(0.3, release.set).start()
+        await sweeper.stop(wait=60)
+
+    asyncio.run(run())
+    assert finished.is_set(), "stop() returned while a sweep was still deleting objects"

@@ -54,6 +54,12 @@ ALL_PATHS = {
     "/v1/studies/{study_id}/feedback",
     "/v1/audit",
     "/v1/feedback/export.csv",
+    "/v1/users",
+    "/v1/users/{user_id}",
+    "/v1/users/{user_id}/api-keys",
+    "/v1/users/{user_id}/api-keys/{key_id}",
+    "/v1/admin/models/{task}/versions",
+    "/v1/admin/models/{task}/aliases",
 }
 
 

@@ -16,6 +16,7 @@ from care_companion.errors import ConfigError, ServiceUnavailable
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
 SQLITE_BUSY_SECONDS = 15.0
+PG_CONNECT_SECONDS = 5  # libpq connect_timeout: an unreachable server is a quick 503
 
 
 def safe_url(url: str) -> str:
@@ -32,11 +33,13 @@ def make_engine(url: str) -> Engine:
     SQLite: the parent folder is created, connections may cross threads, foreign keys are enforced, the
     journal is WAL, and transactions are begun explicitly (``BEGIN IMMEDIATE``: writers wait up to
     ``SQLITE_BUSY_SECONDS`` for each other), so savepoints and transactional DDL work.
-    PostgreSQL (and others): connections are checked before use (``pool_pre_ping``).
+    PostgreSQL (and others): connections are checked before use (``pool_pre_ping``); a PostgreSQL server that
+    does not answer fails a connection after ``PG_CONNECT_SECONDS`` (a 503), not after the OS's TCP timeout.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        connect_args = {"connect_timeout": PG_CONNECT_SECONDS} if parsed.get_backend_name() == "postgresql" else {}
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     database = parsed.database or ""
     on_disk = database not in ("", ":memory:") and not database.startswith("file:")
     if on_disk:

@@ -37,6 +37,7 @@ from care_companion.records.schemas import (
     PredictionCreate,
     StudyCreate,
     UserCreate,
+    UserUpdate,
 )
 
 MAX_LIMIT = 500
@@ -195,11 +196,25 @@ def list_users(
     return _page(session, stmt.order_by(User.username), offset=offset, limit=limit)
 
 
+def update_user(*, session: Session, user_id: int, user_in: UserUpdate) -> User:
+    """Change the fields set in ``user_in`` (``is_active`` False disables the user); raises :class:`NotFound`."""
+    user = get_user(session=session, user_id=user_id)
+    for field, value in user_in.model_dump(exclude_unset=True).items():
+        setattr(user, field, value)
+    session.flush()
+    return user
+
+
 def create_api_key(*, session: Session, user_id: int, name: str, prefix: str, key_hash: str) -> ApiKey:
     """Record an API key (generated and hashed by the caller); :class:`Conflict` when the prefix is taken."""
     get_user(session=session, user_id=user_id)
     key = ApiKey(user_id=user_id, name=name, prefix=prefix, key_hash=key_hash)
     return _insert_unique(session, key, lambda: f"an API key with prefix {prefix!r} already exists")
+
+
+def get_api_key(*, session: Session, key_id: int) -> ApiKey:
+    """The API key with this id (revoked or not); raises :class:`NotFound`."""
+    return _get(session, ApiKey, key_id, "API key")
 
 
 def get_api_key_by_prefix(*, session: Session, prefix: str) -> ApiKey | None:
@@ -214,7 +229,7 @@ def list_api_keys(*, session: Session, user_id: int) -> list[ApiKey]:
 
 def revoke_api_key(*, session: Session, key_id: int, at: datetime | None = None) -> ApiKey:
     """Mark an API key revoked (kept for the audit trail); revoking twice keeps the first time."""
-    key = _get(session, ApiKey, key_id, "API key")
+    key = get_api_key(session=session, key_id=key_id)
     if key.revoked_at is None:
         key.revoked_at = at or utcnow()
         session.flush()

@@ -7,7 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from care_companion.security import Role
+from care_companion.security import MIN_PASSWORD_LENGTH, Role
 
 Sex = Literal["F", "M", "O", "U"]
 Task = Literal["chest", "wrist"]
@@ -63,7 +63,11 @@ class UserCreate(BaseModel):
     role: Role
     specialties: list[str] = Field(default_factory=list)
     department: str = Field(default="", max_length=100)
-    password: str | None = Field(default=None, description="None for machine users that sign in with API keys.")
+    password: str | None = Field(
+        default=None,
+        min_length=MIN_PASSWORD_LENGTH,
+        description="None for machine users that sign in with API keys (or, over HTTP, for a generated one).",
+    )
 
 
 class UserPublic(_Public):
@@ -77,6 +81,23 @@ class UserPublic(_Public):
     department: str
     is_active: bool
     created_at: datetime
+
+
+class UserUpdate(BaseModel):
+    """A partial update of a user: only the fields sent are changed, and none may be sent as null."""
+
+    full_name: str | None = Field(default=None, min_length=1, max_length=200)
+    role: Role | None = None
+    specialties: list[str] | None = None
+    department: str | None = Field(default=None, max_length=100)
+    is_active: bool | None = Field(default=None, description="False disables the user (tokens and API keys too).")
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> UserUpdate:
+        nulls = sorted(name for name in self.model_fields_set if getattr(self, name) is None)
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} may not be null")
+        return self
 
 
 class ApiKeyPublic(_Public):

@@ -21,6 +21,7 @@ from care_companion.errors import CareError, ServiceUnavailable
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.reconcile import sweep_orphans
 from care_companion.records.db import check_migrated, database_unavailable, make_engine, session_factory
+from care_companion.serving.admin_routes import admin_router
 from care_companion.serving.auth import auth_router
 from care_companion.serving.feedback_routes import feedback_router
 from care_companion.serving.http_errors import install_error_handlers
@@ -60,11 +61,11 @@ async def _poll(models: ModelManager, every: float) -> None:
                 log.info("%s: %s", task, change)
 
 
-async def sweep_once(sessions: sessionmaker[Session], store: ObjectStore, grace_seconds: float, when: str) -> None:
-    """Delete orphan objects older than ``grace_seconds`` (left by a crash between a write and its commit)
-    in a worker thread; any failure, the database being down included, is only a warning."""
+def sweep_once(sessions: sessionmaker[Session], store: ObjectStore, grace_seconds: float, when: str) -> None:
+    """Delete orphan objects older than ``grace_seconds`` (left by a crash between a write and its commit);
+    any failure, the database being down included, is only a warning. Blocking: run it in a thread."""
     try:
-        report = await asyncio.to_thread(sweep_orphans, sessions, store, older_than=timedelta(seconds=grace_seconds))
+        report = sweep_orphans(sessions, store, older_than=timedelta(seconds=grace_seconds))
     except Exception as exc:  # never let the sweep stop or crash the service
         error = database_unavailable(exc) if isinstance(exc, DBAPIError) else exc  # no secrets in the log
         log.warning("orphan sweep %s failed: %s", when, getattr(error, "detail", error))
@@ -75,14 +76,40 @@ async def sweep_once(sessions: sessionmaker[Session], store: ObjectStore, grace_
         log.warning("records name %d objects the store lacks: %s", len(report.missing_objects), shown)
 
 
-async def sweep_orphans_regularly(
-    sessions: sessionmaker[Session], store: ObjectStore, grace_seconds: float, every: float
-) -> None:
-    """One sweep at start-up, then one every ``every`` seconds (0: only the first)."""
-    await sweep_once(sessions, store, grace_seconds, "at start-up")
-    while every:
-        await asyncio.sleep(every)
-        await sweep_once(sessions, store, grace_seconds, "(scheduled)")
+class OrphanSweeper:
+    """Sweeps orphan objects once at start-up, then every ``every`` seconds (0: only the first).
+
+    Stopping cancels the wait between sweeps at once; a sweep already running may finish first.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], store: ObjectStore, grace_seconds: float, every: float):
+        self._args = (sessions, store, grace_seconds)
+        self._every = every
+        self._sweep: asyncio.Future[None] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin sweeping in the background of the running event loop."""
+        self._loop_task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        when = "at start-up"
+        while True:
+            self._sweep = asyncio.ensure_future(asyncio.to_thread(sweep_once, *self._args, when))
+            await asyncio.shield(self._sweep)  # a cancel stops the loop, never the thread mid-sweep
+            if not self._every:
+                return
+            await asyncio.sleep(self._every)
+            when = "(scheduled)"
+
+    async def stop(self, wait: float = SWEEP_STOP_WAIT_SECONDS) -> None:
+        """Stop sweeping, giving a sweep in progress up to ``wait`` seconds to finish."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._sweep is not None and not self._sweep.done():
+            await asyncio.wait({self._sweep}, timeout=wait)
 
 
 async def open_records(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
@@ -134,11 +161,10 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
         changes = await models.refresh()
         for task, change in changes.items():
             log.info("%s: %s", task, change)
-        sweeper = asyncio.create_task(
-            sweep_orphans_regularly(
-                app.state.sessions, app.state.store, settings.orphan_grace_seconds, settings.orphan_sweep_seconds
-            )
+        sweeper = OrphanSweeper(
+            app.state.sessions, app.state.store, settings.orphan_grace_seconds, settings.orphan_sweep_seconds
         )
+        sweeper.start()
         poller = (
             asyncio.create_task(_poll(models, settings.model_poll_seconds)) if settings.model_poll_seconds else None
         )
@@ -149,10 +175,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
-            await asyncio.wait({sweeper}, timeout=SWEEP_STOP_WAIT_SECONDS)
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            await sweeper.stop()
             await models.close()
             predictor.close()
             engine.dispose()
@@ -167,7 +190,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
     )
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
-    routers = (predict, ops, auth_router, records_router, feedback_router)
+    routers = (predict, ops, auth_router, records_router, feedback_router, admin_router)
     for router in routers:
         app.include_router(router)
 

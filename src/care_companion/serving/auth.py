@@ -12,6 +12,7 @@ ids exist elsewhere (:func:`check_department`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
 from math import ceil
@@ -64,22 +65,33 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 # -- the database session ------------------------------------------------------------------------------------
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session inside one transaction for the whole request: it commits when the endpoint returns and rolls
-    back when it raises, so a request's writes (audit rows included) land together or not at all.
-
-    A database that cannot be reached (or is locked) becomes :class:`ServiceUnavailable` (503), without secrets.
-    """
+def _session_maker(request: Request) -> sessionmaker[Session]:
     sessions: sessionmaker[Session] | None = getattr(request.app.state, "sessions", None)
     if sessions is None:
         raise ServiceUnavailable("this service has no records database configured", code="database_unavailable")
+    return sessions
+
+
+@contextmanager
+def own_session(request: Request) -> Iterator[Session]:
+    """A session inside one transaction: it commits on exit and rolls back on an error.
+
+    A database that cannot be reached (or is locked) becomes :class:`ServiceUnavailable` (503), without secrets.
+    """
     try:
-        with sessions() as session, session.begin():
+        with _session_maker(request)() as session, session.begin():
             yield session
     except DBAPIError as exc:
         if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
             raise database_unavailable(exc) from exc
         raise
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """The request's session, one transaction for the whole request (:func:`own_session`): it commits when the
+    endpoint returns, so a request's writes (audit rows included) land together or not at all."""
+    with own_session(request) as session:
+        yield session
 
 
 # ``scope="function"``: the commit runs before the response is sent, so a failed commit is the answer.
@@ -156,24 +168,21 @@ def require(permission: Permission) -> Callable[[User], User]:
     return dependency
 
 
-def uploader(request: Request, settings: SettingsDep, credential: Annotated[str | None, Depends(bearer)]) -> User:
-    """The authenticated user of a prediction request, who must have the ``predict`` permission (401, 403).
+def require_briefly(permission: Permission) -> Callable[..., User]:
+    """Like :func:`require`, but the user is looked up in a short session of its own, not the request's: for
+    endpoints that do slow work (decoding an image, running or loading a model) with no database connection
+    held meanwhile (on SQLite, a held transaction would stall every writer)."""
 
-    The user is looked up in a short session of its own, not the request's: no database connection is held
-    while the image is decoded and the model runs.
-    """
-    sessions: sessionmaker[Session] | None = getattr(request.app.state, "sessions", None)
-    if sessions is None:
-        raise ServiceUnavailable("this service has no records database configured", code="database_unavailable")
-    try:
-        with sessions() as session:
+    def dependency(request: Request, settings: SettingsDep, credential: Annotated[str | None, Depends(bearer)]) -> User:
+        with own_session(request) as session:
             user = authenticate_credential(session=session, credential=credential, settings=settings)
-    except DBAPIError as exc:
-        raise database_unavailable(exc) from exc
-    return check_permission(user, Permission.PREDICT)
+        return check_permission(user, permission)
+
+    dependency.__name__ = f"require_{permission.value}_briefly"
+    return dependency
 
 
-Uploader = Annotated[User, Depends(uploader)]
+Uploader = Annotated[User, Depends(require_briefly(Permission.PREDICT))]
 
 
 # -- departments ---------------------------------------------------------------------------------------------
@@ -229,6 +238,19 @@ def audit(
         request_id=request_id_of(request),
         detail=detail,
     )
+
+
+def audit_briefly(
+    user: User | None,
+    request: Request,
+    action: str,
+    resource_type: str,
+    resource_id: str | int | None = None,
+    **detail: Any,
+) -> None:
+    """:func:`audit` in a short session of its own, for routes that hold no request session (blocking)."""
+    with own_session(request) as session:
+        audit(session, user, request, action, resource_type, resource_id, **detail)
 
 
 # -- signing in ----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from care_companion.errors import RequestError
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.security import Permission
-from care_companion.serving.auth import AUTH_ERRORS, Uploader, require
+from care_companion.serving.auth import AUTH_ERRORS, Uploader, require_briefly
 from care_companion.serving.engine import ServedModel
 from care_companion.serving.manager import ModelManager
 from care_companion.serving.persistence import RecordKeeper
@@ -226,7 +226,7 @@ async def list_models(models: ModelsDep) -> ModelsResponse:
 @ops.post(
     "/v1/admin/reload",
     response_model=ReloadResponse,
-    dependencies=[Depends(require(Permission.MANAGE_MODELS))],
+    dependencies=[Depends(require_briefly(Permission.MANAGE_MODELS))],
     responses=AUTH_ERRORS,
     summary="Reload models",
 )

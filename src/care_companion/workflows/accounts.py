@@ -6,14 +6,13 @@ are stored. An API key (for machines) is likewise shown once and stored as a has
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 from care_companion.config import Settings
 from care_companion.records.db import check_migrated, make_engine, session_factory
 from care_companion.records.repos import create_api_key, create_user, get_user_by_username
 from care_companion.records.schemas import UserCreate
-from care_companion.security import hash_password, new_api_key
+from care_companion.security import hash_password, new_api_key, new_password
 
 
 @dataclass(frozen=True)
@@ -47,9 +46,9 @@ def open_account(
     Raises:
         ConfigError: the database is not migrated.
         Conflict: the username is taken (without ``reset``).
-        ValidationError: a bad role, name or department.
+        ValidationError: a bad role, name or department, or a password under ``MIN_PASSWORD_LENGTH`` characters.
     """
-    secret = password or secrets.token_urlsafe(12)
+    secret = password or new_password()
     user_in = UserCreate.model_validate(
         {
             "username": username,
