@@ -11,22 +11,15 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import OUT, SHARED_DATA, write_result
+from benchmarks.common import OUT, SHARED_DATA, group_rows, write_result
+from benchmarks.common import ci as _ci
+from benchmarks.common import fmt as _fmt
 from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST
 from care_companion.training.trainer import TrainConfig
 from care_companion.workflows.training import train_task
-
-
-def _ci(report: dict, key: str) -> str:
-    interval = report["intervals"].get(key)
-    return f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else ""
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
@@ -61,12 +54,7 @@ def main() -> None:
             f"{_fmt(m['specificity'])}{_ci(report, f'{cls}_specificity')} | "
             f"{_fmt(m['auc'])}{_ci(report, f'{cls}_auc')} |"
         )
-    per_source = [
-        f"| {name} | {g['n']} | {_fmt(g['auc_abnormal'])} | {_fmt(g['sensitivity_abnormal'])} | "
-        f"{_fmt(g['specificity_abnormal'])} |"
-        for group in ("source", "origin")
-        for name, g in report["by_group"].get(group, {}).items()
-    ]
+    per_source = group_rows(report, ("source", "origin"))
     gate = "passed, registered" if outcome.registered_version else "refused: " + "; ".join(outcome.gate.shortfalls)
     md = (
         "## Default chest recipe on real data (cxr-real + kermany-train)\n\n"

@@ -39,3 +39,24 @@ def write_result(name: str, result: dict[str, Any], *, command: str, markdown: s
         text = text.rstrip() + "\n\n" + section + "\n"
     DOC.write_text(text)
     return path
+
+
+def ci(report: dict[str, Any], key: str) -> str:
+    """`` (low–high)``: the 95% bootstrap interval of ``key`` in an evaluation JSON, or nothing."""
+    interval = report["intervals"].get(key)
+    return f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else ""
+
+
+def fmt(value: float | None) -> str:
+    """A metric with three decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def group_rows(report: dict[str, Any], groups: tuple[str, ...]) -> list[str]:
+    """Markdown rows (group | n | AUC | sensitivity | specificity) of an evaluation's per-group breakdowns."""
+    return [
+        f"| {name} | {g['n']} | {fmt(g['auc_abnormal'])} | {fmt(g['sensitivity_abnormal'])} | "
+        f"{fmt(g['specificity_abnormal'])} |"
+        for group in groups
+        for name, g in report["by_group"].get(group, {}).items()
+    ]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from care_companion.config import Settings
+from care_companion.tasks import TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -41,22 +42,30 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def write_bundle(
-    directory: Path, *, logits: list[float] | None = None, input_size: int = 64, thresholds: dict | None = None
+    directory: Path,
+    *,
+    logits: list[float] | None = None,
+    input_size: int = 64,
+    thresholds: dict | None = None,
+    task: TaskSpec | None = None,
+    backbone: str = "resnet18",
 ) -> Path:
-    """A real chest model bundle (resnet18 exported to ONNX) for serving tests.
+    """A real model bundle (random ``backbone`` exported to ONNX) for serving tests; a chest bundle by default.
 
     With ``logits`` the head ignores the image and always answers those logits, so a test can choose the
-    outcome (e.g. the "unknown" class for the 422 path); without, the weights are random.
+    outcome (e.g. the "unknown" class for the 422 path); without, the weights are random. Another ``task``
+    (e.g. ``WRIST``) gives that task's model: multi-view for a task with several views.
     """
     import torch
 
     from care_companion.models.bundle import ONNX_FILE, BundleMeta, save_meta
     from care_companion.models.export import export_onnx
-    from care_companion.models.factory import create_classifier
+    from care_companion.models.factory import create_model
     from care_companion.tasks import CHEST
 
+    task = task or CHEST
     torch.manual_seed(0)
-    model, _ = create_classifier("resnet18", len(CHEST.classes))
+    model, _ = create_model(task, backbone)
     if logits is not None:
         linear = model.head[1]
         with torch.no_grad():
@@ -64,10 +73,10 @@ def write_bundle(
             linear.bias.copy_(torch.tensor(logits))
     export_onnx(model, directory / ONNX_FILE, input_size=input_size)
     meta = BundleMeta.for_task(
-        CHEST,
-        backbone="resnet18",
+        task,
+        backbone=backbone,
         input_size=input_size,
-        thresholds=thresholds or {"abnormal": 0.5, "pneumonia": 0.5, "tuberculosis": 0.5},
+        thresholds=thresholds or {"abnormal": 0.5, **dict.fromkeys(task.positives, 0.5)},
         dataset_version="v-test",
     )
     save_meta(directory, meta)

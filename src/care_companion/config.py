@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     retrain_min_feedback: int = Field(
         default=50, ge=1, description="Confirmed new labels that make `retrain --if-needed` retrain."
     )
+    ray_storage: str | None = Field(
+        default=None,
+        description="Where Ray Train keeps checkpoints (default <data_dir>/ray); on a cluster, storage every node "
+        "reaches, e.g. s3://bucket/ray.",
+    )
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> Settings:
@@ -161,6 +166,11 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         """Decoded-image caches."""
         return (self.data_dir / "cache").resolve()
+
+    @property
+    def ray_storage_uri(self) -> str:
+        """Ray Train checkpoint storage with the embedded default resolved."""
+        return self.ray_storage or str((self.data_dir / "ray").resolve())
 
     @property
     def runs_dir(self) -> Path:

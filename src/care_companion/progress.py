@@ -15,9 +15,9 @@ from rich.progress import (
 )
 
 
-def progress_bar(*, transient: bool = False) -> Progress:
-    """A progress display with count, elapsed time and ETA; silent when CARE_NO_PROGRESS is set."""
-    disable = bool(os.environ.get("CARE_NO_PROGRESS")) or "pytest" in sys.modules
+def progress_bar(*, transient: bool = False, disable: bool = False) -> Progress:
+    """A progress display with count, elapsed time and ETA; silent when asked, or when CARE_NO_PROGRESS is set."""
+    disable = disable or bool(os.environ.get("CARE_NO_PROGRESS")) or "pytest" in sys.modules
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

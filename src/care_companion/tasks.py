@@ -58,7 +58,17 @@ CHEST = TaskSpec(
     recipe=Recipe(),
 )
 
-TASKS: dict[str, TaskSpec] = {CHEST.name: CHEST}
+WRIST = TaskSpec(
+    name="wrist",
+    classes=["normal", "fracture"],
+    negative="normal",
+    positives=["fracture"],
+    reject=None,
+    views=["pa", "lateral"],
+    recipe=Recipe(image_size=160, batch_size=16, samples_per_epoch=2000, finetune_epochs=8),
+)
+
+TASKS: dict[str, TaskSpec] = {CHEST.name: CHEST, WRIST.name: WRIST}
 
 
 def get_task(name: str) -> TaskSpec:

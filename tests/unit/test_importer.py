@@ -4,11 +4,15 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from care_companion.data.chest import import_chest
-from care_companion.data.manifest import load_manifest
+from care_companion.data.importer import ImportItem, import_images
+from care_companion.data.manifest import load_manifest, study_table
+from care_companion.errors import DataError
 from care_companion.storage import open_store
+from care_companion.tasks import WRIST
 from tests.conftest import shared_path
 
 
@@ -99,3 +103,29 @@ def test_non_chest_folders_become_the_unknown_class(tmp_path: Path):
         [src], open_store(str(tmp_path / "s2")), seed=1, non_xray=0, non_chest=[hands], non_chest_max=5, workers=1
     )
     assert again.version == result.version
+
+
+def test_labelled_items_keep_studies_together_and_lose_only_a_duplicated_view(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    items = []
+    for s in range(30):
+        pa = rng.integers(0, 255, (70, 70), dtype=np.uint8)
+        lateral = pa if s == 0 else rng.integers(0, 255, (70, 70), dtype=np.uint8)
+        label = "fracture" if s % 3 == 0 else "normal"
+        for view, pixels in (("pa", pa), ("lateral", lateral)):
+            items.append(
+                ImportItem(
+                    source="s", relative=f"{s:02d}-{view}.png", label=label, pixels=pixels, study_id=f"st{s}", view=view
+                )
+            )
+    store = open_store(str(tmp_path / "store"))
+    result = import_images(WRIST, [], store, seed=0, items=items, details={"note": 1}, workers=1)
+    assert result.duplicates == [{"path": "s/00-lateral.png", "duplicate_of": "s/00-pa.png"}]
+    assert result.details == {"note": 1}
+    frame = load_manifest(store, "wrist").frame
+    assert (frame.groupby("study_id")["split"].nunique() == 1).all()  # no patient ids: grouped by study
+    table = study_table(frame, WRIST.views)
+    assert len(table) == 30 and (table["view_lateral"] < 0).sum() == 1
+    assert sum(row["views:pa+lateral"] for row in result.studies.values() if "views:pa+lateral" in row) == 29
+    with pytest.raises(DataError, match="not wrist classes"):
+        import_images(WRIST, [], store, seed=0, items=[ImportItem(source="s", relative="x", label="pneumonia")])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from care_companion.cli.common import console, friendly_errors, settings
+from care_companion.tasks import TaskSpec, get_task
+
+if TYPE_CHECKING:
+    from care_companion.data.importer import ImportResult
 
 app = typer.Typer(help="Import, fetch and inspect versioned data sets.", no_args_is_help=True)
 import_app = typer.Typer(help="Import labelled images into a task's data set.", no_args_is_help=True)
@@ -66,24 +70,7 @@ def import_chest_cmd(
             max_pixels=cfg.max_image_pixels,
             workers=workers,
         )
-    table = Table(title=f"chest data set {result.version}: {result.n_images} images")
-    classes = sorted({c for counts in result.splits.values() for c in counts})
-    table.add_column("split")
-    for c in classes:
-        table.add_column(c, justify="right")
-    for split in ("train", "val", "test", "canary", "production"):
-        counts = result.splits.get(split, {})
-        table.add_row(split, *[str(counts.get(c, 0)) for c in classes])
-    console.print(table)
-    for source, counts in result.counts.items():
-        console.print(f"  source {source}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    console.print(f"skipped {len(result.skipped)} files, dropped {len(result.duplicates)} duplicates")
-    for s in result.skipped[:20]:
-        console.print(f"  [yellow]skipped[/] {s.source}/{s.path}: {s.reason}")
-    if len(result.skipped) > 20:
-        console.print(f"  ... and {len(result.skipped) - 20} more")
-    console.print(f"import report: {settings().store_uri}/{result.report_key}")
-    console.print(f"version: [bold]{result.version}[/]")
+    print_import(result, get_task("chest"))
 
 
 @fetch_app.command("chest")
@@ -98,18 +85,168 @@ def fetch_chest_cmd(
     console.print(f"downloaded to {path}; now run: care-companion data import chest {path}")
 
 
-@app.command("show")
-def show_cmd(
-    task: Annotated[str, typer.Argument(help="Task name (chest).")] = "chest",
-    version: Annotated[str | None, typer.Option(help="Data-set version (default: latest).")] = None,
+Seed = Annotated[int | None, typer.Option(help="Split seed (default: CARE_SEED).")]
+Workers = Annotated[int, typer.Option(help="Decoding processes.")]
+Region = Annotated[
+    str | None, typer.Option(help="FracAtlas region: 'hand' keeps hand/wrist films (not whole-arm 'mixed' films).")
+]
+Limit = Annotated[int | None, typer.Option(help="At most this many FracAtlas images (a seeded sample).")]
+
+
+@import_app.command("wrist")
+def import_wrist_cmd(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="GRAZPEDWRI-DX folder: dataset.csv and the PNG images in any subfolders (as 'data fetch wrist' "
+            "leaves it).",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    fracatlas: Annotated[
+        Path | None,
+        typer.Option(help="Also import this FracAtlas folder (one-view studies).", exists=True, file_okay=False),
+    ] = None,
+    region: Region = None,
+    limit: Limit = None,
+    drop_uncertain: Annotated[
+        bool, typer.Option(help="Leave out studies whose diagnosis the table marks uncertain (kept by default).")
+    ] = False,
+    seed: Seed = None,
+    workers: Workers = 2,
 ) -> None:
-    """Show a data set's version and its images per split, class and source."""
-    from care_companion.data.manifest import load_manifest
+    """Import GRAZPEDWRI-DX two-view wrist studies (and optionally FracAtlas) as a new wrist data-set version."""
+    from care_companion.data.wrist import import_wrist
     from care_companion.storage import store_from_settings
 
     with friendly_errors():
+        cfg = settings()
+        result = import_wrist(
+            src,
+            store_from_settings(cfg),
+            seed=cfg.seed if seed is None else seed,
+            fracatlas=fracatlas,
+            region=region,
+            limit=limit,
+            drop_uncertain=drop_uncertain,
+            min_side=cfg.min_image_side,
+            max_pixels=cfg.max_image_pixels,
+            workers=workers,
+        )
+    print_import(result, get_task("wrist"))
+
+
+@import_app.command("fracatlas")
+def import_fracatlas_cmd(
+    src: Annotated[
+        Path,
+        typer.Argument(help="FracAtlas folder: dataset.csv and images/...", exists=True, file_okay=False),
+    ],
+    region: Region = None,
+    limit: Limit = None,
+    seed: Seed = None,
+    workers: Workers = 2,
+) -> None:
+    """Import FracAtlas alone as a new wrist data-set version (one-view studies; 'import wrist --fracatlas' adds
+    it to GRAZPEDWRI-DX instead)."""
+    from care_companion.data.wrist import import_fracatlas
+    from care_companion.storage import store_from_settings
+
+    with friendly_errors():
+        cfg = settings()
+        result = import_fracatlas(
+            src,
+            store_from_settings(cfg),
+            seed=cfg.seed if seed is None else seed,
+            region=region,
+            limit=limit,
+            min_side=cfg.min_image_side,
+            max_pixels=cfg.max_image_pixels,
+            workers=workers,
+        )
+    print_import(result, get_task("wrist"))
+
+
+@fetch_app.command("wrist")
+def fetch_wrist_cmd(
+    target: Annotated[Path, typer.Option(help="Where to download and unpack.")] = Path("downloads/wrist"),
+    token: Annotated[
+        str | None,
+        typer.Option(help="Figshare personal token (default: CARE_FIGSHARE_TOKEN or FIGSHARE_TOKEN; prefer those)."),
+    ] = None,
+) -> None:
+    """Download GRAZPEDWRI-DX from Figshare (needs a Figshare personal token), checked and unpacked."""
+    from care_companion.data.wrist import fetch_wrist
+
+    with friendly_errors():
+        path = fetch_wrist(target, token)
+    console.print(f"downloaded to {path}; now run: care-companion data import wrist {path}")
+
+
+@app.command("show")
+def show_cmd(
+    task: Annotated[str, typer.Argument(help="Task name (chest, wrist).")] = "chest",
+    version: Annotated[str | None, typer.Option(help="Data-set version (default: latest).")] = None,
+) -> None:
+    """Show a data set's version, its studies per split, class and views, and its images per source."""
+    from care_companion.data.manifest import load_manifest, study_counts
+    from care_companion.storage import store_from_settings
+
+    with friendly_errors():
+        spec = get_task(task)
         manifest = load_manifest(store_from_settings(settings()), task, version)
+        counts = study_counts(manifest.frame, spec.views)
     frame = manifest.frame
-    console.print(f"{task} data set [bold]{manifest.version}[/]: {len(frame)} images")
-    console.print(frame.groupby(["split", "label"]).size().unstack(fill_value=0).to_string())
+    console.print(split_table(f"{task} data set {manifest.version}: {len(frame)} images", counts, spec))
     console.print(frame.groupby(["source", "label"]).size().unstack(fill_value=0).to_string())
+
+
+def split_table(title: str, counts: dict[str, dict[str, int]], task: TaskSpec) -> Table:
+    """Studies per split and class (and per view combination for a multi-view task), and images per split.
+
+    Args:
+        title: the table's title.
+        counts: split -> count, as ``data.manifest.study_counts`` gives them.
+        task: the task (its classes and views choose the columns).
+    """
+    from care_companion.data.splits import SPLITS
+
+    labels = [c for c in task.classes if any(f"label:{c}" in row for row in counts.values())]
+    kinds = sorted(
+        {k.removeprefix("views:") for row in counts.values() for k in row if k.startswith("views:")},
+        key=lambda kind: (-kind.count("+"), [task.views.index(v) for v in kind.split("+")]),
+    )
+    multi = len(task.views) > 1
+    table = Table(title=title, caption="class and view columns count studies" if multi else None)
+    table.add_column("split")
+    for label in labels:
+        table.add_column(label, justify="right")
+    if multi:
+        for kind in kinds:
+            table.add_column(kind if "+" in kind else f"{kind} only", justify="right")
+    table.add_column("images", justify="right")
+    columns = [f"label:{c}" for c in labels] + ([f"views:{k}" for k in kinds] if multi else [])
+    for split in [*SPLITS, *sorted(set(counts) - set(SPLITS))]:
+        row = counts.get(split, {})
+        table.add_row(split, *[str(row.get(c, 0)) for c in [*columns, "images"]])
+    return table
+
+
+def print_import(result: ImportResult, task: TaskSpec) -> None:
+    """What an import produced: the split table, images per source, skipped files, report and version."""
+    console.print(split_table(f"{task.name} data set {result.version}: {result.n_images} images", result.studies, task))
+    for source, counts in result.counts.items():
+        console.print(f"  source {source}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for source, notes in result.details.items():
+        missing = notes.get("missing_images", 0)
+        if missing:
+            examples = ", ".join(notes.get("missing_examples", [])[:5])
+            console.print(f"  [yellow]{source}: {missing} images named in its table not found[/] (e.g. {examples})")
+    console.print(f"skipped {len(result.skipped)} files, dropped {len(result.duplicates)} duplicates")
+    for s in result.skipped[:20]:
+        console.print(f"  [yellow]skipped[/] {s.source}/{s.path}: {s.reason}")
+    if len(result.skipped) > 20:
+        console.print(f"  ... and {len(result.skipped) - 20} more")
+    console.print(f"import report: {settings().store_uri}/{result.report_key}")
+    console.print(f"version: [bold]{result.version}[/]")

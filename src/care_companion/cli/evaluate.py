@@ -16,31 +16,45 @@ def evaluate_cmd(
     data: Annotated[
         Path,
         typer.Option(
-            help="Labelled class-folder tree (normal/pneumonia/tuberculosis/unknown; "
-            "a two-class normal/pneumonia tree is valid)."
+            help="Labelled data. Chest: a class-folder tree (normal/pneumonia/tuberculosis/unknown; a two-class "
+            "normal/pneumonia tree is valid). Wrist: a GRAZPEDWRI-DX or FracAtlas folder (dataset.csv + images), "
+            "scored study by study."
         ),
     ],
     json_out: Annotated[Path | None, typer.Option(help="Write the evaluation JSON here.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write ROC, confusion and reliability PNGs here.")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
+    task: Annotated[
+        str | None, typer.Option(help="The task the model must be for (chest or wrist); default: the model's.")
+    ] = None,
 ) -> None:
     """Evaluate a model at its stored operating point: sensitivity, specificity, AUC with 95% intervals."""
     from care_companion.workflows.evaluation import evaluate_model
 
     with friendly_errors():
         run = evaluate_model(
-            model, data, settings=settings(), json_out=json_out, plots_dir=plots, n_boot=n_boot, workers=workers
+            model,
+            data,
+            settings=settings(),
+            json_out=json_out,
+            plots_dir=plots,
+            n_boot=n_boot,
+            workers=workers,
+            task=task,
         )
     r = run.report
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
 
-    console.print(f"{r.n} images ({len(run.skipped)} skipped) with {run.bundle_dir}")
     console.print(
-        f"abnormal: AUC {fmt(r.auc_abnormal)}, sensitivity {fmt(r.sensitivity_abnormal)}, "
-        f"specificity {fmt(r.specificity_abnormal)}"
+        f"{r.n} {'studies' if r.task == 'wrist' else 'images'} ({len(run.skipped)} images skipped) "
+        f"with {run.bundle_dir}"
+    )
+    console.print(
+        f"{' or '.join(r.positives)}: AUC {fmt(r.auc)}, sensitivity {fmt(r.sensitivity)}, "
+        f"specificity {fmt(r.specificity)} at the operating point"
     )
     for cls, m in r.per_class.items():
         console.print(

@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data")
-app.add_typer(train.app, name="train")
+app.command("train")(train.train_cmd)
 app.add_typer(registry.app, name="registry")
 app.add_typer(users.app, name="users")
 app.add_typer(feedback.app, name="feedback")

@@ -11,16 +11,12 @@ from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_
 if TYPE_CHECKING:
     from care_companion.workflows.training import TrainOutcome
 
-app = typer.Typer(
-    help="Train a task's model: two stages, calibration, operating point, gate, registry.", no_args_is_help=True
-)
-
 
 def report_outcome(outcome: TrainOutcome) -> None:
     """Print a training outcome; exit non-zero when the gate refused it. The bundle path is printed last."""
     m = outcome.metrics
     console.print(
-        f"test: abnormal AUC {m.get('auc_abnormal', float('nan')):.3f}, "
+        f"test (disease classes together): AUC {m.get('auc_abnormal', float('nan')):.3f}, "
         f"sensitivity {m.get('sensitivity_abnormal', float('nan')):.3f}, "
         f"specificity {m.get('specificity_abnormal', float('nan')):.3f}"
     )
@@ -48,9 +44,15 @@ def report_outcome(outcome: TrainOutcome) -> None:
         raise typer.Exit(EXIT_GATE)
 
 
-@app.command("chest")
-def train_chest(
-    backbone: Annotated[str | None, typer.Option(help="Any timm model name (default: the recipe's).")] = None,
+def train_cmd(
+    task: Annotated[str, typer.Argument(help="The task: chest or wrist.")],
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="Any timm model name (default: the recipe's); for wrist, one shared backbone or one per view "
+            "as 'resnet18,efficientnet_b0' (PA, lateral)."
+        ),
+    ] = None,
     image_size: Annotated[int | None, typer.Option(help="Square input side in pixels.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per optimisation step.")] = None,
     head_epochs: Annotated[
@@ -88,9 +90,23 @@ def train_chest(
             help="Also make an INT8 model calibrated on validation images; served only if no sensitivity drops."
         ),
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="0: train in this process. N: data-parallel on N Ray Train workers, on a local Ray instance "
+            "or on the cluster at --ray-address / RAY_ADDRESS.",
+            min=0,
+        ),
+    ] = 0,
+    ray_address: Annotated[str | None, typer.Option(help="A Ray cluster to train on (default: RAY_ADDRESS).")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue an interrupted run from its last checkpoint (the run name it printed)."),
+    ] = None,
 ) -> None:
-    """Train the chest model with the default recipe, or override any part of it."""
-    from care_companion.tasks import CHEST
+    """Train a task's model (two stages, calibration, operating point, gate, registry) with its default
+    recipe, or override any part of it."""
+    from care_companion.tasks import get_task
     from care_companion.training.trainer import TrainConfig
     from care_companion.workflows.training import resolve_init_weights, train_task
 
@@ -118,8 +134,18 @@ def train_chest(
             "balance_sources": balance_sources,
             "seed": cfg.seed if seed is None else seed,
         }
-        config = TrainConfig(**(CHEST.recipe.model_dump() | overrides | options))
+        spec = get_task(task)
+        config = TrainConfig(**(spec.recipe.model_dump() | overrides | options))
         outcome = train_task(
-            CHEST, config, settings=cfg, dataset_version=dataset_version, register=register, demo=demo, int8=int8
+            spec,
+            config,
+            settings=cfg,
+            dataset_version=dataset_version,
+            register=register,
+            demo=demo,
+            int8=int8,
+            workers=workers,
+            ray_address=ray_address,
+            resume=resume,
         )
     report_outcome(outcome)

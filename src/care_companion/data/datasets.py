@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -12,11 +13,18 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class ArrayData:
-    """Images [N, S, S] uint8 with integer labels [N] and optional per-image group names."""
+    """Training items: cached uint8 images [M, S, S], integer labels [N], optional per-item group names.
+
+    Single-view tasks: item ``i`` is image ``i`` (``views`` is None, M == N). Multi-view tasks: item ``i`` is a
+    study whose view ``v`` is image ``views[i, v]`` (-1: that view is missing); ``images`` is the whole cache
+    and is shared, never copied, by subsets.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     groups: dict[str, np.ndarray] | None = None
+    views: np.ndarray | None = None
+    view_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -24,7 +32,23 @@ class ArrayData:
     def subset(self, index: np.ndarray) -> ArrayData:
         """The items at ``index``."""
         groups = {k: v[index] for k, v in self.groups.items()} if self.groups else None
-        return ArrayData(images=self.images[index], labels=self.labels[index], groups=groups)
+        if self.views is None:
+            return ArrayData(images=self.images[index], labels=self.labels[index], groups=groups)
+        return replace(self, labels=self.labels[index], groups=groups, views=self.views[index])
+
+    def study(self, i: int) -> dict[str, np.ndarray | None]:
+        """Item ``i`` as {view name: uint8 image or None} (a single-view item under the name "image")."""
+        if self.views is None:
+            return {"image": self.images[i]}
+        return {
+            name: (self.images[j] if j >= 0 else None) for name, j in zip(self.view_names, self.views[i], strict=True)
+        }
+
+    def views_used(self) -> np.ndarray:
+        """Per item, how many views it has [N] (1 for single-view data)."""
+        if self.views is None:
+            return np.ones(len(self), dtype=np.int64)
+        return (self.views >= 0).sum(axis=1)
 
 
 def to_tensor(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
@@ -71,6 +95,38 @@ class Augment:
         return ((x - mean) * contrast + mean + bright).clamp_(0, 1)
 
 
+def _pixels(
+    images: np.ndarray, mean: float, std: float, augment: Augment | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    if augment is not None:
+        return augment(images, generator or torch.Generator()).sub_(mean).div_(std)
+    return to_tensor(images, mean, std)
+
+
+def model_inputs(
+    data: ArrayData,
+    idx: np.ndarray,
+    *,
+    mean: float,
+    std: float,
+    augment: Augment | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """The model's inputs for the items at ``idx``: ``(image [B, 1, S, S],)`` for single-view data, or
+    ``(images [B, V, 1, S, S], present [B, V])`` for studies, missing views all zero."""
+    if data.views is None:
+        return (_pixels(data.images[idx], mean, std, augment, generator),)
+    views = data.views[idx]
+    present = views >= 0
+    side = data.images.shape[-1]
+    out = torch.zeros(len(idx), views.shape[1], 1, side, side)
+    if present.any():
+        wanted = np.sort(np.unique(views[present]))
+        pixels = _pixels(data.images[wanted], mean, std, augment, generator)
+        out[torch.from_numpy(present)] = pixels[torch.from_numpy(np.searchsorted(wanted, views[present]))]
+    return out, torch.from_numpy(present.astype(np.float32))
+
+
 def batches(
     data: ArrayData,
     batch_size: int,
@@ -80,13 +136,10 @@ def batches(
     order: np.ndarray | None = None,
     augment: Augment | None = None,
     generator: torch.Generator | None = None,
-):
-    """Yield (inputs, labels) batches in ``order`` (default: data order), augmented when asked."""
+) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """Yield (model inputs, labels) batches in ``order`` (default: data order), augmented when asked."""
     order = np.arange(len(data)) if order is None else order
     for start in range(0, len(order), batch_size):
         idx = np.sort(order[start : start + batch_size])  # sorted reads are kinder to the memory map
-        if augment is not None:
-            x = augment(data.images[idx], generator or torch.Generator()).sub_(mean).div_(std)
-        else:
-            x = to_tensor(data.images[idx], mean, std)
-        yield x, torch.from_numpy(data.labels[idx].astype(np.int64))
+        inputs = model_inputs(data, idx, mean=mean, std=std, augment=augment, generator=generator)
+        yield inputs, torch.from_numpy(data.labels[idx].astype(np.int64))

@@ -3,6 +3,12 @@
 Every file is decoded and converted to 8-bit grayscale; files that fail are skipped and listed in the
 import report with the reason. Images are written content-addressed (by pixel hash) as PNG to the object
 store, so re-importing the same data writes the same objects and yields the same version.
+
+Images come from class-folder trees or as already-labelled :class:`ImportItem` s, which may name their
+patient, study and view (two-view wrist studies). Duplicates are dropped image by image: the first copy in
+item order is kept and later copies are listed in the report, so a duplicated image removes only that view
+from its study (the study keeps its other view). Splits are grouped by patient, else by study, else by image,
+so all images of a study, and of a patient, land in one split.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +27,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from care_companion.data.folders import image_files, scan_class_folders
-from care_companion.data.manifest import COLUMNS, Manifest, dataset_prefix, save_manifest
+from care_companion.data.manifest import COLUMNS, Manifest, dataset_prefix, save_manifest, study_counts
 from care_companion.data.patients import origin_and_patient
 from care_companion.data.splits import grouped_stratified_split
 from care_companion.errors import DataError, InvalidImageError
@@ -48,6 +56,11 @@ class ImportResult(BaseModel):
     n_images: int
     counts: dict[str, dict[str, int]] = Field(description="source -> class -> images kept")
     splits: dict[str, dict[str, int]] = Field(description="split -> class -> images")
+    studies: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="split -> 'label:<class>' / 'views:<pa+lateral>' / 'images' -> count (see study_counts)",
+    )
+    details: dict[str, Any] = Field(default_factory=dict, description="source-specific notes (e.g. wrist studies)")
     skipped: list[SkippedFile] = Field(default_factory=list)
     duplicates: list[dict[str, str]] = Field(default_factory=list)
     unlabelled: list[str] = Field(default_factory=list)
@@ -56,12 +69,29 @@ class ImportResult(BaseModel):
 
 
 @dataclass(frozen=True)
-class _Item:
+class ImportItem:
+    """An image to import with its label: a file (``path``) or generated ``pixels``.
+
+    ``patient_id`` (with ``origin``) overrides what the file name tells (see ``data.patients``); ``study_id``
+    and ``view`` place the image in a multi-view study (empty: a one-view study of the task's first view).
+    """
+
     source: str
     relative: str
     label: str
     path: Path | None = None
     pixels: np.ndarray | None = None
+    patient_id: str | None = None
+    origin: str | None = None
+    study_id: str = ""
+    view: str = ""
+
+    def origin_and_patient(self) -> tuple[str, str | None]:
+        """The origin and patient id recorded for this image."""
+        if self.patient_id is not None:
+            return self.origin or "other", self.patient_id
+        origin, patient = origin_and_patient(Path(self.relative).stem)
+        return (origin if self.path is not None else "generated"), patient
 
 
 @dataclass(frozen=True)
@@ -78,7 +108,7 @@ class Prepared:
 
 @dataclass(frozen=True)
 class _Processed:
-    item: _Item
+    item: ImportItem
     prepared: Prepared
 
 
@@ -98,7 +128,7 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
-def _process(args: tuple[_Item, int, int]) -> _Processed | SkippedFile:
+def _process(args: tuple[ImportItem, int, int]) -> _Processed | SkippedFile:
     item, min_side, max_pixels = args
     try:
         if item.pixels is not None:
@@ -144,11 +174,13 @@ def import_images(
     seed: int,
     extra: list[tuple[str, str, str, np.ndarray]] | None = None,
     labelled_folders: list[tuple[str, Path, str, int | None]] | None = None,
+    items: Sequence[ImportItem] | None = None,
+    details: dict[str, Any] | None = None,
     min_side: int = 64,
     max_pixels: int = 100_000_000,
     workers: int = 2,
 ) -> ImportResult:
-    """Import class-folder trees (and optional in-memory images) as the task's new data set version.
+    """Import class-folder trees, labelled items and in-memory images as the task's new data set version.
 
     Args:
         task: the task whose class names the folders must use.
@@ -158,11 +190,14 @@ def import_images(
         extra: generated images as (source, relative name, label, pixels) tuples.
         labelled_folders: (source name, folder, label, at most N) for folders whose every image has one label
             (for example other body parts' radiographs as "not a chest X-ray"); a seeded sample when capped.
+        items: already-labelled images, possibly with patient, study and view (kept in this order, so the
+            first of two duplicates is the one earlier in the list).
+        details: source-specific notes stored in the import report and the result.
         min_side: shorter-side minimum; smaller images are skipped as too small.
         max_pixels: decompression-bomb guard.
         workers: decoding processes.
     """
-    items: list[_Item] = []
+    todo: list[ImportItem] = []
     unlabelled: list[str] = []
     for name, root in sources:
         if not Path(root).is_dir():
@@ -172,7 +207,7 @@ def import_images(
             raise DataError(
                 f"{root}: no images under class folders named {', '.join(task.classes)} (any case, any depth)"
             )
-        items += [_Item(source=name, relative=f.relative, label=f.label, path=f.path) for f in found]
+        todo += [ImportItem(source=name, relative=f.relative, label=f.label, path=f.path) for f in found]
         unlabelled += [f"{name}/{rel}" for rel in loose]
     for name, root, label, cap in labelled_folders or []:
         if not Path(root).is_dir():
@@ -181,9 +216,39 @@ def import_images(
         if cap is not None and len(paths) > cap:
             picked = np.random.default_rng(seed).choice(len(paths), size=cap, replace=False)
             paths = [paths[i] for i in sorted(picked)]
-        items += [_Item(source=name, relative=p.relative_to(root).as_posix(), label=label, path=p) for p in paths]
+        todo += [ImportItem(source=name, relative=p.relative_to(root).as_posix(), label=label, path=p) for p in paths]
+    todo += list(items or [])
     for source, relative, label, pixels in extra or []:
-        items.append(_Item(source=source, relative=relative, label=label, pixels=pixels))
+        todo.append(ImportItem(source=source, relative=relative, label=label, pixels=pixels))
+    return _import(
+        task,
+        todo,
+        store,
+        seed=seed,
+        unlabelled=unlabelled,
+        details=details or {},
+        min_side=min_side,
+        max_pixels=max_pixels,
+        workers=workers,
+    )
+
+
+def _import(
+    task: TaskSpec,
+    items: list[ImportItem],
+    store: ObjectStore,
+    *,
+    seed: int,
+    unlabelled: list[str],
+    details: dict[str, Any],
+    min_side: int,
+    max_pixels: int,
+    workers: int,
+) -> ImportResult:
+    """Decode, deduplicate, store and split ``items``, then save the manifest and report."""
+    wrong = sorted({i.label for i in items} - set(task.classes)) + sorted({i.view for i in items} - {"", *task.views})
+    if wrong:
+        raise DataError(f"labels or views {wrong} are not {task.name} classes {task.classes} or views {task.views}")
 
     rows: list[dict] = []
     skipped: list[SkippedFile] = []
@@ -204,14 +269,16 @@ def import_images(
             continue
         seen[prepared.sha256] = seen[prepared.pixel_sha256] = where
         key = store_prepared(store, task.name, prepared)
-        origin, patient = origin_and_patient(Path(processed.item.relative).stem)
+        origin, patient = processed.item.origin_and_patient()
         rows.append(
             {
                 "key": key,
                 "label": processed.item.label,
                 "source": processed.item.source,
-                "origin": origin if processed.item.path is not None else "generated",
+                "origin": origin,
                 "patient_id": patient,
+                "study_id": processed.item.study_id,
+                "view": processed.item.view,
                 "path": processed.item.relative,
                 "width": prepared.width,
                 "height": prepared.height,
@@ -224,8 +291,8 @@ def import_images(
         raise DataError("no usable images were found; see the skipped files in the import report")
 
     frame = pd.DataFrame(rows).sort_values(["source", "path"]).reset_index(drop=True)
-    patients = zip(frame["patient_id"], frame["pixel_sha256"], strict=True)
-    groups = [p if isinstance(p, str) else f"image:{h}" for p, h in patients]
+    keys = zip(frame["patient_id"], frame["study_id"], frame["pixel_sha256"], strict=True)
+    groups = [_split_group(patient, study, pixels) for patient, study, pixels in keys]
     frame["split"] = grouped_stratified_split(list(frame["label"]), groups, seed=seed)
     manifest = Manifest(task=task.name, frame=frame[COLUMNS])
     counts = {s: dict(Counter(g["label"])) for s, g in frame.groupby("source")}
@@ -238,6 +305,8 @@ def import_images(
         n_images=len(frame),
         counts=counts,
         splits=splits,
+        studies=study_counts(frame, task.views),
+        details=details,
         skipped=sorted(skipped, key=lambda s: (s.source, s.path)),
         duplicates=duplicates,
         unlabelled=unlabelled,
@@ -246,3 +315,10 @@ def import_images(
     )
     save_manifest(store, manifest, report=result.model_dump(mode="json"))
     return result
+
+
+def _split_group(patient: object, study: str, pixel_sha256: str) -> str:
+    """What a row's split is grouped by: its patient, else its study, else the image itself."""
+    if isinstance(patient, str):
+        return patient
+    return f"study:{study}" if study else f"image:{pixel_sha256}"

@@ -14,6 +14,20 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from care_companion.data.synthetic_common import (
+    band,
+    child,
+    develop,
+    draw_letter,
+    ellipse,
+    grid,
+    reposition,
+    save_png,
+    smooth_noise,
+    soft,
+    to_u8,
+)
+
 CHEST_LABELS = ("normal", "pneumonia", "tuberculosis")
 UNKNOWN_LABEL = "unknown"
 
@@ -45,50 +59,6 @@ OFFLINE_SAMPLES = (
     "stereo_motorcycle",
     "text",
 )
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row (Y) and column (X) coordinates in [0, 1] for a square image."""
-    axis = np.linspace(0.0, 1.0, size)
-    return np.meshgrid(axis, axis, indexing="ij")
-
-
-def _soft(signed: np.ndarray, sharpness: float) -> np.ndarray:
-    """A soft 0..1 mask from a signed inside-distance (positive inside)."""
-    return 1.0 / (1.0 + np.exp(-np.clip(signed * sharpness, -50.0, 50.0)))
-
-
-def _ellipse(
-    Y: np.ndarray, X: np.ndarray, cy: float, cx: float, b: float, a: float, sharpness: float = 25.0
-) -> np.ndarray:
-    """Soft mask of an axis-aligned ellipse with half-height ``b`` and half-width ``a``."""
-    r = np.sqrt(((X - cx) / a) ** 2 + ((Y - cy) / b) ** 2)
-    return _soft(1.0 - r, sharpness)
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
-    """Gaussian-filtered white noise rescaled to [0, 1]."""
-    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma)
-    low, high = field.min(), field.max()
-    return (field - low) / (high - low + 1e-12)
-
-
-def _band(Y: np.ndarray, curve: np.ndarray, half: float) -> np.ndarray:
-    """Soft band of half-thickness ``half`` around the row position ``curve`` (one value per pixel)."""
-    return np.exp(-0.5 * ((Y - curve) / half) ** 2)
-
-
-def _to_u8(image: np.ndarray) -> np.ndarray:
-    """Clip to [0, 1] and quantise to ``uint8``."""
-    return np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _child(rng: np.random.Generator) -> np.random.Generator:
-    """An independent generator seeded from ``rng``."""
-    return np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
 
 
 # ------------------------------------------------------------------------------------------- chest films
@@ -157,7 +127,7 @@ def _lung_mask(Y: np.ndarray, X: np.ndarray, anat: _Anatomy, side: int) -> np.nd
     v = (Y - cy) / b
     taper = 0.5 + 0.5 * np.clip((v + 1.0) / 1.2, 0.0, 1.0)
     u = (X - cx) / (a * taper)
-    return _soft(1.0 - np.sqrt(u**2 + v**2), 18.0)
+    return soft(1.0 - np.sqrt(u**2 + v**2), 18.0)
 
 
 def _ribs(Y: np.ndarray, X: np.ndarray, anat: _Anatomy, side: int, rng: np.random.Generator) -> np.ndarray:
@@ -165,8 +135,8 @@ def _ribs(Y: np.ndarray, X: np.ndarray, anat: _Anatomy, side: int, rng: np.rando
     cy, _, b, a = anat.lung_centre(side)
     inner, width = anat.cx + side * 0.03, anat.lung_dx + a + 0.04
     t = np.clip(side * (X - inner) / width, -0.05, 1.05)
-    fade = _soft(t, 40.0) * _soft(1.0 - t, 30.0)
-    cage = _ellipse(Y, X, cy + 0.02, anat.cx, b + 0.07, anat.lung_dx + a + 0.05, 12.0)
+    fade = soft(t, 40.0) * soft(1.0 - t, 30.0)
+    cage = ellipse(Y, X, cy + 0.02, anat.cx, b + 0.07, anat.lung_dx + a + 0.05, 12.0)
     top, count = cy - b - 0.04, int((2 * b + 0.08) / anat.rib_spacing) + 1
     out = np.zeros_like(Y)
     for curve, weight, half in (
@@ -215,7 +185,7 @@ def _pneumonia(
         py, px = cy + b * rng.uniform(0.3, 0.65), cx + side * a * rng.uniform(-0.1, 0.55)
         radius = rng.uniform(0.08, 0.15)
         envelope = np.exp(-0.5 * (((Y - py) ** 2 + (X - px) ** 2) / radius**2))
-        patches = np.clip((_smooth_noise(rng, size, size / 64 * rng.uniform(2.0, 4.0)) - 0.35) / 0.35, 0.0, 1.0)
+        patches = np.clip((smooth_noise(rng, size, size / 64 * rng.uniform(2.0, 4.0)) - 0.35) / 0.35, 0.0, 1.0)
         strength = rng.uniform(0.3, 0.55)
         out += strength * envelope * (0.4 + 0.6 * patches) * lungs[0 if side < 0 else 1]
     return out
@@ -242,33 +212,31 @@ def _tuberculosis(
             radius, rim = rng.uniform(0.025, 0.042), rng.uniform(0.006, 0.011)
             dist = np.sqrt((Y - py) ** 2 + (X - px) ** 2)
             lesion += rng.uniform(0.22, 0.35) * np.exp(-0.5 * ((dist - radius) / rim) ** 2)
-            lesion -= 0.05 * _soft(radius - dist, 300.0)
+            lesion -= 0.05 * soft(radius - dist, 300.0)
         out += lesion * lung
     return out
 
 
 def _chest_density(label: str, anat: _Anatomy, disease_rng: np.random.Generator, size: int) -> np.ndarray:
     """Attenuation-like map in roughly [0, 1] before positioning and exposure."""
-    Y, X = _grid(size)
+    Y, X = grid(size)
     anat_rng = np.random.default_rng(anat.detail_seed)  # fine detail (texture, vessels, rib shape) of the patient
     torso_u, torso_v = (X - anat.cx) / anat.body_half_w, (Y - 0.66) / (0.66 - anat.body_top)
-    body = _soft(1.0 - (np.abs(torso_u) ** 2.6 + np.abs(torso_v) ** 2.6), 6.0)
-    neck = _soft(0.075 - np.abs(X - anat.cx), 120.0) * _soft(Y - 0.01, 60.0)
+    body = soft(1.0 - (np.abs(torso_u) ** 2.6 + np.abs(torso_v) ** 2.6), 6.0)
+    neck = soft(0.075 - np.abs(X - anat.cx), 120.0) * soft(Y - 0.01, 60.0)
     body = np.maximum(body, neck)
     lungs = [_lung_mask(Y, X, anat, side) for side in (-1, 1)]
     heart_cy = anat.lung_cy + anat.lung_b * anat.heart_dy
-    heart = _ellipse(Y, X, heart_cy, anat.cx + anat.heart_dx, anat.heart_b, anat.heart_a)
-    mediastinum = _soft(anat.mediastinum_half_w - np.abs(X - anat.cx), 80.0) * _soft(
-        anat.lung_cy + anat.lung_b - Y, 30.0
-    )
+    heart = ellipse(Y, X, heart_cy, anat.cx + anat.heart_dx, anat.heart_b, anat.heart_a)
+    mediastinum = soft(anat.mediastinum_half_w - np.abs(X - anat.cx), 80.0) * soft(anat.lung_cy + anat.lung_b - Y, 30.0)
     soft_tissue = np.clip(heart + mediastinum, 0.0, 1.0)
     air = np.clip(lungs[0] + lungs[1], 0.0, 1.0) * (1.0 - soft_tissue)
 
     density = anat.tissue * body + 0.07 * soft_tissue * body - anat.air * air
-    density += 0.05 * air * (_smooth_noise(anat_rng, size, size / 128) - 0.5)
+    density += 0.05 * air * (smooth_noise(anat_rng, size, size / 128) - 0.5)
     for side in (-1, 1):
         density += 0.08 * air * _vessels(size, anat, side, anat_rng)
-    spine_band = _soft(0.03 - np.abs(X - anat.cx), 150.0)
+    spine_band = soft(0.03 - np.abs(X - anat.cx), 150.0)
     vertebrae = 0.75 + 0.25 * np.cos(2 * np.pi * Y / anat.rib_spacing)
     density += anat.bone * spine_band * vertebrae * body * (0.5 + 0.5 * soft_tissue)
     for side in (-1, 1):
@@ -276,8 +244,8 @@ def _chest_density(label: str, anat: _Anatomy, disease_rng: np.random.Generator,
     for side in (-1, 1):
         t = np.clip(side * (X - anat.cx - side * 0.04) / 0.27, 0.0, 1.0)
         curve = anat.clavicle_y - 0.045 * t + 0.025 * np.sin(np.pi * t)
-        reach = _soft(side * (X - anat.cx) - 0.035, 200.0) * _soft(0.33 - side * (X - anat.cx), 200.0)
-        density += anat.bone * 1.3 * _band(Y, curve, 0.009) * reach * body
+        reach = soft(side * (X - anat.cx) - 0.035, 200.0) * soft(0.33 - side * (X - anat.cx), 200.0)
+        density += anat.bone * 1.3 * band(Y, curve, 0.009) * reach * body
     fields = [lung * (1.0 - soft_tissue) for lung in lungs]  # aerated lung, where disease shows
     if label == "pneumonia":
         density += _pneumonia(Y, X, anat, fields, disease_rng)
@@ -289,27 +257,11 @@ def _chest_density(label: str, anat: _Anatomy, disease_rng: np.random.Generator,
 def _expose(density: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Patient positioning, exposure (brightness, contrast, gamma, heel effect), blur, noise and a side marker."""
     size = density.shape[0]
-    angle = np.deg2rad(rng.uniform(-4.0, 4.0))
-    scale = rng.uniform(0.93, 1.07)
-    shift = rng.uniform(-0.03, 0.03, size=2) * size
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    matrix = np.array([[cos, -sin], [sin, cos]])
-    centre = np.array([size / 2.0, size / 2.0])
-    offset = centre - matrix @ (centre + shift)
-    image = ndimage.affine_transform(density, matrix, offset=offset, order=1, mode="nearest")
-
-    Y, X = _grid(size)
-    image = image + rng.uniform(-0.07, 0.07) * (X - 0.5) + rng.uniform(-0.05, 0.05) * (Y - 0.5)
-    image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.7, 1.4)
-    image = (image - 0.5) * rng.uniform(0.75, 1.25) + 0.5 + rng.uniform(-0.13, 0.13)
-    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.1) * size / 256)
-    image = image + rng.normal(0.0, rng.uniform(0.006, 0.03), size=image.shape)
-    if rng.random() < 0.5:  # a lead "L"/"R" marker in a top corner
-        h, w = int(size * 0.06), int(size * 0.04)
+    image = develop(reposition(density, rng), rng)
+    if rng.random() < 0.5:  # a lead "L" marker in a top corner
         r0 = int(size * rng.uniform(0.03, 0.1))
         c0 = int(size * rng.uniform(0.04, 0.1)) if rng.random() < 0.5 else int(size * rng.uniform(0.86, 0.92))
-        image[r0 : r0 + h, c0 : c0 + max(1, w // 3)] = 0.95
-        image[r0 + h - max(1, h // 4) : r0 + h, c0 : c0 + w] = 0.95
+        draw_letter(image, "L", r0, c0, int(size * 0.06), int(size * 0.04), 0.95)
     return image
 
 
@@ -319,7 +271,7 @@ def _render_chest(
     """One film of a given patient: anatomy and disease pattern fixed, positioning and exposure per film."""
     if label not in CHEST_LABELS:
         raise ValueError(f"unknown chest label {label!r}; expected one of {', '.join(CHEST_LABELS)}")
-    return _to_u8(_expose(_chest_density(label, anat, disease_rng, size), view_rng))
+    return to_u8(_expose(_chest_density(label, anat, disease_rng, size), view_rng))
 
 
 def synth_chest(label: str, rng: np.random.Generator, size: int = 256) -> np.ndarray:
@@ -340,7 +292,7 @@ def synth_chest(label: str, rng: np.random.Generator, size: int = 256) -> np.nda
     """
     if label not in CHEST_LABELS:
         raise ValueError(f"unknown chest label {label!r}; expected one of {', '.join(CHEST_LABELS)}")
-    anat_rng, disease_rng, view_rng = _child(rng), _child(rng), _child(rng)
+    anat_rng, disease_rng, view_rng = child(rng), child(rng), child(rng)
     return _render_chest(label, _Anatomy.draw(anat_rng), disease_rng, view_rng, size)
 
 
@@ -374,7 +326,7 @@ def _document(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _shapes(rng: np.random.Generator, size: int) -> np.ndarray:
     """A gradient background with random discs, rectangles and rings (a flattened colourful scene)."""
-    Y, X = _grid(size)
+    Y, X = grid(size)
     angle = rng.uniform(0, 2 * np.pi)
     image = rng.uniform(0.0, 0.6) + rng.uniform(0.2, 0.6) * (np.cos(angle) * X + np.sin(angle) * Y)
     for _ in range(int(rng.integers(3, 15))):
@@ -394,7 +346,7 @@ def _shapes(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _pattern(rng: np.random.Generator, size: int) -> np.ndarray:
     """A checkerboard or stripes, rotated, with a random period and contrast."""
-    Y, X = _grid(size)
+    Y, X = grid(size)
     angle = rng.uniform(0, np.pi)
     u = np.cos(angle) * X + np.sin(angle) * Y
     v = -np.sin(angle) * X + np.cos(angle) * Y
@@ -409,7 +361,7 @@ def _pattern(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """Noise textures: clouds, blobs or grain at a random scale."""
-    field = _smooth_noise(rng, size, rng.uniform(1.0, 20.0) * size / 256)
+    field = smooth_noise(rng, size, rng.uniform(1.0, 20.0) * size / 256)
     choice = rng.integers(0, 3)
     if choice == 0:
         return field
@@ -420,10 +372,10 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _scene(rng: np.random.Generator, size: int) -> np.ndarray:
     """A landscape-like picture: sky gradient, horizon, sun, blobby trees."""
-    Y, X = _grid(size)
+    Y, X = grid(size)
     horizon = rng.uniform(0.35, 0.7) + 0.05 * np.sin(2 * np.pi * X * rng.uniform(0.5, 2.0) + rng.uniform(0, 6))
     sky = rng.uniform(0.6, 0.95) - rng.uniform(0.0, 0.3) * Y
-    ground = rng.uniform(0.15, 0.5) + 0.15 * _smooth_noise(rng, size, 3.0 * size / 256)
+    ground = rng.uniform(0.15, 0.5) + 0.15 * smooth_noise(rng, size, 3.0 * size / 256)
     image = np.where(horizon > Y, sky, ground)
     sun_y, sun_x = rng.uniform(0.05, 0.3), rng.uniform(0.1, 0.9)
     image = np.where((Y - sun_y) ** 2 + (X - sun_x) ** 2 < rng.uniform(0.03, 0.08) ** 2, 1.0, image)
@@ -447,7 +399,7 @@ def synth_non_radiograph(rng: np.random.Generator, size: int = 256) -> np.ndarra
     image = maker(rng, size)
     if rng.random() < 0.5:
         image = image + rng.normal(0.0, rng.uniform(0.005, 0.05), size=image.shape)
-    return _to_u8(image)
+    return to_u8(image)
 
 
 @cache
@@ -466,7 +418,7 @@ def _sample_image(name: str) -> np.ndarray:
         image = rgb2gray(image)
     gray = util.img_as_float(image)
     gray = (gray - gray.min()) / max(float(gray.max() - gray.min()), 1e-12)
-    return _to_u8(gray)
+    return to_u8(gray)
 
 
 def _augment(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -488,7 +440,7 @@ def _augment(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarr
     pixels = np.asarray(pil.resize((size, size), resample=Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
     pixels = pixels ** rng.uniform(0.6, 1.6)
     pixels = (pixels - 0.5) * rng.uniform(0.7, 1.3) + 0.5 + rng.uniform(-0.1, 0.1)
-    return _to_u8(pixels)
+    return to_u8(pixels)
 
 
 def natural_images(rng: np.random.Generator, n: int, size: int = 256) -> list[np.ndarray]:
@@ -519,14 +471,6 @@ def make_unknown_images(rng: np.random.Generator, n: int, size: int = 256) -> li
 # ----------------------------------------------------------------------------------------------- tree
 
 
-def _save_png(image: np.ndarray, path: Path) -> None:
-    """Write a 2-D ``uint8`` image as PNG."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(image)).save(path, format="PNG")
-
-
 def write_synthetic_chest_tree(
     root: Path, n_per_class: int, *, seed: int, size: int = 256, include_unknown: bool = True
 ) -> dict[str, int]:
@@ -554,15 +498,15 @@ def write_synthetic_chest_tree(
             patient += 1
             films = min(int(rng.integers(1, 4)), n_per_class - written)
             if label == UNKNOWN_LABEL:
-                images = make_unknown_images(_child(rng), films, size)
+                images = make_unknown_images(child(rng), films, size)
             else:
-                anat, disease_seed = _Anatomy.draw(_child(rng)), int(rng.integers(0, 2**63 - 1))
+                anat, disease_seed = _Anatomy.draw(child(rng)), int(rng.integers(0, 2**63 - 1))
                 images = [
-                    _render_chest(label, anat, np.random.default_rng(disease_seed), _child(rng), size)
+                    _render_chest(label, anat, np.random.default_rng(disease_seed), child(rng), size)
                     for _ in range(films)
                 ]
             for k, image in enumerate(images, start=1):
-                _save_png(image, Path(root) / label / f"synth-patient{patient:04d}_img{k}.png")
+                save_png(image, Path(root) / label / f"synth-patient{patient:04d}_img{k}.png")
             written += films
         counts[label] = written
     return counts

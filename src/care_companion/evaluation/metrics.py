@@ -66,6 +66,13 @@ class EvaluationReport(BaseModel):
     auc_abnormal: float | None = None
     sensitivity_abnormal: float | None = None
     specificity_abnormal: float | None = None
+    sensitivity: float | None = Field(
+        default=None,
+        description="Sensitivity for disease (any disease class) at the operating point: for wrist, the fracture "
+        "class; the same as sensitivity_abnormal.",
+    )
+    specificity: float | None = Field(default=None, description="Specificity at the operating point (as above).")
+    auc: float | None = Field(default=None, description="AUC of P(disease) (as above).")
     n_abnormal: int = Field(description="Images with a disease class as true class.")
     n_not_abnormal: int = Field(description="Images with a true class that is neither disease nor reject.")
     per_class: dict[str, ClassMetrics]
@@ -308,6 +315,9 @@ def evaluate_predictions(
         auc_abnormal=point["auc_abnormal"],
         sensitivity_abnormal=point["sensitivity_abnormal"],
         specificity_abnormal=point["specificity_abnormal"],
+        sensitivity=point["sensitivity_abnormal"],
+        specificity=point["specificity_abnormal"],
+        auc=point["auc_abnormal"],
         n_abnormal=int((scored.clinical & scored.abnormal_true).sum()),
         n_not_abnormal=int((scored.clinical & ~scored.abnormal_true).sum()),
         per_class=per_class,

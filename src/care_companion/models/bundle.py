@@ -20,6 +20,10 @@ BUNDLE_FILE = "bundle.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 CHECKPOINT_FILE = "model.pt"
+IMAGE_INPUT = "image"
+IMAGES_INPUT = "images"
+PRESENT_INPUT = "present"
+LOGITS_OUTPUT = "logits"
 INTENDED_USE = (
     "Decision support for radiologists. Outputs are calibrated probabilities and an operating-point "
     "decision chosen for high sensitivity; they are not a diagnosis and must be reviewed."
@@ -97,6 +101,11 @@ class BundleMeta(BaseModel):
     run_id: str | None = None
     training: dict[str, Any] = Field(default_factory=dict, description="Resolved training arguments.")
 
+    @property
+    def multiview(self) -> bool:
+        """True for a model taking a study of several views (inputs "images" and "present")."""
+        return len(self.views) > 1
+
     def task_spec(self) -> TaskSpec:
         """The task definition the bundle was trained for, as its metadata records it."""
         return TaskSpec(
@@ -119,10 +128,25 @@ class BundleMeta(BaseModel):
             positives=list(task.positives),
             reject=task.reject,
             views=list(task.views),
-            inputs=[TensorSpec(name="image", shape=["batch", 1, size, size], description="normalised grayscale")],
-            outputs=[TensorSpec(name="logits", shape=["batch", len(task.classes)], description="uncalibrated")],
+            inputs=input_specs(task.views, size),
+            outputs=[TensorSpec(name=LOGITS_OUTPUT, shape=["batch", len(task.classes)], description="uncalibrated")],
             **kwargs,
         )
+
+
+def input_specs(views: list[str], size: int) -> list[TensorSpec]:
+    """The model inputs for a task's views: one image for a single view, else a study of views plus a mask."""
+    if len(views) == 1:
+        return [TensorSpec(name=IMAGE_INPUT, shape=["batch", 1, size, size], description="normalised grayscale")]
+    count = len(views)
+    return [
+        TensorSpec(
+            name=IMAGES_INPUT,
+            shape=["batch", count, 1, size, size],
+            description=f"normalised grayscale views in the order {', '.join(views)}; zeros where a view is missing",
+        ),
+        TensorSpec(name=PRESENT_INPUT, shape=["batch", count], description="1 where the view was given, else 0"),
+    ]
 
 
 def save_meta(directory: Path, meta: BundleMeta) -> Path:

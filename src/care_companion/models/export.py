@@ -9,19 +9,25 @@ import numpy as np
 import torch
 
 from care_companion.errors import ModelError
+from care_companion.models.base import BackboneClassifier
+from care_companion.models.bundle import LOGITS_OUTPUT
 
 OPSET = 17
 
 
-def export_onnx(model: torch.nn.Module, path: Path, *, input_size: int, atol: float = 1e-4, seed: int = 0) -> float:
-    """Export ``model`` to ONNX with a dynamic batch axis and check it against PyTorch.
+def export_onnx(model: BackboneClassifier, path: Path, *, input_size: int, atol: float = 1e-4, seed: int = 0) -> float:
+    """Export ``model`` to ONNX with a dynamic batch axis on every input and check it against PyTorch.
+
+    The ONNX inputs are named after ``model.input_names`` ("image" for one view; "images" and "present" for
+    several), the output "logits". The check batch comes from ``model.example_inputs`` (for a multi-view model
+    it holds studies with a missing view). The file is only written, atomically, when the check passes.
 
     Args:
         model: the classifier (put in eval mode here).
         path: the ``.onnx`` file to write.
         input_size: square input side.
         atol: largest allowed absolute logit difference between ONNX Runtime and PyTorch.
-        seed: seed of the random check inputs.
+        seed: seed of the random example and check inputs.
 
     Returns:
         The largest absolute difference seen on the check batch.
@@ -30,25 +36,27 @@ def export_onnx(model: torch.nn.Module, path: Path, *, input_size: int, atol: fl
 
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(2, 1, input_size, input_size)
+    names = list(model.input_names)
+    generator = torch.Generator().manual_seed(seed)
+    example = model.example_inputs(2, input_size, generator)
     tmp = path.with_suffix(".tmp.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (example,),
+            example,
             str(tmp),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            input_names=names,
+            output_names=[LOGITS_OUTPUT],
+            dynamic_axes={name: {0: "batch"} for name in [*names, LOGITS_OUTPUT]},
             opset_version=OPSET,
             dynamo=False,
         )
-    check = torch.randn(5, 1, input_size, input_size, generator=torch.Generator().manual_seed(seed))
+    check = model.example_inputs(5, input_size, generator)
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        expected = model(check).numpy()
-    got = session.run(["logits"], {"image": check.numpy()})[0]
+        expected = model(*check).numpy()
+    got = session.run([LOGITS_OUTPUT], {name: t.numpy() for name, t in zip(names, check, strict=True)})[0]
     diff = float(np.abs(got - expected).max())
     if diff > atol:
         tmp.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Backbones by name (timm) with one input channel and our own classification head."""
+"""Models by name: timm backbones with one input channel and our own head, one view or several."""
 
 from __future__ import annotations
 
@@ -10,17 +10,29 @@ import torch
 from torch import nn
 
 from care_companion.errors import ConfigError, ModelError
+from care_companion.models.base import BackboneClassifier
+from care_companion.models.bundle import IMAGE_INPUT
+from care_companion.models.multiview import MultiViewClassifier
+from care_companion.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 
-class Classifier(nn.Module):
-    """A timm backbone (global-pooled features) followed by a dropout + linear head."""
+class Classifier(BackboneClassifier):
+    """A timm backbone (global-pooled features) followed by a dropout + linear head: one view per input."""
+
+    input_names = (IMAGE_INPUT,)
 
     def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, drop_rate: float = 0.2) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(num_features, num_classes))
+
+    def example_inputs(
+        self, batch: int, size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """One random image batch [batch, 1, size, size]."""
+        return (torch.randn(batch, 1, size, size, generator=generator),)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer embedding."""
@@ -30,11 +42,32 @@ class Classifier(nn.Module):
         """Logits for a batch of normalised grayscale images [N, 1, H, W]."""
         return self.head(self.backbone(x))
 
-    def freeze_backbone(self, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) every backbone parameter; batch-norm statistics freeze with them."""
-        for p in self.backbone.parameters():
-            p.requires_grad = not frozen
-        self.backbone.train(not frozen and self.training)
+
+RANDOM_ORIGIN = "random initialisation (training from scratch)"
+
+
+def create_backbone(name: str, *, pretrained: bool = False) -> tuple[nn.Module, int, str]:
+    """A one-channel timm backbone without classifier (global-pooled features).
+
+    Args:
+        name: any timm model name (resnet18, efficientnet_b1, densenet121, mobilenetv3_large_100...).
+        pretrained: try timm's published weights (needs them in the local cache or a reachable hub).
+
+    Returns:
+        The backbone, its feature width and where its weights came from.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown backbone {name!r}; see timm.list_models() for valid names")
+    if pretrained:
+        try:
+            net = timm.create_model(name, pretrained=True, num_classes=0, in_chans=1)
+            return net, cast(int, net.num_features), "timm pretrained weights"
+        except Exception as exc:  # hub unreachable, weights not cached, no weights for this name
+            log.warning("pretrained weights for %s not reachable (%s); training from scratch", name, exc)
+    net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=1)
+    return net, cast(int, net.num_features), RANDOM_ORIGIN
 
 
 def create_classifier(
@@ -45,7 +78,7 @@ def create_classifier(
     init_weights: Path | None = None,
     drop_rate: float = 0.2,
 ) -> tuple[Classifier, str]:
-    """Build a one-channel classifier and say where its starting weights came from.
+    """Build a one-channel single-view classifier and say where its starting weights came from.
 
     Args:
         backbone: any timm model name (resnet18, efficientnet_b1, densenet121, mobilenetv3_large_100...).
@@ -57,31 +90,80 @@ def create_classifier(
     Returns:
         The model and a one-line description of its initialisation for the log.
     """
-    import timm
-
-    if not timm.is_model(backbone):
-        raise ConfigError(f"unknown backbone {backbone!r}; see timm.list_models() for valid names")
-    origin = "random initialisation (training from scratch)"
-    net = None
-    if pretrained:
-        try:
-            net = timm.create_model(backbone, pretrained=True, num_classes=0, in_chans=1)
-            origin = "timm pretrained weights"
-        except Exception as exc:  # hub unreachable, weights not cached, no weights for this name
-            log.warning("pretrained weights for %s not reachable (%s); training from scratch", backbone, exc)
-    if net is None:
-        net = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=1)
-    model = Classifier(net, cast(int, net.num_features), num_classes, drop_rate)
+    net, width, origin = create_backbone(backbone, pretrained=pretrained)
+    model = Classifier(net, width, num_classes, drop_rate)
     if init_weights is not None:
         load_init_weights(model, Path(init_weights))
         origin = f"local checkpoint {init_weights}"
     return model, origin
 
 
-def load_init_weights(model: Classifier, path: Path) -> None:
-    """Load a checkpoint into ``model``: a full Classifier state dict or a bare backbone state dict.
+def backbone_names(task: TaskSpec, backbone: str) -> list[str]:
+    """Split a backbone option: one name (shared by every view) or a comma-separated name per view."""
+    names = [name.strip() for name in backbone.split(",")]
+    if len(names) == 1 or (len(task.views) > 1 and len(names) == len(task.views)):
+        return names
+    raise ConfigError(
+        f"task {task.name} has views {', '.join(task.views)}: give one backbone"
+        + (" (shared by all views) or one per view, comma-separated" if len(task.views) > 1 else "")
+        + f", not {backbone!r}"
+    )
 
-    Three-channel first convolutions are summed to one channel; the head is kept when its shape differs.
+
+def create_model(
+    task: TaskSpec,
+    backbone: str,
+    *,
+    pretrained: bool = False,
+    init_weights: Path | None = None,
+    drop_rate: float = 0.2,
+    view_dropout: float = 0.25,
+) -> tuple[BackboneClassifier, str]:
+    """The model for a task: a :class:`Classifier` for one view, a :class:`MultiViewClassifier` for several.
+
+    Args:
+        task: classes and views.
+        backbone: a timm name, or for a multi-view task either one name (one backbone shared by all views)
+            or one name per view in ``task.views`` order, comma-separated ("resnet18,efficientnet_b0").
+        pretrained: try timm's published weights.
+        init_weights: a local checkpoint to start from (see :func:`load_init_weights`).
+        drop_rate: dropout in the head.
+        view_dropout: multi-view only: chance per training study that one of its present views is hidden.
+
+    Returns:
+        The model and a one-line description of its initialisation for the log (it starts with "random"
+        only when every backbone starts from random weights).
+    """
+    names = backbone_names(task, backbone)
+    if len(task.views) == 1:
+        return create_classifier(
+            names[0], len(task.classes), pretrained=pretrained, init_weights=init_weights, drop_rate=drop_rate
+        )
+    built = [create_backbone(name, pretrained=pretrained) for name in names]
+    model = MultiViewClassifier(
+        [net for net, _, _ in built],
+        [width for _, width, _ in built],
+        task.views,
+        len(task.classes),
+        drop_rate=drop_rate,
+        view_dropout=view_dropout,
+    )
+    origins = [origin for _, _, origin in built]
+    origin = (
+        origins[0] if len(set(origins)) == 1 else "; ".join(f"{n}: {o}" for n, o in zip(names, origins, strict=True))
+    )
+    if init_weights is not None:
+        load_init_weights(model, Path(init_weights))
+        origin = f"local checkpoint {init_weights}"
+    return model, origin
+
+
+def load_init_weights(model: BackboneClassifier, path: Path) -> None:
+    """Load a checkpoint into ``model``: a full state dict of the same architecture, or backbone weights only.
+
+    Backbone-only checkpoints (a bare timm/torchvision state dict, or a single-view ``Classifier`` checkpoint
+    loaded into a multi-view model) go into every backbone whose shapes match. Three-channel first
+    convolutions are summed to one channel; tensors whose shape differs (e.g. a head) keep their initialisation.
     """
     if not path.is_file():
         raise ModelError(f"{path}: initial weights file not found")
@@ -91,9 +173,10 @@ def load_init_weights(model: Classifier, path: Path) -> None:
         raise ModelError(f"{path}: not a readable PyTorch checkpoint: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    if not any(k.startswith(("backbone.", "head.")) for k in state):
-        state = {f"backbone.{k}": v for k, v in state.items()}
     own = model.state_dict()
+    if not any(k.startswith("backbone.") and k in own for k in state):
+        bare = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("head.")}
+        state = {f"{prefix}{k}": v for prefix in model.backbone_prefixes() for k, v in bare.items()}
     usable = {}
     for key, value in state.items():
         if key not in own:

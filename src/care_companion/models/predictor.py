@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from care_companion.errors import ModelError
 from care_companion.imaging.preprocess import to_model_input
-from care_companion.models.bundle import INT8_FILE, ONNX_FILE, BundleMeta, load_meta
+from care_companion.models.bundle import (
+    IMAGES_INPUT,
+    INT8_FILE,
+    LOGITS_OUTPUT,
+    ONNX_FILE,
+    PRESENT_INPUT,
+    BundleMeta,
+    load_meta,
+)
+
+Feed = dict[str, np.ndarray]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -66,6 +78,7 @@ class BundlePredictor:
         preferred = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
         providers = [p for p in preferred if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        self.input_names: tuple[str, ...] = tuple(i.name for i in self.session.get_inputs())
 
     @property
     def temperature(self) -> float:
@@ -80,15 +93,70 @@ class BundlePredictor:
         return dict(self.meta.thresholds)
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
-        """uint8 grayscale images to the model's normalised input batch."""
+        """uint8 grayscale images to the model's normalised input batch [N, 1, S, S] (one image per item)."""
         norm = self.meta.normalisation
         return to_model_input(images, self.meta.input_size, norm.mean, norm.std)
 
-    def logits(self, batch: np.ndarray, *, chunk: int = 64) -> np.ndarray:
-        """Raw logits for a preprocessed batch."""
-        parts = [self.session.run(["logits"], {"image": batch[i : i + chunk]})[0] for i in range(0, len(batch), chunk)]
+    def preprocess_studies(self, studies: Sequence[Mapping[str, np.ndarray | None]]) -> Feed:
+        """Studies (view name → uint8 grayscale image, or None when missing) to the model's input feed.
+
+        A multi-view bundle gets "images" [N, V, 1, S, S] (zeros for missing views) and "present" [N, V];
+        a single-view bundle gets "image" [N, 1, S, S].
+
+        Raises:
+            ModelError: a view name the bundle does not know, or a study without any image.
+        """
+        views = self.meta.views
+        size = self.meta.input_size
+        present = np.zeros((len(studies), len(views)), dtype=np.float32)
+        given: list[np.ndarray] = []
+        for i, study in enumerate(studies):
+            unknown = sorted(set(study) - set(views))
+            if unknown:
+                raise ModelError(f"unknown view {unknown[0]!r}; the {self.meta.task} model takes {', '.join(views)}")
+            for j, view in enumerate(views):
+                if study.get(view) is not None:
+                    present[i, j] = 1.0
+                    given.append(cast(np.ndarray, study[view]))
+            if not present[i].any():
+                raise ModelError(f"study {i} has no image; give at least one of {', '.join(views)}")
+        images = np.zeros((len(studies), len(views), 1, size, size), dtype=np.float32)
+        if given:
+            images[present > 0] = self.preprocess(given)
+        if not self.meta.multiview:
+            return {self.input_names[0]: images[:, 0]}
+        return {IMAGES_INPUT: images, PRESENT_INPUT: present}
+
+    def logits(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> np.ndarray:
+        """Raw logits for a preprocessed input feed, or for a single-view bundle's image batch [N, 1, S, S]."""
+        feed = self._feed(batch)
+        count = len(next(iter(feed.values())))
+        parts = [
+            self.session.run([LOGITS_OUTPUT], {name: value[i : i + chunk] for name, value in feed.items()})[0]
+            for i in range(0, count, chunk)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.meta.classes)), dtype=np.float32)
 
+    def _feed(self, batch: np.ndarray | Feed) -> Feed:
+        """A feed dict with exactly the model's inputs (a bare array only for a one-input model)."""
+        if isinstance(batch, np.ndarray):
+            if len(self.input_names) != 1:
+                raise ModelError(f"this model takes inputs {', '.join(self.input_names)}: pass a feed dict")
+            return {self.input_names[0]: batch}
+        if set(batch) != set(self.input_names):
+            raise ModelError(
+                f"feed has inputs {', '.join(sorted(batch))}; the model takes {', '.join(self.input_names)}"
+            )
+        return dict(batch)
+
     def predict_proba(self, images: list[np.ndarray]) -> np.ndarray:
-        """Calibrated class probabilities [N, C] for uint8 grayscale images."""
+        """Calibrated class probabilities [N, C] for uint8 grayscale images (single-view bundles)."""
+        if self.meta.multiview:
+            raise ModelError(
+                f"the {self.meta.task} model reads studies of {', '.join(self.meta.views)}: use predict_studies"
+            )
         return softmax(self.logits(self.preprocess(images)), self.temperature)
+
+    def predict_studies(self, studies: Sequence[Mapping[str, np.ndarray | None]]) -> np.ndarray:
+        """Calibrated class probabilities [N, C] for studies (view name → uint8 grayscale image or None)."""
+        return softmax(self.logits(self.preprocess_studies(studies)), self.temperature)

@@ -7,6 +7,7 @@ Runtime's x86 kernels (VNNI/AMX) run fastest; see ``onnxruntime.quantization.qua
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,12 @@ from care_companion.errors import ModelError
 class _Batches:
     """Feeds calibration inputs to ONNX Runtime's calibrator in small batches."""
 
-    def __init__(self, inputs: np.ndarray, batch_size: int, input_name: str) -> None:
-        self._chunks = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
-        self._input_name = input_name
+    def __init__(self, feed: Mapping[str, np.ndarray], batch_size: int) -> None:
+        count = len(next(iter(feed.values())))
+        self._chunks = [
+            {name: np.ascontiguousarray(value[i : i + batch_size], dtype=np.float32) for name, value in feed.items()}
+            for i in range(0, count, batch_size)
+        ]
         self._next = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -27,30 +31,52 @@ class _Batches:
             return None
         chunk = self._chunks[self._next]
         self._next += 1
-        return {self._input_name: np.ascontiguousarray(chunk, dtype=np.float32)}
+        return chunk
 
     def rewind(self) -> None:
         self._next = 0
 
 
+def calibration_feed(source: Path, calibration: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The calibration inputs by the model's input names (a bare array only for a one-input model)."""
+    import onnx
+
+    names = [i.name for i in onnx.load(str(source), load_external_data=False).graph.input]
+    if isinstance(calibration, np.ndarray):
+        if len(names) != 1:
+            raise ModelError(f"{source.name} takes inputs {', '.join(names)}: calibrate it with a feed dict")
+        calibration = {names[0]: calibration}
+    if set(calibration) != set(names):
+        raise ModelError(f"calibration has inputs {', '.join(sorted(calibration))}; the model takes {', '.join(names)}")
+    if len(next(iter(calibration.values()))) == 0:
+        raise ModelError("INT8 quantisation needs calibration images; none were given")
+    return dict(calibration)
+
+
 def quantize_int8(
-    source: Path, target: Path, calibration: np.ndarray, *, per_channel: bool = True, batch_size: int = 16
+    source: Path,
+    target: Path,
+    calibration: np.ndarray | Mapping[str, np.ndarray],
+    *,
+    per_channel: bool = True,
+    batch_size: int = 16,
 ) -> Path:
     """Write a statically quantised INT8 copy of the ONNX model ``source`` to ``target``.
 
     Args:
-        source: the float32 ONNX model (input "image").
+        source: the float32 ONNX model.
         target: where the INT8 model goes (written atomically).
-        calibration: preprocessed model inputs [N, 1, S, S] whose activation ranges set the scales;
-            use validation images, never test images.
+        calibration: preprocessed model inputs whose activation ranges set the scales: the image batch
+            [N, 1, S, S] of a single-view model, or a feed by input name (``BundlePredictor.preprocess_studies``
+            of a multi-view model, which should include studies with a missing view); use validation
+            images, never test images.
         per_channel: one weight scale per output channel (more accurate for ResNet-style convolutions).
         batch_size: calibration batch size.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if len(calibration) == 0:
-        raise ModelError("INT8 quantisation needs calibration images; none were given")
+    feed = calibration_feed(source, calibration)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quantize-") as work:
         prepared = Path(work) / "prepared.onnx"
@@ -59,7 +85,7 @@ def quantize_int8(
         quantize_static(
             str(prepared),
             str(tmp),
-            _Batches(calibration, batch_size, "image"),
+            _Batches(feed, batch_size),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,

@@ -116,11 +116,20 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 class RunLogger:
-    """Logs parameters, metrics, tags and artifacts to one MLflow run."""
+    """Logs parameters, metrics, tags and artifacts to one MLflow run.
 
-    def __init__(self, run_id: str, client: MlflowClient) -> None:
+    It pickles as (run id, tracking URI), so a training worker in another process (Ray) can log to the run.
+    """
+
+    def __init__(self, run_id: str, client: MlflowClient, tracking_uri: str | None = None) -> None:
         self.run_id = run_id
         self.client = client
+        self.tracking_uri = tracking_uri
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str | None]]:
+        if self.tracking_uri is None:
+            raise TypeError("this RunLogger was made without its tracking URI and cannot be sent to a worker")
+        return _remote_logger, (self.run_id, self.tracking_uri)
 
     @property
     def artifact_uri(self) -> str:
@@ -167,6 +176,12 @@ class RunLogger:
             self.client.log_batch(self.run_id, tags=chunk)
 
 
+def _remote_logger(run_id: str, tracking_uri: str) -> RunLogger:
+    from mlflow import MlflowClient
+
+    return RunLogger(run_id, MlflowClient(tracking_uri=tracking_uri), tracking_uri)
+
+
 @contextmanager
 def start_run(
     settings: Settings, experiment: str, run_name: str, tags: Mapping[str, Any] | None = None
@@ -186,4 +201,4 @@ def start_run(
     client = tracking_client(settings)
     nested = mlflow.active_run() is not None
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags, nested=nested) as active:
-        yield RunLogger(active.info.run_id, client)
+        yield RunLogger(active.info.run_id, client, settings.tracking_uri)

@@ -19,7 +19,8 @@ import numpy as np
 
 from care_companion.errors import ServiceUnavailable
 
-RunBatch = Callable[[np.ndarray], np.ndarray]
+Input = np.ndarray | dict[str, np.ndarray]  # one model input, or a feed of several (a multi-view study)
+RunBatch = Callable[[Any], np.ndarray]
 OnBatch = Callable[[int, float], None]
 
 
@@ -28,12 +29,21 @@ _STOP = object()  # put on the queue by close(): everything before it is still a
 
 @dataclass
 class _Item:
-    tensor: np.ndarray
+    tensor: Input
     future: asyncio.Future[np.ndarray]
 
 
+def stack(inputs: list[Input]) -> Input:
+    """Single inputs (without batch axis) as one batch: arrays stacked, feeds stacked input by input."""
+    feeds = [item for item in inputs if isinstance(item, dict)]
+    if feeds:
+        return {name: np.stack([feed[name] for feed in feeds]) for name in feeds[0]}
+    return np.stack([item for item in inputs if isinstance(item, np.ndarray)])
+
+
 class MicroBatcher:
-    """Gathers single inputs into batches for ``run_batch`` (a blocking function [N, ...] -> [N, ...])."""
+    """Gathers single inputs into batches for ``run_batch`` (a blocking function [N, ...] -> [N, ...]); an input
+    may also be a feed of several named arrays, stacked name by name."""
 
     def __init__(
         self,
@@ -69,7 +79,7 @@ class MicroBatcher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
         self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{self.name}")
 
-    async def submit(self, tensor: np.ndarray) -> np.ndarray:
+    async def submit(self, tensor: Input) -> np.ndarray:
         """Run one input (without its batch axis) through the engine; returns its output row."""
         if self._queue is None or self._closed:
             raise ServiceUnavailable(f"the {self.name} engine is not running", code="model_unavailable")
@@ -124,7 +134,7 @@ class MicroBatcher:
                 continue
             started = time.perf_counter()
             try:
-                outputs = await loop.run_in_executor(self._pool, self.run_batch, np.stack([i.tensor for i in live]))
+                outputs = await loop.run_in_executor(self._pool, self.run_batch, stack([i.tensor for i in live]))
             except Exception as exc:  # the engine failing must fail these requests, not the collector
                 for item in live:
                     if not item.future.done():

@@ -16,7 +16,7 @@ from care_companion.imaging.decode import decode_image
 from care_companion.models.bundle import BundleMeta
 from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.monitoring.metrics import ServiceMetrics
-from care_companion.serving.batcher import MicroBatcher
+from care_companion.serving.batcher import Input, MicroBatcher
 from care_companion.tasks import TaskSpec
 
 
@@ -62,8 +62,20 @@ class ServedModel:
         image = decode_image(data, name=name, min_side=min_side, max_pixels=max_pixels)
         return self.predictor.preprocess([image])[0]
 
-    async def probabilities(self, tensor: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities [C] of one preprocessed input, through the micro-batcher."""
+    def preprocess_study(
+        self, views: dict[str, tuple[bytes, str]], *, min_side: int, max_pixels: int
+    ) -> dict[str, np.ndarray]:
+        """Decode the views of one study ({view: (bytes, name)}) and make the model's feed without batch axis
+        (blocking: run it in a worker thread). A view that is not a usable image raises, naming the file."""
+        images = {
+            view: decode_image(data, name=name, min_side=min_side, max_pixels=max_pixels)
+            for view, (data, name) in views.items()
+        }
+        return {name: value[0] for name, value in self.predictor.preprocess_studies([images]).items()}
+
+    async def probabilities(self, tensor: Input) -> np.ndarray:
+        """Calibrated class probabilities [C] of one preprocessed input (or study feed), through the
+        micro-batcher."""
         logits = await self.batcher.submit(tensor)
         return softmax(logits[None, :], self.predictor.temperature)[0]
 

@@ -14,6 +14,7 @@ Blocking database and store calls run in worker threads, never on the event loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
@@ -55,6 +56,27 @@ class Caller:
     user_id: int
     username: str
     study_id: int | None
+
+
+@dataclass(frozen=True)
+class _StoredImage:
+    """An uploaded view as it is stored: content-addressed key, hash, format."""
+
+    view: str
+    key: str
+    sha256: str
+    format: str
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @classmethod
+    def of(cls, task: str, view: str, upload: Upload) -> _StoredImage:
+        fmt = sniff_format(upload.data)
+        sha, key = image_key(task, upload.data, fmt)
+        return cls(view=view, key=key, sha256=sha, format=fmt or "unknown", data=upload.data)
 
 
 class RecordKeeper:
@@ -121,22 +143,26 @@ class RecordKeeper:
             log.exception("could not delete %s after a failed commit; the orphan sweep will", key)
 
     def _write_rows(
-        self, caller: Caller, upload: Upload, result: PredictionResult, view: str, image: tuple[str, str, str] | None
+        self, caller: Caller, result: PredictionResult, images: list[_StoredImage]
     ) -> dict[str, int | None]:
-        """The image (``(sha256, key, format)`` or None), prediction and audit rows, in one transaction."""
+        """The image rows (one per view), prediction and audit rows, in one transaction; the prediction points
+        at the first image."""
         with self.sessions() as session, session.begin():
-            image_id = None
-            if image is not None and caller.study_id is not None:
-                sha, key, fmt = image
-                image_id = add_image(
-                    session=session,
-                    study_id=caller.study_id,
-                    object_key=key,
-                    sha256=sha,
-                    view=view,
-                    content_type=fmt,
-                    size_bytes=len(upload.data),
-                ).id
+            image_ids: list[int] = []
+            if caller.study_id is not None:
+                image_ids = [
+                    add_image(
+                        session=session,
+                        study_id=caller.study_id,
+                        object_key=image.key,
+                        sha256=image.sha256,
+                        view=image.view,
+                        content_type=image.format,
+                        size_bytes=image.size,
+                    ).id
+                    for image in images
+                ]
+            image_id = image_ids[0] if image_ids else None
             prediction = add_prediction(
                 session=session,
                 prediction_in=PredictionCreate(
@@ -162,37 +188,42 @@ class RecordKeeper:
                     resource_type="study",
                     resource_id=caller.study_id,
                     request_id=result.request_id,
-                    detail={"prediction_id": prediction.id, "image_id": image_id},
+                    detail={"prediction_id": prediction.id, "image_ids": image_ids},
                 )
             return {"study_id": caller.study_id, "image_id": image_id, "prediction_id": prediction.id}
 
-    def _keep(self, caller: Caller, upload: Upload, result: PredictionResult, view: str) -> dict[str, int | None]:
+    def _keep(
+        self, caller: Caller, uploads: list[tuple[str, Upload]], result: PredictionResult
+    ) -> dict[str, int | None]:
         if caller.study_id is None and not self.settings.log_anonymous_predictions:
             return {}
-        image = None
-        if caller.study_id is not None:
-            fmt = sniff_format(upload.data)
-            sha, key = image_key(result.task, upload.data, fmt)
-            image = (sha, key, fmt or "unknown")
-        with self._lease(image[1] if image else None):
-            created = self._put(image[1], upload.data) if image else False
+        images = [_StoredImage.of(result.task, view, upload) for view, upload in uploads] if caller.study_id else []
+        with contextlib.ExitStack() as leases:
+            created: list[str] = []
             try:
-                return self._write_rows(caller, upload, result, view, image)
+                for image in images:
+                    leases.enter_context(self._lease(image.key))
+                    if self._put(image.key, image.data):
+                        created.append(image.key)
+                return self._write_rows(caller, result, images)
             except Exception as exc:
-                if image is not None and created:
-                    self._forget(image[1])
+                for key in created:
+                    self._forget(key)
                 if isinstance(exc, DBAPIError):
                     raise database_unavailable(exc) from exc
                 raise
 
-    async def keep(self, caller: Caller, upload: Upload, result: PredictionResult, view: str) -> PredictionResult:
-        """Keep the result (and, for a study, its image); returns it with the record ids filled in.
+    async def keep(
+        self, caller: Caller, uploads: list[tuple[str, Upload]], result: PredictionResult
+    ) -> PredictionResult:
+        """Keep the result (and, for a study, its images: (view, upload) pairs); returns it with the record ids
+        filled in (``image_id``: the first image).
 
         For a study, a failure is the client's 503 (nothing half-written). An anonymous result is still
         served when only its log entry fails: the log is a convenience, the answer is the service.
         """
         try:
-            ids = await asyncio.to_thread(self._keep, caller, upload, result, view)
+            ids = await asyncio.to_thread(self._keep, caller, uploads, result)
         except ServiceUnavailable as exc:
             if caller.study_id is not None:
                 raise

@@ -10,6 +10,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from care_companion.config import Settings
 from care_companion.errors import CareError, InvalidImageError, NotForTask, RequestError, error_code
 from care_companion.monitoring.metrics import ServiceMetrics
@@ -86,35 +88,55 @@ class Predictor:
                 self.metrics.observe_rejection(task, exc.reason)
                 raise
             probs = await model.probabilities(tensor)  # type: ignore[arg-type]
-            found = interpret(probs, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin)
-            if found.rejected:
-                error = NotForTask(
-                    f"{upload.name}: this does not look like a {task} X-ray (P({found.label}) = "
-                    f"{found.probabilities[found.label]:.2f}); no finding was made. Upload a {task} radiograph.",
-                    task=task,
-                )
-                self.metrics.observe_rejection(task, error.code)
-                raise error
-            self.metrics.observe_prediction(
-                task, found.label, found.positive, found.probabilities[found.label], found.confidence
-            )
-            return PredictionResult(
-                request_id=request_id,
+            return self._result(model, probs, upload.name, list(model.meta.views), request_id, started)
+
+    def _result(
+        self,
+        model: ServedModel,
+        probs: np.ndarray,
+        what: str,
+        views_used: list[str],
+        request_id: str,
+        started: float,
+    ) -> PredictionResult:
+        """Interpret calibrated probabilities at the bundle's operating point; a study missing some of the
+        model's views is always low-confidence, saying which view is missing."""
+        task = model.task.name
+        found = interpret(probs, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin)
+        if found.rejected:
+            error = NotForTask(
+                f"{what}: this does not look like a {task} X-ray (P({found.label}) = "
+                f"{found.probabilities[found.label]:.2f}); no finding was made. Upload a {task} radiograph.",
                 task=task,
-                label=found.label,
-                probabilities=found.probabilities,
-                decision=Decision(
-                    positive=found.positive,
-                    score=round(found.score, 6),
-                    threshold=found.threshold,
-                    rule=decision_rule(model.task, found.threshold),
-                ),
-                confidence=found.confidence,  # type: ignore[arg-type]
-                confidence_reasons=found.confidence_reasons,
-                views_used=list(model.meta.views),
-                model=_model_ref(model),
-                latency_ms=round((time.perf_counter() - started) * 1000, 2),
             )
+            self.metrics.observe_rejection(task, error.code)
+            raise error
+        missing = [view for view in model.meta.views if view not in views_used]
+        confidence, reasons = found.confidence, list(found.confidence_reasons)
+        if missing:
+            confidence = "low"
+            reasons.append(
+                f"only the {' and '.join(views_used)} view was read; the {' and '.join(missing)} view is missing, "
+                "and a fracture can show in one view only"
+            )
+        self.metrics.observe_prediction(task, found.label, found.positive, found.probabilities[found.label], confidence)
+        return PredictionResult(
+            request_id=request_id,
+            task=task,
+            label=found.label,
+            probabilities=found.probabilities,
+            decision=Decision(
+                positive=found.positive,
+                score=round(found.score, 6),
+                threshold=found.threshold,
+                rule=decision_rule(model.task, found.threshold),
+            ),
+            confidence=confidence,  # type: ignore[arg-type]
+            confidence_reasons=reasons,
+            views_used=views_used,
+            model=_model_ref(model),
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     async def predict_batch(
         self, task: str, uploads: list[Upload], *, request_id: str, started: float
@@ -153,17 +175,38 @@ class Predictor:
     async def predict_study(
         self, task: str, views: dict[str, Upload | None], *, request_id: str, started: float
     ) -> PredictionResult:
-        """A multi-view study (wrist: ``pa`` and ``lateral``).
+        """A multi-view study (wrist: ``pa`` and ``lateral``); either view may be missing, and the result then
+        says which views were read and is flagged low-confidence.
 
-        Until a multi-view model is registered this answers 503 (ServiceUnavailable) saying so: never a fake
-        result.
+        Raises:
+            RequestError: no view at all (422 ``no_images``), or the loaded model does not read studies (503).
+            InvalidImageError: a view is not a usable image (the message names its file).
+            ServiceUnavailable: no model is loaded for the task, or the engine is overloaded.
         """
-        given = [name for name, upload in views.items() if upload is not None]
+        given = {name: upload for name, upload in views.items() if upload is not None}
         async with self.models.lease(task) as model:
             if not given:
                 raise RequestError(f"send at least one view: {', '.join(views)}", code="no_images")
-            raise RequestError(
-                f"the loaded {task} model ({model.source.reference}) is not a multi-view study model",
-                code="model_unsupported",
-                status=503,
-            )
+            if not model.meta.multiview:
+                raise RequestError(
+                    f"the loaded {task} model ({model.source.reference}) is not a multi-view study model",
+                    code="model_unsupported",
+                    status=503,
+                )
+            loop = asyncio.get_running_loop()
+            try:
+                feed = await loop.run_in_executor(
+                    self.pool,
+                    lambda: model.preprocess_study(
+                        {view: (upload.data, upload.name) for view, upload in given.items()},
+                        min_side=self.settings.min_image_side,
+                        max_pixels=self.settings.max_image_pixels,
+                    ),
+                )
+            except InvalidImageError as exc:
+                self.metrics.observe_rejection(task, exc.reason)
+                raise
+            probs = await model.probabilities(feed)
+            what = " + ".join(upload.name for upload in given.values())
+            used = [view for view in model.meta.views if view in given]
+            return self._result(model, probs, what, used, request_id, started)

@@ -104,7 +104,7 @@ async def predict_chest(
     caller = await records.authorise(user, study_id, "chest")
     upload = await _read(file, "file")
     result = await predictor.predict("chest", upload, request_id=request_id, started=started)
-    return await records.keep(caller, upload, result, view="frontal")
+    return await records.keep(caller, [("frontal", upload)], result)
 
 
 @predict.post("/v1/predict/chest/batch", response_model=BatchResponse, summary="Chest X-rays: several images")
@@ -124,7 +124,7 @@ async def predict_chest_batch(
     batch = await predictor.predict_batch("chest", uploads, request_id=request_id, started=started)
     for item in batch.items:
         if item.result is not None:
-            item.result = await records.keep(caller, uploads[item.index], item.result, view="frontal")
+            item.result = await records.keep(caller, [("frontal", uploads[item.index])], item.result)
     return batch
 
 
@@ -132,18 +132,31 @@ async def predict_chest_batch(
 async def predict_wrist(
     request: Request,
     predictor: PredictorDep,
+    records: RecordsDep,
     user: Uploader,
-    pa: Annotated[UploadFile | None, File(description="Posteroanterior view.")] = None,
-    lateral: Annotated[UploadFile | None, File(description="Lateral view.")] = None,
+    pa: Annotated[UploadFile | None, File(description="Posteroanterior (PA) view: PNG, JPEG or DICOM.")] = None,
+    lateral: Annotated[UploadFile | None, File(description="Lateral view: PNG, JPEG or DICOM.")] = None,
+    study_id: Annotated[
+        int | None,
+        Form(description="Store the images and result with this wrist study (of the uploader's department)."),
+    ] = None,
 ) -> PredictionResult:
-    """Fracture triage of a wrist study (needs a login with upload rights). Answers 503 until a wrist model is
-    registered."""
+    """Fracture triage of a wrist study from its PA and lateral views, with a calibrated probability.
+
+    Either view may be missing: the model then reads the one it has, ``views_used`` says which, and the result
+    is low-confidence (a fracture can show in one view only). Needs a login with upload rights. With
+    ``study_id`` both images and the result are stored with the study in one transaction. Answers 503 until
+    a wrist model is registered. Every result must be reviewed by a radiologist.
+    """
     request_id, started = _request_meta(request)
+    caller = await records.authorise(user, study_id, "wrist")
     views = {
         "pa": await _read(pa, "pa") if pa else None,
         "lateral": await _read(lateral, "lateral") if lateral else None,
     }
-    return await predictor.predict_study("wrist", views, request_id=request_id, started=started)
+    result = await predictor.predict_study("wrist", views, request_id=request_id, started=started)
+    kept = [(view, upload) for view, upload in views.items() if upload is not None and view in result.views_used]
+    return await records.keep(caller, kept, result)
 
 
 # The proposal's original endpoint names, kept as aliases.

@@ -10,7 +10,8 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
+from rich.progress import Progress, TaskID
+from torch import nn
 
 from care_companion.data.datasets import ArrayData, Augment, batches
-from care_companion.models.factory import Classifier, create_classifier
+from care_companion.models.base import BackboneClassifier
+from care_companion.models.factory import create_model
 from care_companion.progress import progress_bar
 from care_companion.tasks import Recipe, TaskSpec
+from care_companion.training.world import LocalWorld, TrainState, World
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +129,15 @@ def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float
     return factor
 
 
+def _channels_last(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in inputs)
+
+
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, data: ArrayData, *, batch_size: int, mean: float, std: float) -> np.ndarray:
     """Logits for every item of ``data`` in order (eval mode, no augmentation)."""
     model.eval()
-    out = [
-        model(x.contiguous(memory_format=torch.channels_last)).float().numpy()
-        for x, _ in batches(data, batch_size, mean=mean, std=std)
-    ]
+    out = [model(*_channels_last(x)).float().numpy() for x, _ in batches(data, batch_size, mean=mean, std=std)]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -152,6 +158,106 @@ def _val_metrics(
     }
 
 
+def _stages(config: TrainConfig, init: str) -> list[tuple[str, int, float]]:
+    stages: list[tuple[str, int, float]] = []
+    if config.head_epochs > 0 and not init.startswith("random"):
+        stages.append(("head", config.head_epochs, config.head_lr))
+    elif config.head_epochs > 0:
+        log.info("skipping the head-only stage: a frozen random backbone has nothing to offer")
+    stages.append(("finetune", config.finetune_epochs, config.finetune_lr))
+    return stages
+
+
+def _epoch_order(
+    n: int, per_epoch: int, steps: int, batch_size: int, draw: np.ndarray | None, seed: tuple[int, ...]
+) -> np.ndarray:
+    """The epoch's draw of training items; derived from (seed, stage, epoch) so a resumed run draws the same."""
+    rng = np.random.default_rng(seed)
+    if draw is None:
+        order = rng.choice(n, size=per_epoch, replace=per_epoch > n)
+    else:
+        order = rng.choice(n, size=per_epoch, replace=True, p=draw)
+    return order[: steps * batch_size]
+
+
+def _is_better(metrics: dict[str, Any], best: dict[str, Any]) -> bool:
+    return bool(
+        metrics["val_recall"] > best["score"] + 1e-9
+        or (abs(metrics["val_recall"] - best["score"]) <= 1e-9 and metrics["val_loss"] < best["val_loss"])
+    )
+
+
+PROGRESS_LOG_SECONDS = 30.0  # without a terminal (Ray workers, CI logs), progress is logged this often
+
+
+class _Ticker:
+    """Advances a progress bar by one step; without a terminal it also logs progress and ETA now and then."""
+
+    def __init__(self, bar: Progress, job: TaskID, *, log_every: float | None) -> None:
+        self.bar, self.job, self.log_every = bar, job, log_every
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self) -> None:
+        self.bar.advance(self.job)
+        now = time.perf_counter()
+        if self.log_every is None or now - self.last < self.log_every or self.bar.disable:
+            return
+        self.last = now
+        task = self.bar.tasks[self.job]
+        done, total = task.completed, task.total or task.completed
+        eta = (now - self.started) / max(done, 1) * (total - done)
+        log.info("%s: step %d/%d, ETA %.0f s", task.description, done, total, eta)
+
+
+@dataclass
+class _EpochTally:
+    """Training loss, accuracy and per-class hits of one epoch, summed over batches (and processes)."""
+
+    totals: np.ndarray  # loss sum, correct, count
+    hits: np.ndarray
+    per_class: np.ndarray
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        loss, correct, count = self.totals
+        seen = self.per_class > 0
+        return {
+            "train_loss": loss / max(1.0, count),
+            "train_accuracy": correct / max(1.0, count),
+            "train_recall": float(np.mean(self.hits[seen] / self.per_class[seen])),
+        }
+
+
+def _train_epoch(
+    net: nn.Module,
+    batches_: Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]],
+    optimiser: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    weights: torch.Tensor | None,
+    num_classes: int,
+    *,
+    bf16: bool,
+    advance: Callable[[], None],
+) -> _EpochTally:
+    tally = _EpochTally(np.zeros(3), np.zeros(num_classes), np.zeros(num_classes))
+    tick = time.perf_counter()
+    for inputs, y in batches_:
+        optimiser.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = net(*_channels_last(inputs))
+        loss = F.cross_entropy(logits.float(), y, weight=weights)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        pred = logits.argmax(1)
+        tally.totals += (loss.item() * len(y), int((pred == y).sum()), len(y))
+        np.add.at(tally.per_class, y.numpy(), 1)
+        np.add.at(tally.hits, y[pred == y].numpy(), 1)
+        advance()
+    tally.seconds = time.perf_counter() - tick
+    return tally
+
+
 def train_classifier(
     train: ArrayData,
     val: ArrayData,
@@ -159,39 +265,34 @@ def train_classifier(
     config: TrainConfig,
     *,
     on_epoch: EpochCallback | None = None,
-) -> tuple[Classifier, TrainResult]:
-    """Train a classifier for ``task`` in two stages and return the best model by validation sensitivity.
+    world: World | None = None,
+) -> tuple[BackboneClassifier, TrainResult]:
+    """Train a model for ``task`` in two stages and return the best one by validation sensitivity.
 
     Args:
-        train: training images and labels.
-        val: validation images and labels (early stopping and model selection).
-        task: class names and disease classes.
+        train: training items (images, or studies of several views) and labels.
+        val: validation items (early stopping and model selection).
+        task: class names, disease classes and views.
         config: recipe and run options.
-        on_epoch: called after every epoch with that epoch's metrics (for MLflow logging).
+        on_epoch: called after every epoch with that epoch's metrics (for MLflow logging), on rank 0 only.
+        world: the processes training together (default: this process alone); it shards each epoch's draw,
+            averages gradients, and saves and restores :class:`TrainState` checkpoints.
     """
+    world = world or LocalWorld()
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    model, init = create_classifier(
-        config.backbone, len(task.classes), pretrained=config.pretrained, init_weights=config.init_weights
-    )
+    model, init = create_model(task, config.backbone, pretrained=config.pretrained, init_weights=config.init_weights)
     log.info("backbone %s: %s", config.backbone, init)
     model = model.to(memory_format=torch.channels_last)
     bf16 = use_bf16(config.precision)
     log.info("training arithmetic: %s", "bfloat16 autocast" if bf16 else "float32")
     weights = class_weights(train.labels, len(task.classes)) if config.class_weighted else None
     augment = Augment() if config.augment else None
-    stages: list[tuple[str, int, float]] = []
-    if config.head_epochs > 0 and not init.startswith("random"):
-        stages.append(("head", config.head_epochs, config.head_lr))
-    elif config.head_epochs > 0:
-        log.info("skipping the head-only stage: a frozen random backbone has nothing to offer")
-    stages.append(("finetune", config.finetune_epochs, config.finetune_lr))
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"score": -1.0, "val_loss": float("inf")}
-    best_state = copy.deepcopy(model.state_dict())
-    seen, train_seconds, started = 0, 0.0, time.perf_counter()
+    state = world.restored() or TrainState()
+    if state.weights is not None:
+        model.load_state_dict(state.weights)
+        log.info("resuming at stage %d, epoch %d", state.stage_index + 1, state.epoch + 1)
+    best_weights = state.best_weights or copy.deepcopy(model.state_dict())
+    started = time.perf_counter() - state.train_seconds
     per_epoch = config.samples_per_epoch or len(train)
     sources = train.groups.get("source") if train.groups and config.balance_sources else None
     draw = sampling_weights(train.labels, sources)
@@ -200,102 +301,111 @@ def train_classifier(
     steps = math.ceil(per_epoch / config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
+    local_batch = max(1, config.batch_size // world.size)  # the global batch is the recipe's
 
-    with progress_bar() as bar:
-        for stage, epochs, lr in stages:
+    with progress_bar(disable=not world.is_chief) as bar:
+        for stage_index, (stage, epochs, lr) in enumerate(_stages(config, init)):
+            if stage_index < state.stage_index or (stage_index == state.stage_index and state.stage_done):
+                continue
+            if stage_index > state.stage_index:
+                state = state.model_copy(update={"stage_index": stage_index, "epoch": 0, "stale": 0})
+                state.optimiser = state.scheduler = None
             model.freeze_backbone(stage == "head")
+            net = world.wrap(model)  # after freezing: DDP fixes the trained parameters when it wraps
             params = [p for p in model.parameters() if p.requires_grad]
             optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(epochs * steps, config.warmup_fraction))
-            stale = 0
-            for epoch in range(1, epochs + 1):
+            if state.optimiser is not None and state.scheduler is not None:
+                optimiser.load_state_dict(state.optimiser)
+                scheduler.load_state_dict(state.scheduler)
+            for epoch in range(state.epoch + 1, epochs + 1):
                 model.train()
-                if stage == "head":
-                    model.backbone.eval()
-                if draw is None:
-                    order = rng.choice(len(train), size=per_epoch, replace=per_epoch > len(train))
-                else:
-                    order = rng.choice(len(train), size=per_epoch, replace=True, p=draw)
-                order = order[: steps * config.batch_size]
-                job = bar.add_task(f"{stage} epoch {epoch}/{epochs}", total=steps)
-                total_loss, correct, count = 0.0, 0, 0
-                hits = np.zeros(len(task.classes))
-                seen_per_class = np.zeros(len(task.classes))
-                tick = time.perf_counter()
-                for x, y in batches(
-                    train,
-                    config.batch_size,
-                    mean=config.mean,
-                    std=config.std,
-                    order=order,
-                    augment=augment,
-                    generator=generator,
-                ):
-                    optimiser.zero_grad(set_to_none=True)
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        logits = model(x.contiguous(memory_format=torch.channels_last))
-                    loss = F.cross_entropy(logits.float(), y, weight=weights)
-                    loss.backward()
-                    optimiser.step()
-                    scheduler.step()
-                    total_loss += loss.item() * len(y)
-                    pred = logits.argmax(1)
-                    correct += int((pred == y).sum())
-                    count += len(y)
-                    np.add.at(seen_per_class, y.numpy(), 1)
-                    np.add.at(hits, y[pred == y].numpy(), 1)
-                    bar.advance(job)
-                train_seconds += time.perf_counter() - tick
-                seen += count
+                model.freeze_backbone(stage == "head")  # a frozen backbone stays in eval mode
+                draw_seed = (config.seed, stage_index, epoch)
+                order = _epoch_order(len(train), per_epoch, steps, config.batch_size, draw, draw_seed)
+                order = order[world.rank :: world.size]
+                generator = torch.Generator().manual_seed(
+                    int(np.random.SeedSequence([*draw_seed, world.rank]).generate_state(1)[0])
+                )
+                job = bar.add_task(f"{stage} epoch {epoch}/{epochs}", total=math.ceil(len(order) / local_batch))
+                tally = _train_epoch(
+                    net,
+                    batches(
+                        train,
+                        local_batch,
+                        mean=config.mean,
+                        std=config.std,
+                        order=order,
+                        augment=augment,
+                        generator=generator,
+                    ),
+                    optimiser,
+                    scheduler,
+                    weights,
+                    len(task.classes),
+                    bf16=bf16,
+                    advance=_Ticker(bar, job, log_every=None if bar.console.is_terminal else PROGRESS_LOG_SECONDS),
+                )
                 bar.remove_task(job)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    val_logits = predict_logits(model, val, batch_size=64, mean=config.mean, std=config.std)
-                metrics = {
-                    "stage": stage,
-                    "epoch": epoch,
-                    "step": len(history) + 1,
-                    "lr": optimiser.param_groups[0]["lr"],
-                    "train_loss": total_loss / max(1, count),
-                    "train_accuracy": correct / max(1, count),
-                    "train_recall": float(np.mean(hits[seen_per_class > 0] / seen_per_class[seen_per_class > 0])),
-                    **_val_metrics(val_logits, val.labels, weights, task),
-                }
-                history.append(metrics)
+                tally = _EpochTally(
+                    world.sum(tally.totals), world.sum(tally.hits), world.sum(tally.per_class), tally.seconds
+                )
+                state.train_seconds += tally.seconds
+                state.seen += int(tally.totals[2])
+                metrics: dict[str, Any] | None = None
+                if world.is_chief:
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        val_logits = predict_logits(model, val, batch_size=64, mean=config.mean, std=config.std)
+                    metrics = {
+                        "stage": stage,
+                        "epoch": epoch,
+                        "step": len(state.history) + 1,
+                        "lr": optimiser.param_groups[0]["lr"],
+                        **tally.metrics(),
+                        **_val_metrics(val_logits, val.labels, weights, task),
+                    }
+                metrics = world.broadcast(metrics)  # every rank takes the same early-stopping decision
+                assert metrics is not None
+                state.history.append(metrics)
                 log.info(
-                    "%s epoch %d: train loss %.4f, val loss %.4f, val recall %.3f",
+                    "%s epoch %d/%d: train loss %.4f, val loss %.4f, val recall %.3f",
                     stage,
                     epoch,
+                    epochs,
                     metrics["train_loss"],
                     metrics["val_loss"],
                     metrics["val_recall"],
                 )
-                if on_epoch:
+                if on_epoch and world.is_chief:
                     on_epoch(metrics)
-                better = metrics["val_recall"] > best["score"] + 1e-9 or (
-                    abs(metrics["val_recall"] - best["score"]) <= 1e-9 and metrics["val_loss"] < best["val_loss"]
-                )
-                if better:
-                    best = {
-                        "score": metrics["val_recall"],
-                        "val_loss": metrics["val_loss"],
-                        "stage": stage,
-                        "epoch": epoch,
-                    }
-                    best_state = copy.deepcopy(model.state_dict())
-                    stale = 0
+                if _is_better(metrics, state.best):
+                    keys = ("val_recall", "val_loss", "stage", "epoch")
+                    state.best = dict(zip(("score", *keys[1:]), (metrics[k] for k in keys), strict=True))
+                    best_weights = copy.deepcopy(model.state_dict())
+                    state.stale = 0
                 else:
-                    stale += 1
-                    if stale >= config.patience:
-                        log.info("early stop in %s after epoch %d (no better val recall for %d)", stage, epoch, stale)
-                        break
-    model.load_state_dict(best_state)
+                    state.stale += 1
+                state.epoch = epoch
+                state.stage_done = epoch == epochs or state.stale >= config.patience
+                snapshot = {
+                    "weights": model.state_dict(),
+                    "best_weights": best_weights,
+                    "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                }
+                world.save(state.model_copy(update=snapshot) if world.is_chief else None)
+                if state.stale >= config.patience:
+                    log.info("early stop in %s after epoch %d (no better val recall for %d)", stage, epoch, state.stale)
+                    break
+            state.optimiser = state.scheduler = None
+    model.load_state_dict(best_weights)
     model.eval()
     result = TrainResult(
-        history=history,
-        best=best,
+        history=state.history,
+        best=state.best,
         init=init,
         seconds=time.perf_counter() - started,
-        train_images=seen,
-        images_per_second=seen / max(train_seconds, 1e-9),
+        train_images=state.seen,
+        images_per_second=state.seen / max(state.train_seconds, 1e-9),
     )
     return model, result

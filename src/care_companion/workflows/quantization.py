@@ -22,6 +22,7 @@ from care_companion.models.quantize import quantize_int8
 from care_companion.tasks import TaskSpec
 from care_companion.training.calibration import fit_temperature
 from care_companion.training.operating_point import choose_operating_point
+from care_companion.workflows.scoring import item_logits, item_probabilities, model_feed
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def add_int8(
 
     Args:
         bundle_dir: a bundle with ``model.onnx`` and its operating point.
-        val: validation images and labels: activation ranges (a sample), temperature and thresholds.
+        val: validation items and labels: activation ranges (a sample), temperature and thresholds.
         test: test images and labels: the reported comparison and the sensitivity check.
         task: the task.
         max_calibration: at most this many validation images calibrate the activation ranges.
@@ -67,24 +68,24 @@ def add_int8(
     meta = fp32.meta
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.permutation(len(val))[:max_calibration])
-    quantize_int8(bundle_dir / ONNX_FILE, bundle_dir / INT8_FILE, fp32.preprocess(list(val.images[pick])))
+    quantize_int8(bundle_dir / ONNX_FILE, bundle_dir / INT8_FILE, model_feed(fp32, val, pick))
     int8 = BundlePredictor(bundle_dir, precision="int8")
 
-    val_logits = int8.logits(int8.preprocess(list(val.images)))
+    val_logits = item_logits(int8, val)
     temperature = fit_temperature(val_logits, val.labels)
     operating = choose_operating_point(
         softmax(val_logits, temperature), val.labels, task, target_sensitivity=meta.target_sensitivity
     )
     thresholds = dict(operating.thresholds)
     val_probs = softmax(val_logits, temperature)
-    test_probs = softmax(int8.logits(int8.preprocess(list(test.images))), temperature)
+    test_probs = softmax(item_logits(int8, test), temperature)
     scores = {
         "validation": {
-            "fp32": _summary(val.labels, fp32.predict_proba(list(val.images)), task, meta.thresholds),
+            "fp32": _summary(val.labels, item_probabilities(fp32, val), task, meta.thresholds),
             "int8": _summary(val.labels, val_probs, task, thresholds),
         },
         "test": {
-            "fp32": _summary(test.labels, fp32.predict_proba(list(test.images)), task, meta.thresholds),
+            "fp32": _summary(test.labels, item_probabilities(fp32, test), task, meta.thresholds),
             "int8": _summary(test.labels, test_probs, task, thresholds),
         },
     }

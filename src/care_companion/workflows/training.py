@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from care_companion.config import Settings
 from care_companion.data.cache import build_cache
 from care_companion.data.datasets import ArrayData
-from care_companion.data.manifest import Manifest, load_manifest
+from care_companion.data.manifest import Manifest, load_manifest, study_kinds, study_table, view_column
 from care_companion.errors import DataError
 from care_companion.evaluation.metrics import EvaluationReport, evaluate_predictions
 from care_companion.evaluation.plots import write_plots
@@ -30,9 +30,12 @@ from care_companion.registry.tracking import git_commit, start_run
 from care_companion.storage import store_from_settings
 from care_companion.tasks import TaskSpec
 from care_companion.training.calibration import fit_temperature
+from care_companion.training.distributed import train_on_ray
 from care_companion.training.operating_point import choose_operating_point
 from care_companion.training.trainer import TrainConfig, predict_logits, train_classifier
+from care_companion.training.world import LocalWorld
 from care_companion.workflows.quantization import add_int8
+from care_companion.workflows.scoring import item_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +68,31 @@ def resolve_init_weights(value: str, settings: Settings) -> Path:
 
 
 def split_arrays(manifest: Manifest, images: np.ndarray, task: TaskSpec) -> dict[str, ArrayData]:
-    """Cached images and labels of every split, with source and origin for per-source breakdowns."""
-    frame = manifest.frame
-    labels = np.array([task.index(c) for c in frame["label"]], dtype=np.int64)
+    """Cached images and labels of every split, with source and origin for per-source breakdowns.
+
+    Multi-view tasks get one item per study (its views index the shared image cache) and a ``views`` group
+    (``pa+lateral``, ``pa``, ``lateral``) so results are also broken down by the views a study had.
+    """
+    if len(task.views) == 1:
+        frame = manifest.frame
+        labels = np.array([task.index(c) for c in frame["label"]], dtype=np.int64)
+        out = {}
+        for name in frame["split"].unique():
+            idx = np.flatnonzero((frame["split"] == name).to_numpy())
+            groups = {col: frame[col].to_numpy()[idx].astype(str) for col in ("source", "origin")}
+            out[str(name)] = ArrayData(images=images[idx], labels=labels[idx], groups=groups)
+        return out
+    table = study_table(manifest.frame, task.views)
+    labels = np.array([task.index(c) for c in table["label"]], dtype=np.int64)
+    views = table[[view_column(v) for v in task.views]].to_numpy(np.int64)
+    kinds = study_kinds(table, task.views).to_numpy().astype(str)
     out = {}
-    for name in frame["split"].unique():
-        idx = np.flatnonzero((frame["split"] == name).to_numpy())
-        groups = {col: frame[col].to_numpy()[idx].astype(str) for col in ("source", "origin")}
-        out[str(name)] = ArrayData(images=images[idx], labels=labels[idx], groups=groups)
+    for name in table["split"].unique():
+        idx = np.flatnonzero((table["split"] == name).to_numpy())
+        groups = {col: table[col].to_numpy()[idx].astype(str) for col in ("source", "origin")} | {"views": kinds[idx]}
+        out[str(name)] = ArrayData(
+            images=images, labels=labels[idx], groups=groups, views=views[idx], view_names=tuple(task.views)
+        )
     return out
 
 
@@ -111,6 +131,9 @@ def train_task(
     register: bool = True,
     demo: bool = False,
     int8: bool = True,
+    workers: int = 0,
+    ray_address: str | None = None,
+    resume: str | None = None,
 ) -> TrainOutcome:
     """Run the whole training pipeline for ``task`` and leave a model bundle behind, registered or not.
 
@@ -122,6 +145,11 @@ def train_task(
         register: register the bundle when it passes the gate.
         demo: mark the bundle as a demo model (synthetic data, not for clinical use).
         int8: also make a statically quantised INT8 model (calibrated on validation) and compare it.
+        workers: 0 trains in this process; N trains data-parallel on N Ray Train workers (a local Ray instance,
+            or the cluster at ``ray_address`` / ``RAY_ADDRESS``).
+        ray_address: a Ray cluster to train on.
+        resume: the name of an interrupted training run to continue from its last checkpoint (printed, and
+            tagged ``checkpoint_name`` in MLflow, when a run starts).
     """
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
@@ -137,7 +165,8 @@ def train_task(
     val, test = splits["val"], splits["test"]
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    tags = {"task": task.name, "dataset_version": version, "demo": str(demo).lower()}
+    name = resume or f"{task.name}-{stamp}"
+    tags = {"task": task.name, "dataset_version": version, "demo": str(demo).lower(), "checkpoint_name": name}
     with start_run(settings, experiment=task.name, run_name=f"{task.name}-{stamp}", tags=tags) as run:
         bundle_dir = settings.runs_dir / f"{task.name}-{stamp}-{run.run_id[:8]}"
         bundle_dir.mkdir(parents=True, exist_ok=True)
@@ -145,14 +174,30 @@ def train_task(
             "dataset_version": version,
             **{f"n_{name}": len(data) for name, data in splits.items()},
             "n_train_used": len(train),
+            "workers": workers,
         }
         run.log_params(params)
+        log.info("training run %s (continue it with --resume %s)", name, name)
 
         def on_epoch(metrics: dict[str, Any]) -> None:
             numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "step"}
             run.log_metrics(numeric, step=int(metrics["step"]))
 
-        model, result = train_classifier(train, val, task, config, on_epoch=on_epoch)
+        if workers:
+            model, result = train_on_ray(
+                train,
+                val,
+                task,
+                config,
+                workers=workers,
+                storage=settings.ray_storage_uri,
+                name=name,
+                on_epoch=on_epoch,
+                address=ray_address,
+            )
+        else:
+            world = LocalWorld(settings.data_dir.resolve() / "checkpoints" / name)
+            model, result = train_classifier(train, val, task, config, on_epoch=on_epoch, world=world)
         torch.save(model.state_dict(), bundle_dir / CHECKPOINT_FILE)
 
         val_logits = predict_logits(model, val, batch_size=64, mean=config.mean, std=config.std)
@@ -178,8 +223,7 @@ def train_task(
         save_meta(bundle_dir, meta)
 
         # the test split is scored by the exported ONNX bundle: the artifact that will be served
-        predictor = BundlePredictor(bundle_dir)
-        probs = predictor.predict_proba(list(test.images))
+        probs = item_probabilities(BundlePredictor(bundle_dir), test)
         report = evaluate_predictions(
             test.labels, probs, task, operating.thresholds, groups=test.groups, seed=config.seed
         )

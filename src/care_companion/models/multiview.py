@@ -1,0 +1,115 @@
+"""A classifier of studies with several views (wrist PA + lateral) that still answers when views are missing.
+
+Each view goes through its backbone (one per view, or one shared by all), its pooled features are projected
+to a common width, a missing view's projection is replaced by a learned stand-in vector, and a small MLP reads
+the concatenated view vectors together with the presence mask. A missing view's pixels therefore never reach
+the output. In training, view dropout hides one present view of some studies so one-view studies are learned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from care_companion.models.base import BackboneClassifier
+from care_companion.models.bundle import IMAGES_INPUT, PRESENT_INPUT
+
+
+class MultiViewClassifier(BackboneClassifier):
+    """Late fusion of per-view backbone features with learned stand-ins for missing views.
+
+    Args:
+        backbones: one backbone shared by every view, or one per view in ``views`` order.
+        num_features: pooled feature width of each backbone (same order).
+        views: view names, in the order of the ``images`` input's second axis.
+        num_classes: outputs.
+        embed_dim: common width each view's features are projected to (also the fused embedding's width).
+        drop_rate: dropout before each layer of the fusion head.
+        view_dropout: chance per training study (with two or more views present) that one present view is hidden.
+    """
+
+    input_names = (IMAGES_INPUT, PRESENT_INPUT)
+    backbone: nn.ModuleList
+
+    def __init__(
+        self,
+        backbones: Sequence[nn.Module],
+        num_features: Sequence[int],
+        views: Sequence[str],
+        num_classes: int,
+        *,
+        embed_dim: int = 256,
+        drop_rate: float = 0.2,
+        view_dropout: float = 0.25,
+    ) -> None:
+        super().__init__()
+        if len(backbones) not in (1, len(views)) or len(num_features) != len(backbones):
+            raise ValueError(f"need one backbone (shared) or {len(views)} (one per view), with a width each")
+        self.views = list(views)
+        self.view_dropout = view_dropout
+        self.backbone = nn.ModuleList(backbones)
+        self._slots = [0] * len(views) if len(backbones) == 1 else list(range(len(views)))
+        self._widths = [num_features[slot] for slot in self._slots]
+        self.project = nn.ModuleList(nn.Linear(width, embed_dim) for width in self._widths)
+        self.stand_in = nn.Parameter(0.02 * torch.randn(len(views), embed_dim))
+        fused = len(views) * (embed_dim + 1)
+        self.fusion = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(fused, embed_dim), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(embed_dim, num_classes))
+
+    def backbone_prefixes(self) -> list[str]:
+        """One prefix per distinct backbone: ``backbone.0.``, ``backbone.1.``..."""
+        return [f"backbone.{i}." for i in range(len(self.backbone))]
+
+    def example_inputs(
+        self, batch: int, size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Random studies [batch, V, 1, size, size] and their mask; items cycle through "view k missing" for
+        each view k and "all present", so any batch of two or more items has a study with a missing view."""
+        count = len(self.views)
+        images = torch.randn(batch, count, 1, size, size, generator=generator)
+        present = torch.ones(batch, count)
+        if count > 1:
+            for i in range(batch):
+                if i % (count + 1) < count:
+                    present[i, i % (count + 1)] = 0.0
+        return images * present[:, :, None, None, None], present
+
+    def view_mask(self, present: torch.Tensor) -> torch.Tensor:
+        """The views used: ``present``, with view dropout applied in training mode (never hiding every view)."""
+        if not self.training or self.view_dropout <= 0 or present.shape[1] < 2:
+            return present
+        shown = present > 0.5
+        hide = (torch.rand(present.shape[0], device=present.device) < self.view_dropout) & (shown.sum(1) > 1)
+        pick = torch.rand(present.shape, device=present.device).masked_fill(~shown, -1.0).argmax(1)
+        hidden = F.one_hot(pick, present.shape[1]).bool() & hide[:, None]
+        return present.masked_fill(hidden, 0.0)
+
+    def _view_features(self, view: int, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features [N, F] of one view. In training only present items go through the backbone
+        (missing views' zeros stay out of batch-norm statistics); absent rows are zeros and later replaced."""
+        net = self.backbone[self._slots[view]]
+        x = images[:, view]
+        if not self.training:
+            return net(x)
+        rows = (present[:, view] > 0.5).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return x.new_zeros(x.shape[0], self._widths[view])
+        feats = net(x[rows])
+        return feats.new_zeros(x.shape[0], feats.shape[1]).index_copy(0, rows, feats)
+
+    def features(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The fused embedding [N, embed_dim] (penultimate layer) of studies [N, V, 1, S, S] with mask [N, V]."""
+        mask = self.view_mask(present)
+        vectors = []
+        for view in range(len(self.views)):
+            projected = self.project[view](self._view_features(view, images, mask))
+            given = mask[:, view : view + 1] > 0.5
+            vectors.append(torch.where(given, projected, self.stand_in[view].to(projected.dtype)))
+        return self.fusion(torch.cat([*vectors, mask.to(vectors[0].dtype)], dim=1))
+
+    def forward(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Logits [N, C] for studies [N, V, 1, S, S] (zeros where a view is missing) and their mask [N, V] (0/1)."""
+        return self.head(self.features(images, present))
