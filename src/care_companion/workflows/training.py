@@ -6,6 +6,7 @@ This is what ``care-companion train`` runs; tests and later pipelines (retrainin
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ def train_task(
             numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "step"}
             run.log_metrics(numeric, step=int(metrics["step"]))
 
+        checkpoints = settings.data_dir.resolve() / "checkpoints" / name
         if workers:
             model, result = train_on_ray(
                 train,
@@ -196,7 +198,7 @@ def train_task(
                 address=ray_address,
             )
         else:
-            world = LocalWorld(settings.data_dir.resolve() / "checkpoints" / name)
+            world = LocalWorld(checkpoints)
             model, result = train_classifier(train, val, task, config, on_epoch=on_epoch, world=world)
         torch.save(model.state_dict(), bundle_dir / CHECKPOINT_FILE)
 
@@ -271,6 +273,7 @@ def train_task(
         for warning in operating.warnings:
             log.warning("operating point: %s", warning)
 
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     return TrainOutcome(
         task=task.name,
         bundle_dir=bundle_dir,
