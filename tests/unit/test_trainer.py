@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +119,23 @@ def test_pretrained_falls_back_to_scratch_when_weights_are_unreachable(monkeypat
     assert origin.startswith("random initialisation")
     assert "training from scratch" in caplog.text
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 4)
+
+
+def test_progress_ticker_logs_after_earlier_bars_are_removed(caplog: pytest.LogCaptureFixture) -> None:
+    """Without a terminal the ticker logs progress; task ids stay valid after earlier epochs' bars are removed."""
+    import logging
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from care_companion.training.trainer import _Ticker
+
+    bar = Progress(console=Console(file=open(os.devnull, "w"), force_terminal=False))  # noqa: SIM115
+    first = bar.add_task("epoch 1", total=3)
+    bar.remove_task(first)
+    job = bar.add_task("epoch 2", total=4)
+    ticker = _Ticker(bar, job, log_every=0.0)
+    with caplog.at_level(logging.INFO, logger="care_companion.training.trainer"):
+        ticker()
+        ticker()
+    assert "epoch 2: step 2/4" in caplog.text

@@ -203,7 +203,7 @@ class _Ticker:
         if self.log_every is None or now - self.last < self.log_every or self.bar.disable:
             return
         self.last = now
-        task = self.bar.tasks[self.job]
+        task = next(t for t in self.bar.tasks if t.id == self.job)  # ids outlive removed earlier tasks
         done, total = task.completed, task.total or task.completed
         eta = (now - self.started) / max(done, 1) * (total - done)
         log.info("%s: step %d/%d, ETA %.0f s", task.description, done, total, eta)
