@@ -100,6 +100,16 @@ def test_onnx_export_matches_pytorch(tmp_path: Path):
     diff = export_onnx(model, tmp_path / "m.onnx", input_size=32)
     assert diff <= 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
 
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    logits, embedding = session.run(None, {"image": x.numpy()})
+    with torch.inference_mode():
+        np.testing.assert_allclose(embedding, model.features(x).numpy(), atol=1e-4)
+        np.testing.assert_allclose(logits, model(x).numpy(), atol=1e-4)
+
 
 def test_sampling_balances_sources_within_each_class():
     labels = np.array([0] * 90 + [0] * 10 + [1] * 50)

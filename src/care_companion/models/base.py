@@ -15,6 +15,7 @@ class BackboneClassifier(nn.Module):
 
     input_names: tuple[str, ...] = ()
     backbone: nn.Module
+    head: nn.Module  # maps :meth:`features` to logits
     _frozen: bool = False
 
     def example_inputs(

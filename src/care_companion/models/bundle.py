@@ -24,6 +24,8 @@ IMAGE_INPUT = "image"
 IMAGES_INPUT = "images"
 PRESENT_INPUT = "present"
 LOGITS_OUTPUT = "logits"
+EMBEDDING_OUTPUT = "embedding"
+PROFILE_FILE = "reference_profile.npz"
 INTENDED_USE = (
     "Decision support for radiologists. Outputs are calibrated probabilities and an operating-point "
     "decision chosen for high sensitivity; they are not a diagnosis and must be reviewed."
@@ -129,7 +131,14 @@ class BundleMeta(BaseModel):
             reject=task.reject,
             views=list(task.views),
             inputs=input_specs(task.views, size),
-            outputs=[TensorSpec(name=LOGITS_OUTPUT, shape=["batch", len(task.classes)], description="uncalibrated")],
+            outputs=[
+                TensorSpec(name=LOGITS_OUTPUT, shape=["batch", len(task.classes)], description="uncalibrated"),
+                TensorSpec(
+                    name=EMBEDDING_OUTPUT,
+                    shape=["batch", "features"],
+                    description="penultimate-layer embedding (drift monitoring)",
+                ),
+            ],
             **kwargs,
         )
 

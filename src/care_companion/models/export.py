@@ -10,16 +10,29 @@ import torch
 
 from care_companion.errors import ModelError
 from care_companion.models.base import BackboneClassifier
-from care_companion.models.bundle import LOGITS_OUTPUT
+from care_companion.models.bundle import EMBEDDING_OUTPUT, LOGITS_OUTPUT
 
 OPSET = 17
+
+
+class _WithEmbedding(torch.nn.Module):
+    """The classifier with its penultimate-layer embedding as a second output (for drift monitoring)."""
+
+    def __init__(self, model: BackboneClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.model.features(*inputs)
+        return self.model.head(embedding), embedding
 
 
 def export_onnx(model: BackboneClassifier, path: Path, *, input_size: int, atol: float = 1e-4, seed: int = 0) -> float:
     """Export ``model`` to ONNX with a dynamic batch axis on every input and check it against PyTorch.
 
     The ONNX inputs are named after ``model.input_names`` ("image" for one view; "images" and "present" for
-    several), the output "logits". The check batch comes from ``model.example_inputs`` (for a multi-view model
+    several), the outputs "logits" and "embedding" (the penultimate layer, which drift monitoring compares with
+    the training data's). The check batch comes from ``model.example_inputs`` (for a multi-view model
     it holds studies with a missing view). The file is only written, atomically, when the check passes.
 
     Args:
@@ -35,29 +48,31 @@ def export_onnx(model: BackboneClassifier, path: Path, *, input_size: int, atol:
     import onnxruntime as ort
 
     model.eval()
+    wrapped = _WithEmbedding(model).eval()  # export restores the wrapper's mode, and with it the model's
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(model.input_names)
     generator = torch.Generator().manual_seed(seed)
     example = model.example_inputs(2, input_size, generator)
     tmp = path.with_suffix(".tmp.onnx")
+    outputs = [LOGITS_OUTPUT, EMBEDDING_OUTPUT]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
+            wrapped,
             example,
             str(tmp),
             input_names=names,
-            output_names=[LOGITS_OUTPUT],
-            dynamic_axes={name: {0: "batch"} for name in [*names, LOGITS_OUTPUT]},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [*names, *outputs]},
             opset_version=OPSET,
             dynamo=False,
         )
     check = model.example_inputs(5, input_size, generator)
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        expected = model(*check).numpy()
-    got = session.run([LOGITS_OUTPUT], {name: t.numpy() for name, t in zip(names, check, strict=True)})[0]
-    diff = float(np.abs(got - expected).max())
+        expected = [t.numpy() for t in wrapped(*check)]
+    got = session.run(outputs, {name: t.numpy() for name, t in zip(names, check, strict=True)})
+    diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
     if diff > atol:
         tmp.unlink(missing_ok=True)
         raise ModelError(f"ONNX export differs from PyTorch by {diff:.2e} (> {atol:.0e}); not exported")

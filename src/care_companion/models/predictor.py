@@ -11,6 +11,7 @@ import numpy as np
 from care_companion.errors import ModelError
 from care_companion.imaging.preprocess import to_model_input
 from care_companion.models.bundle import (
+    EMBEDDING_OUTPUT,
     IMAGES_INPUT,
     INT8_FILE,
     LOGITS_OUTPUT,
@@ -79,6 +80,8 @@ class BundlePredictor:
         providers = [p for p in preferred if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
         self.input_names: tuple[str, ...] = tuple(i.name for i in self.session.get_inputs())
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.has_embedding = EMBEDDING_OUTPUT in outputs  # bundles exported before drift monitoring lack it
 
     @property
     def temperature(self) -> float:
@@ -129,13 +132,31 @@ class BundlePredictor:
 
     def logits(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> np.ndarray:
         """Raw logits for a preprocessed input feed, or for a single-view bundle's image batch [N, 1, S, S]."""
+        return self._run(batch, [LOGITS_OUTPUT], chunk)[0]
+
+    def logits_and_embeddings(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits [N, C] and penultimate-layer embeddings [N, D] in one engine call per chunk.
+
+        Raises:
+            ModelError: the bundle's ONNX model has no embedding output (exported before drift monitoring).
+        """
+        if not self.has_embedding:
+            raise ModelError(f"{self.directory}: the model has no {EMBEDDING_OUTPUT!r} output; re-export it")
+        logits, embeddings = self._run(batch, [LOGITS_OUTPUT, EMBEDDING_OUTPUT], chunk)
+        return logits, embeddings
+
+    def _run(self, batch: np.ndarray | Feed, outputs: list[str], chunk: int) -> list[np.ndarray]:
+        """The named outputs for a batch, run ``chunk`` items at a time."""
         feed = self._feed(batch)
         count = len(next(iter(feed.values())))
         parts = [
-            self.session.run([LOGITS_OUTPUT], {name: value[i : i + chunk] for name, value in feed.items()})[0]
+            self.session.run(outputs, {name: value[i : i + chunk] for name, value in feed.items()})
             for i in range(0, count, chunk)
         ]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.meta.classes)), dtype=np.float32)
+        if not parts:
+            widths = {o.name: o.shape[-1] for o in self.session.get_outputs()}
+            return [np.zeros((0, w if isinstance(w := widths[name], int) else 0), np.float32) for name in outputs]
+        return [np.concatenate([part[k] for part in parts]) for k in range(len(outputs))]
 
     def _feed(self, batch: np.ndarray | Feed) -> Feed:
         """A feed dict with exactly the model's inputs (a bare array only for a one-input model)."""
