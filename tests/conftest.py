@@ -81,3 +81,41 @@ def write_bundle(
     )
     save_meta(directory, meta)
     return directory
+
+
+def add_profile(directory: Path, *, per_class: int = 30, size: int = 96, seed: int = 0) -> Path:
+    """Give a bundle written by :func:`write_bundle` a drift reference profile computed on synthetic images
+    (chest: generated films of each class and photographs; wrist: generated two-view studies)."""
+    import numpy as np
+
+    from care_companion.data.datasets import ArrayData
+    from care_companion.data.synthetic import natural_images, synth_chest
+    from care_companion.data.synthetic_wrist import WRIST_VIEWS, synthetic_wrist_studies
+    from care_companion.models.bundle import load_meta
+    from care_companion.workflows.profiling import profile_from_arrays
+
+    task = load_meta(directory).task_spec()
+
+    def split(offset: int) -> tuple[list[np.ndarray], ArrayData]:
+        rng = np.random.default_rng(seed + offset)
+        if task.name == "wrist":
+            studies = synthetic_wrist_studies(2 * per_class, seed=seed + offset, size=size, fracture_rate=0.5)
+            images = [image for s in studies for image in s.views.values()]
+            views, k = np.full((len(studies), len(WRIST_VIEWS)), -1), 0
+            for i, s in enumerate(studies):
+                for j, view in enumerate(WRIST_VIEWS):
+                    if view in s.views:
+                        views[i, j], k = k, k + 1
+            labels = np.array([task.index(s.label) for s in studies])
+            data = ArrayData(images=np.stack(images), labels=labels, views=views, view_names=WRIST_VIEWS)
+            return images, data
+        films = [(synth_chest(c, rng, size), task.index(c)) for c in task.clinical_classes for _ in range(per_class)]
+        photos = [(p, task.index("unknown")) for p in natural_images(rng, per_class // 2, size)]
+        items = films + photos
+        data = ArrayData(images=np.stack([i for i, _ in items]), labels=np.array([c for _, c in items]))
+        return [i for i, _ in films], data
+
+    originals, train = split(0)
+    _, val = split(1)
+    profile_from_arrays(directory, task, images=originals, train=train, val=val, seed=seed)
+    return directory

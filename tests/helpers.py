@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from care_companion.config import Settings
 from care_companion.serving.app import create_app
-from tests.conftest import write_bundle
+from tests.conftest import add_profile, write_bundle
 
 PNEUMONIA_LOGITS = [0.0, 3.0, 1.0, -2.0]  # softmax: normal .04, pneumonia .84, tuberculosis .11, unknown .01
 RESULT_KEYS = {
@@ -87,11 +87,15 @@ def service_client(
     logits: list[float] = PNEUMONIA_LOGITS,
     raise_server_exceptions: bool = True,
     login: bool = True,
+    profile: bool = False,
     **overrides: Any,
 ) -> Iterator[TestClient]:
     """A running service (lifespan included) on a fresh constant-output bundle, CARE_/MLFLOW_ env cleared;
-    with ``login`` the client sends a technician's token (:func:`sign_in`) on every request."""
+    with ``login`` the client sends a technician's token (:func:`sign_in`) on every request; with ``profile``
+    the bundle has a drift reference profile."""
     bundle = write_bundle(root / "bundle", logits=logits)
+    if profile:
+        add_profile(bundle)
     with pytest.MonkeyPatch.context() as mp:
         for name in list(os.environ):
             if name.startswith(("CARE_", "MLFLOW_")):

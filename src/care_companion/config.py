@@ -124,6 +124,29 @@ class Settings(BaseSettings):
     retrain_min_feedback: int = Field(
         default=50, ge=1, description="Confirmed new labels that make `retrain --if-needed` retrain."
     )
+    retrain_min_feedback_on_drift: int = Field(
+        default=10,
+        ge=1,
+        description="With a recent drift alarm, `retrain --if-needed` retrains from this many new labels.",
+    )
+    retrain_drift_hours: float = Field(
+        default=24.0, gt=0, description="How recent a drift alarm must be to count for `retrain --if-needed`."
+    )
+    drift_window: int = Field(default=200, ge=10, description="Inputs kept per task in the drift window.")
+    drift_min_images: int = Field(
+        default=30, ge=5, description="Inputs (and images of the task) needed before a drift test runs."
+    )
+    drift_check_every: int = Field(default=10, ge=1, description="New inputs between two drift checks of a task.")
+    drift_alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="False-alarm rate of the drift verdict (Holm across its tests)."
+    )
+    drift_permutations: int = Field(default=200, ge=20, description="Permutations of the embedding (MMD) test.")
+    online_window: int = Field(
+        default=200, ge=1, description="Last confirmed studies per task that online sensitivity/specificity use."
+    )
+    monitor_refresh_seconds: float = Field(
+        default=30.0, ge=0, description="Seconds between updates of the online-performance gauges (0: never)."
+    )
     ray_storage: str | None = Field(
         default=None,
         description="Where Ray Train keeps checkpoints (default <data_dir>/ray); on a cluster, storage every node "

@@ -49,9 +49,10 @@ class Permission(StrEnum):
     MANAGE_USERS = "manage_users"
     MANAGE_MODELS = "manage_models"  # promotion, reload
     READ_AUDIT = "read_audit"
+    MONITOR = "monitor"  # drift and model-health monitoring, the dashboard
 
 
-_TECHNICIAN = {Permission.PREDICT, Permission.READ_RECORDS, Permission.WRITE_RECORDS}
+_TECHNICIAN = {Permission.PREDICT, Permission.READ_RECORDS, Permission.WRITE_RECORDS, Permission.MONITOR}
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.TECHNICIAN: frozenset(_TECHNICIAN),
     Role.RADIOLOGIST: frozenset(_TECHNICIAN | {Permission.FEEDBACK, Permission.NOTES}),

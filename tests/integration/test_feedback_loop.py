@@ -117,15 +117,39 @@ def test_build_dataset_adds_labelled_feedback_once(loop: dict[str, Any]) -> None
     assert len(latest) == len(after)
 
 
+def _drift_check(settings: Any, *, drifted: bool, hours_ago: float) -> None:
+    """A drift check row as the service writes it."""
+    from datetime import UTC, datetime, timedelta
+
+    from care_companion.records.models import DriftCheck
+    from care_companion.records.repos import add_drift_check
+
+    engine = make_engine(settings.db_url)
+    with session_factory(engine).begin() as session:
+        at = datetime.now(UTC) - timedelta(hours=hours_ago)
+        check = DriftCheck(task="chest", at=at, window_inputs=50, window_images=45, drifted=drifted, p_values={})
+        add_drift_check(session=session, check=check)
+    engine.dispose()
+
+
 @pytest.mark.slow
-def test_retrain_policy_and_run(loop: dict[str, Any]) -> None:
+def test_retrain_policy_and_run(loop: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough new labels retrain; a recent drift alarm lowers how many are enough; an old one does not."""
     runner = CliRunner()
     rng = np.random.default_rng(5)
     _give_feedback(loop["settings"], [(i, _png(synth_chest("pneumonia", rng, 96)), "pneumonia") for i in range(3)])
+    monkeypatch.setenv("CARE_RETRAIN_MIN_FEEDBACK_ON_DRIFT", "3")
+    get_settings.cache_clear()
     waiting = runner.invoke(app, ["retrain", "--if-needed", "--min-new", "10"])
-    assert waiting.exit_code == 0 and "not needed: 3 new labels" in waiting.output
+    assert waiting.exit_code == 0 and "not needed: 3 new labels (policy: at least 10; no drift alarm" in waiting.output
+    _drift_check(loop["settings"], drifted=True, hours_ago=30)  # older than CARE_RETRAIN_DRIFT_HOURS (24)
+    _drift_check(loop["settings"], drifted=False, hours_ago=1)
+    still = runner.invoke(app, ["retrain", "--if-needed", "--min-new", "10"])
+    assert "not needed: 3 new labels (policy: at least 10" in still.output
+    _drift_check(loop["settings"], drifted=True, hours_ago=2)
     tiny = ["--backbone", "test_resnet", "--image-size", "32", "--finetune-epochs", "1", "--samples-per-epoch", "64"]
-    done = runner.invoke(app, ["retrain", "--if-needed", "--min-new", "3", *tiny])
+    done = runner.invoke(app, ["retrain", "--if-needed", "--min-new", "10", *tiny])
     assert done.exit_code == 0, done.output
-    assert "3 new labels" in done.output and "registered chest version 1" in done.output
+    assert "retraining: 3 new labels (policy: at least 3; drift alarm at" in done.output
+    assert "registered chest version 1" in done.output
     assert runner.invoke(app, ["retrain", "--if-needed", "--min-new", "1"]).output.startswith("retraining not needed")

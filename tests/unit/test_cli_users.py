@@ -94,6 +94,11 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
         task="chest", version="v", n_images=0, counts={}, splits={}, manifest_key="m", report_key="r"
     )
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: (imported, outcome))
+    from care_companion.tasks import WRIST
+
+    wrist_bundle = write_bundle(cli_env.parent / "wrist-bundle", task=WRIST)
+    wrist_outcome = outcome.model_copy(update={"task": "wrist", "bundle_dir": wrist_bundle})
+    monkeypatch.setattr(demo, "run_wrist_demo", lambda *a, **k: (imported, wrist_outcome))
     served: dict[str, object] = {}
 
     def fake_serve(cfg: object) -> None:
@@ -110,7 +115,9 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
     username, _, password = fields["admin login"][:3]
     key = fields["admin API key"][0]
     assert f"Authorization: Bearer {key}" in result.output
-    cfg = served["settings"].model_copy(update={"chest_model": str(bundle), "model_poll_seconds": 0})  # type: ignore[attr-defined]
+    cfg = served["settings"].model_copy(  # type: ignore[attr-defined]
+        update={"chest_model": str(bundle), "wrist_model": str(wrist_bundle), "model_poll_seconds": 0}
+    )
     with TestClient(create_app(cfg)) as client:
         token = client.post("/v1/auth/token", data={"username": username, "password": password})
         assert token.status_code == 200 and token.json()["role"] == "admin"
@@ -122,3 +129,13 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
         )
         assert answer.status_code == 200, answer.text
         assert client.post("/v1/predict/chest", files={"file": ("x.png", b"x", "image/png")}).status_code == 401
+        pa = Path(result.output.split("pa=@")[1].split()[0])
+        lateral = Path(result.output.split("lateral=@")[1].split()[0])
+        study = client.post(
+            "/v1/predict/wrist",
+            files={"pa": ("pa.png", pa.read_bytes(), "image/png"), "lateral": ("lat.png", lateral.read_bytes())},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert study.status_code == 200, study.text
+        assert study.json()["views_used"] == ["pa", "lateral"]
+        assert "/dashboard" in result.output

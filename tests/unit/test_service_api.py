@@ -54,6 +54,8 @@ ALL_PATHS = {
     "/v1/studies/{study_id}/feedback",
     "/v1/audit",
     "/v1/feedback/export.csv",
+    "/v1/monitoring/drift",
+    "/v1/monitoring/health",
     "/v1/users",
     "/v1/users/{user_id}",
     "/v1/users/{user_id}/api-keys",

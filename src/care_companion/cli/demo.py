@@ -14,12 +14,16 @@ def demo_cmd(
     per_class: Annotated[int, typer.Option(help="Synthetic chest X-rays per class.")] = 200,
     non_xray: Annotated[int, typer.Option(help="Generated non-X-ray images.")] = 100,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs of the small demo model.")] = 12,
+    wrist: Annotated[
+        bool, typer.Option(help="Also build synthetic wrist studies and train the two-view model.")
+    ] = True,
+    wrist_studies: Annotated[int, typer.Option(help="Synthetic two-view wrist studies.")] = 1500,
     serve: Annotated[
         bool, typer.Option(help="Then start the service on the demo model and print its URL (Ctrl-C stops it).")
     ] = False,
 ) -> None:
-    """Build a synthetic chest data set, train a small DEMO model, evaluate, gate and register it."""
-    from care_companion.workflows.demo import DEMO_RECIPE, run_demo
+    """Build synthetic chest and wrist data sets, train small DEMO models, evaluate, gate and register them."""
+    from care_companion.workflows.demo import DEMO_RECIPE, run_demo, run_wrist_demo
 
     cfg = settings()
     console.rule("[bold]Care Companion demo: synthetic data, DEMO MODEL, NOT FOR CLINICAL USE")
@@ -44,6 +48,26 @@ def demo_cmd(
         console.print(f"[green]registered[/] chest version {outcome.registered_version} (alias staging) — demo model")
     else:
         err_console.print("[bold red]gate refused the demo model:[/] " + "; ".join(outcome.gate.shortfalls))
+    wrist_outcome = None
+    if wrist:
+        console.rule("[bold]Wrist: synthetic two-view studies (PA + lateral), DEMO MODEL")
+        with friendly_errors():
+            wrist_imported, wrist_outcome = run_wrist_demo(cfg, studies=wrist_studies)
+        w = {k: wrist_outcome.metrics.get(f"fracture_{k}", float("nan")) for k in ("auc", "sensitivity", "specificity")}
+        console.print(
+            f"data set {wrist_imported.version}: {wrist_imported.n_images} films; test split: fracture AUC "
+            f"{w['auc']:.3f}, sensitivity {w['sensitivity']:.3f}, specificity {w['specificity']:.3f}"
+        )
+        if wrist_outcome.registered_version is not None:
+            console.print(
+                f"[green]registered[/] wrist version {wrist_outcome.registered_version} (alias staging) — demo model"
+            )
+        else:
+            err_console.print(
+                "[bold red]gate refused the wrist demo model[/] (the service will answer wrist requests with 503): "
+                + "; ".join(wrist_outcome.gate.shortfalls)
+            )
+        console.print(f"wrist model bundle: {wrist_outcome.bundle_dir}")
     console.print(f"evaluation report: {outcome.bundle_dir / 'evaluation.json'}")
     console.print(f"plots:             {outcome.bundle_dir / 'plots'}")
     console.print(f"MLflow UI:         mlflow ui --backend-store-uri {cfg.tracking_uri}")
@@ -75,6 +99,12 @@ def demo_cmd(
             f"  try it:   curl {auth} -F file=@{examples['pneumonia']} {url}/v1/predict/chest",
             f"            curl {auth} -F file=@{examples['photo']} {url}/v1/predict/chest   (not an X-ray: 422)",
         ]
+        if wrist_outcome is not None and wrist_outcome.registered_version is not None:
+            lines.append(
+                f"  wrist:    curl {auth} -F pa=@{examples['wrist_pa']} -F lateral=@{examples['wrist_lateral']} "
+                f"{url}/v1/predict/wrist"
+            )
+        lines.append(f"  dashboard: {url}/dashboard  (sign in with the login above)")
         for line in lines:
             console.print(line, soft_wrap=True, highlight=False)
         console.print(f"  API docs: {url}/docs  (Authorize with the login above)")

@@ -35,7 +35,11 @@ def build_dataset_cmd(
 def retrain_cmd(
     task: Annotated[str, typer.Option(help="Task to retrain.")] = "chest",
     if_needed: Annotated[
-        bool, typer.Option("--if-needed", help="Retrain only when enough new labels arrived (for a schedule).")
+        bool,
+        typer.Option(
+            "--if-needed",
+            help="Retrain only when enough new labels arrived, fewer after a recent drift alarm (for a schedule).",
+        ),
     ] = False,
     min_new: Annotated[
         int | None, typer.Option(help="New labels that make it needed (default: CARE_RETRAIN_MIN_FEEDBACK).")
@@ -59,8 +63,9 @@ def retrain_cmd(
         config = TrainConfig(**(spec.recipe.model_dump() | overrides | {"seed": cfg.seed}))
         result = retrain(spec, config, cfg, if_needed=if_needed, min_new=min_new)
     if not result.needed:
-        console.print(f"retraining not needed: {result.new_labels} new labels (policy: at least {result.threshold})")
+        console.print(f"retraining not needed: {result.reason}")
         return
     assert result.dataset is not None and result.training is not None
+    console.print(f"retraining: {result.reason}")
     console.print(f"{result.new_labels} new labels; data set {result.dataset.version} (+{result.dataset.added} images)")
     report_outcome(result.training)

@@ -254,13 +254,15 @@ class _Fracture:
     styloid_shift: tuple[float, float]
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, visibility: Mapping[tuple[str, ...], float]) -> _Fracture:
-        """Kind, subtlety, displacement and the views that show it."""
+    def draw(
+        cls, rng: np.random.Generator, visibility: Mapping[tuple[str, ...], float], min_severity: float = 0.0
+    ) -> _Fracture:
+        """Kind, subtlety (severity at least ``min_severity``), displacement and the views that show it."""
         kind = str(rng.choice(_FRACTURE_KINDS, p=_FRACTURE_KIND_P))
         patterns = list(visibility)
         weights = np.array([visibility[p] for p in patterns], dtype=float)
         visible = patterns[int(rng.choice(len(patterns), p=weights / weights.sum()))]
-        severity = float(rng.beta(1.6, 1.3))
+        severity = min_severity + (1.0 - min_severity) * float(rng.beta(1.6, 1.3))
         complete = rng.random() < 0.25 + 0.75 * severity
         return cls(
             kind=kind,
@@ -651,6 +653,7 @@ def synthetic_wrist_study(
     marker: bool | None = None,
     cast_rate: float = 0.25,
     visibility: Mapping[tuple[str, ...], float] = DEFAULT_VISIBILITY,
+    min_severity: float = 0.0,
 ) -> WristStudy:
     """A synthetic wrist study: PA and/or lateral films (``uint8``, size x size) of one patient.
 
@@ -672,6 +675,8 @@ def synthetic_wrist_study(
         marker: burn a lead L/R marker into a top corner of each film (drawn, 60%).
         cast_rate: chance of a cast or splint when ``cast`` is None.
         visibility: chance of each pattern of views that show a fracture.
+        min_severity: floor of the fracture's severity in [0, 1] (0: obvious to subtle; the demo raises it so a
+            model trained for minutes on a CPU has something it can learn).
 
     Raises:
         ValueError: for unknown views or laterality, or ``fracture_views`` for a normal study or outside ``views``.
@@ -682,7 +687,7 @@ def synthetic_wrist_study(
     if fracture_views is not None and not fractured:
         raise ValueError("fracture_views given for a study without a fracture")
     patient = _Patient.draw(child(rng))
-    fracture = _Fracture.draw(child(rng), visibility)
+    fracture = _Fracture.draw(child(rng), visibility, min_severity)
     setup = child(rng)
     drawn_cast, has_cast = _Cast.draw(setup), setup.random() < cast_rate
     drawn_side, has_marker = ("L" if setup.random() < 0.55 else "R"), setup.random() < 0.6
@@ -722,6 +727,7 @@ def synthetic_wrist_studies(
     size: int = 256,
     one_view_rate: float = 0.15,
     cast_rate: float = 0.25,
+    min_severity: float = 0.0,
 ) -> list[WristStudy]:
     """``n`` synthetic wrist studies with exact shares of fractured and one-view studies, in random order.
 
@@ -732,6 +738,7 @@ def synthetic_wrist_studies(
         size: side of each square image.
         one_view_rate: share of studies that keep only one view (PA 60%, lateral 40%), rounded to a count.
         cast_rate: chance of a cast or splint, the same in both classes.
+        min_severity: floor of the fractures' severity (see :func:`synthetic_wrist_study`).
     """
     rng = np.random.default_rng(seed)
     fractured = rng.permutation(n) < round(n * fracture_rate)
@@ -741,7 +748,14 @@ def synthetic_wrist_studies(
         study_rng, only = child(rng), ("pa",) if rng.random() < 0.6 else ("lateral",)
         views = only if one_view[k] else WRIST_VIEWS
         studies.append(
-            synthetic_wrist_study(study_rng, fractured=bool(fractured[k]), size=size, views=views, cast_rate=cast_rate)
+            synthetic_wrist_study(
+                study_rng,
+                fractured=bool(fractured[k]),
+                size=size,
+                views=views,
+                cast_rate=cast_rate,
+                min_severity=min_severity,
+            )
         )
     return studies
 

@@ -23,8 +23,9 @@ class _WithEmbedding(torch.nn.Module):
         self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.model.features(*inputs)
-        return self.model.head(embedding), embedding
+        embedding: torch.Tensor = self.model.features(*inputs)  # type: ignore[operator]
+        logits: torch.Tensor = self.model.head(embedding)
+        return logits, embedding
 
 
 def export_onnx(model: BackboneClassifier, path: Path, *, input_size: int, atol: float = 1e-4, seed: int = 0) -> float:

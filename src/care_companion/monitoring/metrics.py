@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -55,6 +57,25 @@ class ServiceMetrics:
         self.rejected = Counter("care_rejected_inputs", "Inputs refused, by reason.", ["task", "reason"], registry=r)
         self.model = Info("care_model", "The model version each task serves.", ["task"], registry=r)
         self.model_loaded = Gauge("care_model_loaded", "1 when the task has a model loaded.", ["task"], registry=r)
+        self.drift_alarm = Gauge(
+            "care_drift_alarm", "1 when the latest drift check of the task's window found drift.", ["task"], registry=r
+        )
+        self.drift_p_value = Gauge(
+            "care_drift_p_value",
+            "Holm-adjusted p-value of each drift test family (NaN: not run yet).",
+            ["task", "test"],
+            registry=r,
+        )
+        self.drift_window_images = Gauge(
+            "care_drift_window_images", "Images of the task in the drift window.", ["task"], registry=r
+        )
+        self.online = {
+            name: Gauge(f"care_online_{name}", f"Online {name} over the last confirmed studies.", ["task"], registry=r)
+            for name in ("sensitivity", "specificity", "accuracy")
+        }
+        self.online_confirmed = Gauge(
+            "care_online_confirmed", "Confirmed studies the online figures are based on.", ["task"], registry=r
+        )
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request and its latency."""
@@ -81,6 +102,31 @@ class ServiceMetrics:
         self.model_loaded.labels(task).set(1 if info else 0)
         if info:
             self.model.labels(task).info(info)
+
+    def set_drift(self, task: str, drifted: bool | None, p_values: dict[str, float | None], images: int) -> None:
+        """Record a task's latest drift check."""
+        self.drift_alarm.labels(task).set(1 if drifted else 0)
+        for test, value in p_values.items():
+            self.drift_p_value.labels(task, test).set(math.nan if value is None else value)
+        self.drift_window_images.labels(task).set(images)
+
+    def set_online(self, task: str, figures: dict[str, float | None], confirmed: int) -> None:
+        """Record a task's online performance (None: no confirmed study of that kind yet)."""
+        for name, gauge in self.online.items():
+            value = figures.get(name)
+            gauge.labels(task).set(math.nan if value is None else value)
+        self.online_confirmed.labels(task).set(confirmed)
+
+    def totals(self, name: str) -> dict[tuple[str, ...], float]:
+        """Current values of a counter or gauge family by label values (e.g. ``care_predictions``)."""
+        out: dict[tuple[str, ...], float] = {}
+        for family in self.registry.collect():
+            if family.name != name:
+                continue
+            for sample in family.samples:
+                if sample.name in (name, f"{name}_total"):
+                    out[tuple(sample.labels.values())] = sample.value
+        return out
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

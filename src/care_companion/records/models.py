@@ -210,6 +210,26 @@ class Feedback(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
+class DriftCheck(Base):
+    """One drift check of a task's rolling window of recent inputs (the service writes one per check)."""
+
+    __tablename__ = "drift_checks"
+    __table_args__ = (
+        CheckConstraint(_in("task", TASKS), name="task"),
+        Index("ix_drift_checks_task_at", "task", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now(), nullable=False)
+    task: Mapped[str] = mapped_column(String(20))
+    model_version: Mapped[str | None] = mapped_column(String(50))
+    window_inputs: Mapped[int] = mapped_column(Integer)
+    window_images: Mapped[int] = mapped_column(Integer)
+    drifted: Mapped[bool | None] = mapped_column(Boolean)
+    p_values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 class AuditLog(Base):
     """Who did what to which record, and when; ``username`` is kept so a row outlives its user."""
 

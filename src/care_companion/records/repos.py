@@ -22,6 +22,7 @@ from care_companion.records.models import (
     ApiKey,
     AuditLog,
     Base,
+    DriftCheck,
     Feedback,
     Image,
     Patient,
@@ -411,6 +412,52 @@ def list_feedback(
     if study_id is not None:
         stmt = stmt.where(Feedback.study_id == study_id)
     return _page(session, stmt.order_by(Feedback.id), offset=offset, limit=limit)
+
+
+def recent_outcomes(*, session: Session, task: str, limit: int) -> list[tuple[str | None, bool | None, str]]:
+    """The latest verdict on each of the last ``limit`` confirmed studies of ``task``, newest first.
+
+    Each item is (predicted label, whether the prediction was positive, true label); the first two are None for a
+    study confirmed without a prediction. A study confirmed twice counts once, with its latest verdict.
+    """
+    stmt = (
+        select(Feedback.study_id, Feedback.predicted_label, Prediction.positive, Feedback.true_label)
+        .join(Study, Feedback.study_id == Study.id)
+        .outerjoin(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(Study.task == task)
+        .order_by(Feedback.id.desc())
+    )
+    seen: set[int] = set()
+    out: list[tuple[str | None, bool | None, str]] = []
+    for study_id, predicted, positive, true_label in session.execute(stmt.limit(limit * 4)):
+        if study_id in seen:
+            continue
+        seen.add(study_id)
+        out.append((predicted, positive, true_label))
+        if len(out) >= limit:
+            break
+    return out
+
+
+# -- drift checks --------------------------------------------------------------------------------------------
+
+
+def add_drift_check(*, session: Session, check: DriftCheck) -> DriftCheck:
+    """Store one drift check."""
+    session.add(check)
+    session.flush()
+    return check
+
+
+def list_drift_checks(
+    *, session: Session, task: str, since: datetime | None = None, limit: int = MAX_LIMIT
+) -> list[DriftCheck]:
+    """A task's drift checks, oldest first: the latest ``limit`` (at most ``MAX_LIMIT``), optionally since a time."""
+    stmt = select(DriftCheck).where(DriftCheck.task == task)
+    if since is not None:
+        stmt = stmt.where(DriftCheck.at >= since)
+    newest = session.scalars(stmt.order_by(DriftCheck.id.desc()).limit(min(limit, MAX_LIMIT))).all()
+    return list(reversed(newest))
 
 
 # -- audit ---------------------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from care_companion.serving.feedback_routes import feedback_router
 from care_companion.serving.http_errors import install_error_handlers
 from care_companion.serving.manager import SERVED_TASKS, ModelManager
 from care_companion.serving.middleware import RequestGuard
+from care_companion.serving.monitor import Monitor
+from care_companion.serving.monitoring_routes import monitoring_router
 from care_companion.serving.persistence import RecordKeeper
 from care_companion.serving.predict import Predictor
 from care_companion.serving.records_routes import records_router
@@ -156,8 +158,9 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
             log.error("the service cannot start: %s", exc.detail)
             raise
         models = ModelManager(settings, metrics, tasks)
-        predictor = Predictor(settings, models, metrics)
-        app.state.models, app.state.predictor = models, predictor
+        monitor = Monitor(settings, metrics, models, app.state.sessions)
+        predictor = Predictor(settings, models, metrics, monitor)
+        app.state.models, app.state.predictor, app.state.monitor = models, predictor, monitor
         changes = await models.refresh()
         for task, change in changes.items():
             log.info("%s: %s", task, change)
@@ -165,6 +168,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
             app.state.sessions, app.state.store, settings.orphan_grace_seconds, settings.orphan_sweep_seconds
         )
         sweeper.start()
+        monitor.start()
         poller = (
             asyncio.create_task(_poll(models, settings.model_poll_seconds)) if settings.model_poll_seconds else None
         )
@@ -176,6 +180,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             await sweeper.stop()
+            await monitor.stop()
             await models.close()
             predictor.close()
             engine.dispose()
@@ -190,7 +195,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
     )
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
-    routers = (predict, ops, auth_router, records_router, feedback_router, admin_router)
+    routers = (predict, ops, auth_router, records_router, feedback_router, admin_router, monitoring_router)
     for router in routers:
         app.include_router(router)
 

@@ -20,7 +20,8 @@ import numpy as np
 from care_companion.errors import ServiceUnavailable
 
 Input = np.ndarray | dict[str, np.ndarray]  # one model input, or a feed of several (a multi-view study)
-RunBatch = Callable[[Any], np.ndarray]
+Output = np.ndarray | tuple[np.ndarray, ...]  # one output, or several (logits and embedding)
+RunBatch = Callable[[Any], Output]
 OnBatch = Callable[[int, float], None]
 
 
@@ -30,7 +31,7 @@ _STOP = object()  # put on the queue by close(): everything before it is still a
 @dataclass
 class _Item:
     tensor: Input
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Any]
 
 
 def stack(inputs: list[Input]) -> Input:
@@ -41,9 +42,16 @@ def stack(inputs: list[Input]) -> Input:
     return np.stack([item for item in inputs if isinstance(item, np.ndarray)])
 
 
+def rows(outputs: Output) -> list[Any]:
+    """Per-item rows of a batch's output: arrays' rows, or for several outputs a tuple of rows per item."""
+    if isinstance(outputs, tuple):
+        return list(zip(*outputs, strict=True))
+    return list(outputs)
+
+
 class MicroBatcher:
-    """Gathers single inputs into batches for ``run_batch`` (a blocking function [N, ...] -> [N, ...]); an input
-    may also be a feed of several named arrays, stacked name by name."""
+    """Gathers single inputs into batches for ``run_batch`` (a blocking function [N, ...] -> [N, ...], or to a
+    tuple of such outputs); an input may also be a feed of several named arrays, stacked name by name."""
 
     def __init__(
         self,
@@ -79,15 +87,16 @@ class MicroBatcher:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
         self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{self.name}")
 
-    async def submit(self, tensor: Input) -> np.ndarray:
-        """Run one input (without its batch axis) through the engine; returns its output row."""
+    async def submit(self, tensor: Input) -> Any:
+        """Run one input (without its batch axis) through the engine; returns its output row (a tuple of rows
+        when ``run_batch`` returns several outputs)."""
         if self._queue is None or self._closed:
             raise ServiceUnavailable(f"the {self.name} engine is not running", code="model_unavailable")
         if self._queue.qsize() >= self.max_queue:
             raise ServiceUnavailable(
                 f"the {self.name} engine has {self._queue.qsize()} images waiting; retry shortly", code="overloaded"
             )
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(tensor, future))
         return await future
 
@@ -142,6 +151,6 @@ class MicroBatcher:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(live), time.perf_counter() - started)
-            for item, row in zip(live, outputs, strict=True):
+            for item, row in zip(live, rows(outputs), strict=True):
                 if not item.future.done():
                     item.future.set_result(row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,12 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from care_companion.config import Settings
+from care_companion.errors import ModelError
 from care_companion.imaging.decode import decode_image
-from care_companion.models.bundle import BundleMeta
+from care_companion.models.bundle import PROFILE_FILE, BundleMeta
 from care_companion.models.predictor import BundlePredictor, softmax
+from care_companion.monitoring.drift import DriftWindow
+from care_companion.monitoring.features import describe
 from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.monitoring.profile import ReferenceProfile
 from care_companion.serving.batcher import Input, MicroBatcher
 from care_companion.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,6 +43,20 @@ class ModelSource:
         return (self.reference, self.version, self.stamp)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An upload made ready for the engine: the model input and its images' drift features."""
+
+    input: Input
+    features: tuple[np.ndarray, ...]
+    histograms: tuple[np.ndarray, ...]
+
+
+def _described(images: list[np.ndarray]) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    pairs = [describe(image) for image in images]
+    return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
 @dataclass
 class ServedModel:
     """A loaded bundle ready to answer: preprocessing, batched engine, calibrated probabilities."""
@@ -44,6 +65,7 @@ class ServedModel:
     source: ModelSource
     predictor: BundlePredictor
     batcher: MicroBatcher
+    drift: DriftWindow
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     active: int = 0
 
@@ -57,27 +79,27 @@ class ServedModel:
         """The task the bundle was trained for."""
         return self.meta.task_spec()
 
-    def preprocess_bytes(self, data: bytes, *, name: str, min_side: int, max_pixels: int) -> np.ndarray:
+    def preprocess_bytes(self, data: bytes, *, name: str, min_side: int, max_pixels: int) -> Prepared:
         """Decode untrusted bytes and make the model input [1, S, S] (blocking: run it in a worker thread)."""
         image = decode_image(data, name=name, min_side=min_side, max_pixels=max_pixels)
-        return self.predictor.preprocess([image])[0]
+        return Prepared(self.predictor.preprocess([image])[0], *_described([image]))
 
-    def preprocess_study(
-        self, views: dict[str, tuple[bytes, str]], *, min_side: int, max_pixels: int
-    ) -> dict[str, np.ndarray]:
+    def preprocess_study(self, views: dict[str, tuple[bytes, str]], *, min_side: int, max_pixels: int) -> Prepared:
         """Decode the views of one study ({view: (bytes, name)}) and make the model's feed without batch axis
         (blocking: run it in a worker thread). A view that is not a usable image raises, naming the file."""
         images = {
             view: decode_image(data, name=name, min_side=min_side, max_pixels=max_pixels)
             for view, (data, name) in views.items()
         }
-        return {name: value[0] for name, value in self.predictor.preprocess_studies([images]).items()}
+        feed = {name: value[0] for name, value in self.predictor.preprocess_studies([images]).items()}
+        return Prepared(feed, *_described(list(images.values())))
 
-    async def probabilities(self, tensor: Input) -> np.ndarray:
+    async def infer(self, tensor: Input) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated class probabilities [C] of one preprocessed input (or study feed), through the
-        micro-batcher."""
-        logits = await self.batcher.submit(tensor)
-        return softmax(logits[None, :], self.predictor.temperature)[0]
+        micro-batcher, and its penultimate-layer embedding (None for a model exported without one)."""
+        output = await self.batcher.submit(tensor)
+        logits, embedding = output if isinstance(output, tuple) else (output, None)
+        return softmax(logits[None, :], self.predictor.temperature)[0], embedding
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[ServedModel]:
@@ -103,11 +125,44 @@ def start_model(task_name: str, source: ModelSource, settings: Settings, metrics
         source.directory, threads=settings.inference_threads, precision=settings.engine_precision, spin=False
     )
     batcher = MicroBatcher(
-        predictor.logits,
+        predictor.logits_and_embeddings if predictor.has_embedding else predictor.logits,
         max_batch=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
         on_batch=lambda size, seconds: metrics.observe_batch(task_name, size, seconds),
         name=task_name,
     )
-    return ServedModel(task_name=task_name, source=source, predictor=predictor, batcher=batcher)
+    return ServedModel(
+        task_name=task_name,
+        source=source,
+        predictor=predictor,
+        batcher=batcher,
+        drift=drift_window(predictor, source, settings),
+    )
+
+
+def drift_window(predictor: BundlePredictor, source: ModelSource, settings: Settings) -> DriftWindow:
+    """A fresh drift window for a model being loaded, against its bundle's reference profile when it has one."""
+    profile, why = None, None
+    path = predictor.directory / PROFILE_FILE
+    if not predictor.has_embedding:
+        why = "the model was exported without an embedding output; retrain or re-export it for drift monitoring"
+    elif not path.is_file():
+        why = f"the model bundle has no {PROFILE_FILE}; run `care-companion drift profile` on it"
+    else:
+        try:
+            profile = ReferenceProfile.load(path)
+        except ModelError as exc:
+            why = exc.detail
+            log.warning("drift monitoring is off for %s: %s", source.reference, why)
+    return DriftWindow(
+        predictor.meta.task_spec(),
+        profile,
+        precision=predictor.precision,
+        size=settings.drift_window,
+        min_images=settings.drift_min_images,
+        alpha=settings.drift_alpha,
+        permutations=settings.drift_permutations,
+        model_version=source.version,
+        unavailable=why,
+    )

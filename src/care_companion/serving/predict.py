@@ -15,8 +15,9 @@ import numpy as np
 from care_companion.config import Settings
 from care_companion.errors import CareError, InvalidImageError, NotForTask, RequestError, error_code
 from care_companion.monitoring.metrics import ServiceMetrics
-from care_companion.serving.engine import ServedModel
+from care_companion.serving.engine import Prepared, ServedModel
 from care_companion.serving.manager import ModelManager
+from care_companion.serving.monitor import Monitor
 from care_companion.serving.results import decision_rule, interpret
 from care_companion.serving.schemas import (
     BatchItem,
@@ -45,17 +46,20 @@ def _model_ref(model: ServedModel) -> ModelRef:
 class Predictor:
     """Runs uploads through the served models; decoding happens in a worker pool, inference in micro-batches."""
 
-    def __init__(self, settings: Settings, models: ModelManager, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, settings: Settings, models: ModelManager, metrics: ServiceMetrics, monitor: Monitor | None = None
+    ) -> None:
         self.settings = settings
         self.models = models
         self.metrics = metrics
+        self.monitor = monitor
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
 
     def close(self) -> None:
         """Stop the decoding pool."""
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    async def _preprocess(self, model: ServedModel, upload: Upload) -> object:
+    async def _preprocess(self, model: ServedModel, upload: Upload) -> Prepared:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self.pool,
@@ -83,26 +87,41 @@ class Predictor:
         """
         async with self.models.lease(task) as model:
             try:
-                tensor = await self._preprocess(model, upload)
+                prepared = await self._preprocess(model, upload)
             except InvalidImageError as exc:
                 self.metrics.observe_rejection(task, exc.reason)
                 raise
-            probs = await model.probabilities(tensor)  # type: ignore[arg-type]
-            return self._result(model, probs, upload.name, list(model.meta.views), request_id, started)
+            probs, embedding = await model.infer(prepared.input)
+            return self._result(
+                model, prepared, probs, embedding, upload.name, list(model.meta.views), request_id, started
+            )
 
     def _result(
         self,
         model: ServedModel,
+        prepared: Prepared,
         probs: np.ndarray,
+        embedding: np.ndarray | None,
         what: str,
         views_used: list[str],
         request_id: str,
         started: float,
     ) -> PredictionResult:
         """Interpret calibrated probabilities at the bundle's operating point; a study missing some of the
-        model's views is always low-confidence, saying which view is missing."""
+        model's views is always low-confidence, saying which view is missing. The input goes to drift monitoring,
+        a rejected one included."""
         task = model.task.name
         found = interpret(probs, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin)
+        if self.monitor is not None:
+            self.monitor.observe(
+                model,
+                prepared,
+                probs,
+                embedding,
+                label=found.label,
+                rejected=found.rejected,
+                latency_s=time.perf_counter() - started,
+            )
         if found.rejected:
             error = NotForTask(
                 f"{what}: this does not look like a {task} X-ray (P({found.label}) = "
@@ -195,7 +214,7 @@ class Predictor:
                 )
             loop = asyncio.get_running_loop()
             try:
-                feed = await loop.run_in_executor(
+                prepared = await loop.run_in_executor(
                     self.pool,
                     lambda: model.preprocess_study(
                         {view: (upload.data, upload.name) for view, upload in given.items()},
@@ -206,7 +225,7 @@ class Predictor:
             except InvalidImageError as exc:
                 self.metrics.observe_rejection(task, exc.reason)
                 raise
-            probs = await model.probabilities(feed)
+            probs, embedding = await model.infer(prepared.input)
             what = " + ".join(upload.name for upload in given.values())
             used = [view for view in model.meta.views if view in given]
-            return self._result(model, probs, what, used, request_id, started)
+            return self._result(model, prepared, probs, embedding, what, used, request_id, started)

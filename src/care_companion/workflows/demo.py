@@ -1,4 +1,5 @@
-"""The demo: synthetic chest X-rays → import → a small model trained for a few minutes → gate → registry.
+"""The demo: synthetic chest X-rays and wrist studies → import → small models trained for a few minutes → gate →
+registry.
 
 Everything it produces is labelled a demo model: it has seen only generated images and is not for
 clinical use.
@@ -14,8 +15,10 @@ from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.data.importer import ImportResult
 from care_companion.data.synthetic import write_synthetic_chest_tree
+from care_companion.data.synthetic_wrist import synthetic_wrist_studies, synthetic_wrist_study, write_wrist_studies
+from care_companion.data.wrist import import_wrist
 from care_companion.storage import store_from_settings
-from care_companion.tasks import CHEST
+from care_companion.tasks import CHEST, WRIST
 from care_companion.training.trainer import TrainConfig
 from care_companion.workflows.training import TrainOutcome, train_task
 
@@ -31,6 +34,19 @@ DEMO_RECIPE = TrainConfig(
     patience=5,
     samples_per_epoch=None,
 )
+
+DEMO_WRIST_RECIPE = TrainConfig(
+    backbone="resnet18",
+    image_size=128,
+    batch_size=32,
+    head_epochs=0,
+    finetune_epochs=12,
+    finetune_lr=2e-3,
+    patience=5,
+    samples_per_epoch=None,
+)
+DEMO_WRIST_SIZE = 128  # side of the generated wrist films
+DEMO_WRIST_SEVERITY = 0.7  # fractures from clear to obvious: subtle ones need far more than minutes of CPU
 
 
 def run_demo(
@@ -53,8 +69,32 @@ def run_demo(
     return imported, outcome
 
 
+def run_wrist_demo(
+    settings: Settings, *, studies: int = 1500, config: TrainConfig | None = None
+) -> tuple[ImportResult, TrainOutcome]:
+    """Generate synthetic two-view wrist studies in the GRAZPEDWRI-DX layout, import them and train the two-view
+    demo model on them; returns the import and training results."""
+    source = Path(settings.data_dir) / "demo-source" / f"synthetic-wrist-{studies}"
+    if not (source / "dataset.csv").is_file():
+        generated = synthetic_wrist_studies(
+            studies, seed=settings.seed, size=DEMO_WRIST_SIZE, fracture_rate=0.4, min_severity=DEMO_WRIST_SEVERITY
+        )
+        write_wrist_studies(generated, source, seed=settings.seed)
+    imported = import_wrist(
+        source,
+        store_from_settings(settings),
+        seed=settings.seed,
+        min_side=settings.min_image_side,
+        max_pixels=settings.max_image_pixels,
+    )
+    recipe = (config or DEMO_WRIST_RECIPE).model_copy(update={"seed": settings.seed})
+    outcome = train_task(WRIST, recipe, settings=settings, dataset_version=imported.version, demo=True)
+    return imported, outcome
+
+
 def write_examples(settings: Settings) -> dict[str, Path]:
-    """Example uploads for trying the demo service: one synthetic film per class and a photograph."""
+    """Example uploads for trying the demo service: one synthetic chest film per class, a photograph and the PA
+    and lateral films of a fractured synthetic wrist (``wrist_pa``, ``wrist_lateral``)."""
     from PIL import Image
 
     from care_companion.data.synthetic import natural_images, synth_chest
@@ -64,6 +104,8 @@ def write_examples(settings: Settings) -> dict[str, Path]:
     rng = np.random.default_rng(settings.seed + 1)
     images = {label: synth_chest(label, rng, 256) for label in ("normal", "pneumonia", "tuberculosis")}
     images["photo"] = natural_images(rng, 1, 256)[0]
+    study = synthetic_wrist_study(rng, fractured=True, size=DEMO_WRIST_SIZE, min_severity=DEMO_WRIST_SEVERITY)
+    images |= {f"wrist_{view}": pixels for view, pixels in study.views.items()}
     paths = {}
     for name, pixels in images.items():
         paths[name] = folder / f"{name}.png"

@@ -35,6 +35,7 @@ from care_companion.training.distributed import train_on_ray
 from care_companion.training.operating_point import choose_operating_point
 from care_companion.training.trainer import TrainConfig, predict_logits, train_classifier
 from care_companion.training.world import LocalWorld
+from care_companion.workflows.profiling import build_profile
 from care_companion.workflows.quantization import add_int8
 from care_companion.workflows.scoring import item_probabilities
 
@@ -242,6 +243,10 @@ def train_task(
                 run.set_tags({"int8_preferred": str(quantized.preferred).lower()})
             except Exception as exc:  # INT8 is an option: its failure must not lose the trained model
                 log.warning("INT8 quantisation failed, the bundle keeps only float32: %s", exc)
+        try:
+            build_profile(bundle_dir, task, store=store, manifest=manifest, train=train, val=val, seed=config.seed)
+        except Exception as exc:  # monitoring must not lose the trained model; the service reports it unavailable
+            log.warning("no reference profile for drift monitoring: %s", exc)
 
         run.log_metrics(
             {f"test_{k}": v for k, v in metrics.items()}
