@@ -20,6 +20,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_ERROR = 2
 EXIT_GATE = 3
+EXIT_DRIFT = 3  # `drift report`: the check ran and found drift (like a refused gate: ran, and said no)
 
 
 def setup_logging(verbose: bool = False) -> None:
