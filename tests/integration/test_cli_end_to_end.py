@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from care_companion.cli.main import app
 from care_companion.data.synthetic import write_synthetic_chest_tree
+from care_companion.monitoring.profile import ReferenceProfile
 
 pytestmark = [pytest.mark.slow]
 
@@ -45,6 +46,10 @@ def test_cli_spine_on_synthetic_data(cli_env: Path, tmp_path: Path, monkeypatch:
     assert (bundle / "bundle.json").is_file() and (bundle / "model.onnx").is_file()
     assert "registered chest version 1" in trained.output
     assert "INT8 model:" in trained.output and (bundle / "model.int8.onnx").is_file()
+    profile = ReferenceProfile.load(bundle / "reference_profile.npz")  # drift monitoring's reference
+    assert set(profile.embeddings) == {"fp32", "int8"} and profile.task == "chest"
+    assert len(profile.features) == profile.counts["feature_images"] > 0
+    assert profile.class_mix.sum() == pytest.approx(1.0) and 0 <= profile.rejection_rate <= 1
 
     listed = invoke("registry", "list", "--task", "chest")
     assert listed.exit_code == 0 and "staging" in listed.output
@@ -71,6 +76,13 @@ def test_cli_spine_on_synthetic_data(cli_env: Path, tmp_path: Path, monkeypatch:
 
     same = invoke("evaluate", "--model", str(bundle), "--data", str(src), "--n-boot", "0", "--workers", "1")
     assert same.exit_code == 0, same.output
+
+    html = tmp_path / "drift.html"
+    drift = invoke(
+        "drift", "report", "--reference", "models:/chest@staging", "--current", str(src), "--out", str(html)
+    )  # the registered copy carries the profile too
+    assert drift.exit_code in (0, 3), drift.output
+    assert html.is_file() and "Holm" in html.read_text()
 
     promoted = invoke("registry", "promote", "--task", "chest", "--version", "1", "--to", "production")
     assert promoted.exit_code == 0 and "chest@production -> version 1" in promoted.output
