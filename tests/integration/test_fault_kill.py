@@ -39,7 +39,8 @@ from care_companion.storage import LocalStore
 from care_companion.tasks import CHEST
 from tests.conftest import write_bundle
 from tests.helpers import seed_users, tokens_for
-from tests.integration.test_serve_cli import CLI, _env, _free_port, _png
+from tests.integration.test_serve_cli import CLI, _env, _png
+from tests.processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -105,7 +106,7 @@ class Server:
     """``care-companion serve`` as a child process (the Python process itself), its output in a file."""
 
     def __init__(self, settings: Settings, bundle: Path, log: Path, **env: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         environ = _env(settings.data_dir.parent) | {

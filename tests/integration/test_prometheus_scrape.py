@@ -7,12 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from care_companion.config import Settings
 from care_companion.records.db import upgrade
+from tests.processes import free_port, stop_process, tail, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,41 +32,6 @@ CLI = Path(sys.executable).with_name("care-companion")
 HEALTH_CALLS = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float, logs: Callable[[], str]) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the processes' logs after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = check()
-        except httpx.TransportError:
-            found = None
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s\n{logs()}"
-        time.sleep(0.5)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process this test started (by its PID): SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``care-companion serve`` on a free port with a migrated SQLite database and no model to serve
@@ -77,7 +40,7 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         pytest.skip("prometheus not installed: install the Debian package `prometheus` (apt-get install prometheus)")
     data_dir = tmp_path / "care-data"
     upgrade(Settings(data_dir=data_dir).db_url)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CARE_", "MLFLOW_"))} | {
         "CARE_DATA_DIR": str(data_dir),
         "CARE_PORT": str(port),
@@ -93,13 +56,13 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     try:
 
         def up() -> bool:
-            assert proc.poll() is None, f"the service exited with {proc.returncode}\n{_tail(log)}"
+            assert proc.poll() is None, f"the service exited with {proc.returncode}\n{tail(log)}"
             return httpx.get(f"{url}/health", timeout=2).status_code == 200
 
-        _wait_for("the service did not answer /health", up, 120, lambda: _tail(log))
+        wait_for("the service did not answer /health", up, 120, lambda: tail(log))
         yield url, log
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -107,7 +70,7 @@ def prometheus(tmp_path: Path, service: tuple[str, Path]) -> Iterator[tuple[str,
     """Prometheus on a free loopback port: the shipped config and rules, scraping the service every second."""
     service_url, _ = service
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    port = _free_port()
+    port = free_port()
     config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"}
     config["rule_files"] = [str((PROMETHEUS_CONFIG.parent / f).resolve()) for f in config["rule_files"]]
     for job in config["scrape_configs"]:
@@ -135,13 +98,13 @@ def prometheus(tmp_path: Path, service: tuple[str, Path]) -> Iterator[tuple[str,
     try:
 
         def ready() -> bool:
-            assert proc.poll() is None, f"prometheus exited with {proc.returncode}\n{_tail(log)}"
+            assert proc.poll() is None, f"prometheus exited with {proc.returncode}\n{tail(log)}"
             return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
 
-        _wait_for("prometheus did not become ready", ready, 60, lambda: _tail(log))
+        wait_for("prometheus did not become ready", ready, 60, lambda: tail(log))
         yield url, log
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def _query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
@@ -166,7 +129,7 @@ def test_prometheus_scrapes_the_service(service: tuple[str, Path], prometheus: t
     prometheus_url, prometheus_log = prometheus
 
     def logs() -> str:
-        return f"--- service\n{_tail(service_log)}\n--- prometheus\n{_tail(prometheus_log)}"
+        return f"--- service\n{tail(service_log)}\n--- prometheus\n{tail(prometheus_log)}"
 
     for _ in range(HEALTH_CALLS):
         assert httpx.get(f"{service_url}/health", timeout=10).status_code == 200
@@ -184,7 +147,7 @@ def test_prometheus_scrapes_the_service(service: tuple[str, Path], prometheus: t
         result = _query(prometheus_url, selector)
         return result if result and float(result[0]["value"][1]) == expected_health else []
 
-    (health_series,) = _wait_for(f"prometheus did not store {selector} = {expected_health}", scraped_health, 30, logs)
+    (health_series,) = wait_for(f"prometheus did not store {selector} = {expected_health}", scraped_health, 30, logs)
     assert health_series["metric"]["instance"] == service_url.removeprefix("http://")
     (up,) = _query(prometheus_url, 'up{job="care-companion"}')
     assert up["value"][1] == "1"
@@ -202,14 +165,14 @@ def test_prometheus_scrapes_the_service(service: tuple[str, Path], prometheus: t
         rules = [rule for group in groups for rule in group["rules"]]
         return rules if rules and all(rule.get("lastEvaluation", "").startswith("2") for rule in rules) else []
 
-    rules = _wait_for("prometheus did not evaluate the alert rules", evaluated_rules, 30, logs)
+    rules = wait_for("prometheus did not evaluate the alert rules", evaluated_rules, 30, logs)
     assert {rule["name"] for rule in rules} >= {"CareModelNotLoaded", "CareServiceDown", "CareDriftAlarm"}
     assert all(rule["health"] == "ok" for rule in rules), json.dumps(rules, indent=1)
 
     def not_loaded_pending() -> list[dict[str, Any]]:
         return _query(prometheus_url, 'ALERTS{alertname="CareModelNotLoaded", alertstate="pending"}')
 
-    pending = _wait_for("CareModelNotLoaded did not become pending", not_loaded_pending, 30, logs)
+    pending = wait_for("CareModelNotLoaded did not become pending", not_loaded_pending, 30, logs)
     assert {alert["metric"]["task"] for alert in pending} == {"chest", "wrist"}
     assert all(alert["metric"]["severity"] == "critical" for alert in pending)
     assert not _query(prometheus_url, 'ALERTS{alertname="CareServiceDown"}')

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,9 @@ from care_companion.records.db import upgrade
 from care_companion.workflows.demo import write_examples
 from tests.conftest import write_bundle
 from tests.helpers import user_token
+from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _png(seed: int) -> bytes:
@@ -49,7 +43,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "bundle")
     done = subprocess.run(
-        [str(CLI), "serve", "--chest-model", str(bundle), "--port", str(_free_port())],
+        [str(CLI), "serve", "--chest-model", str(bundle), "--port", str(free_port())],
         env=_env(tmp_path),
         capture_output=True,
         text=True,
@@ -61,7 +55,7 @@ def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
 
 def test_serve_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     bundle = write_bundle(tmp_path / "bundle", logits=[0.0, 2.0, 0.0, -2.0])
-    port = _free_port()
+    port = free_port()
     env = _env(tmp_path)
     settings = Settings(data_dir=tmp_path / "care-data")
     upgrade(settings.db_url)
@@ -117,7 +111,7 @@ def test_serve_command_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 def test_demo_examples_are_images_of_each_kind(tmp_path: Path) -> None:
     paths = write_examples(Settings(data_dir=tmp_path))
-    assert set(paths) == {"normal", "pneumonia", "tuberculosis", "photo"}
-    for path in paths.values():
+    assert set(paths) == {"normal", "pneumonia", "tuberculosis", "photo", "wrist_pa", "wrist_lateral"}
+    for name, path in paths.items():
         with Image.open(path) as image:
-            assert image.size == (256, 256)
+            assert image.size == ((128, 128) if name.startswith("wrist") else (256, 256))

@@ -99,7 +99,7 @@ class DriftStatus(BaseModel):
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _pooled(expected: np.ndarray, counts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:

@@ -200,7 +200,7 @@ class Monitor:
             rows = list_drift_checks(session=session, task=task, since=since)
         return [
             DriftPoint(
-                at=row.at.isoformat(timespec="seconds"),
+                at=row.at.isoformat(timespec="milliseconds"),
                 model_version=row.model_version,
                 drifted=row.drifted,
                 window_images=row.window_images,

@@ -1,0 +1,51 @@
+"""Helpers for tests that start real processes (the service, Prometheus, a private PostgreSQL)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, logs: Callable[[], str], every: float = 0.3) -> Any:
+    """Poll ``check`` until it returns something truthy (connection errors count as not yet); fail with
+    ``what`` and the processes' logs after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except httpx.TransportError:
+            found = None
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s\n{logs()}"
+        time.sleep(every)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process the test started (by its PID): SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    """The end of a log file ('' when it does not exist)."""
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
