@@ -10,14 +10,14 @@ from scipy.spatial.distance import pdist
 from care_companion.monitoring.stats import (
     KL_BASELINE_THRESHOLD,
     adjust_p_values,
-    class_mix_test,
+    class_mix_two_sample,
     confidence_shift,
     drift_verdict,
     kl_baseline,
     kl_divergence,
     ks_features,
     mmd_test,
-    rejection_rate_test,
+    rejection_two_sample,
 )
 
 NAMES = [f"f{i}" for i in range(10)]
@@ -132,25 +132,26 @@ def test_mmd_degenerate_inputs():
         mmd_test(np.ones((4, 2)), np.ones((5, 2)), permutations=0)
 
 
-def test_class_mix_matches_scipy_chisquare():
-    result = class_mix_test([0.5, 0.3, 0.2], [40, 35, 25])
-    expected = stats.chisquare([40, 35, 25], f_exp=[50, 30, 20])
+def test_class_mix_two_sample_matches_scipy_contingency():
+    result = class_mix_two_sample([200, 120, 80], [40, 35, 25])
+    expected = stats.chi2_contingency([[200, 120, 80], [40, 35, 25]], correction=False)
     assert (result.statistic, result.p_value) == pytest.approx((expected.statistic, expected.pvalue))
-    assert class_mix_test([5, 3, 2], np.array([40, 35, 25])) == result  # weights are normalised
     assert not result.no_data and result.total == 100
 
 
-def test_class_mix_unexpected_class_is_drift_and_no_data_is_not():
-    unseen = class_mix_test([0.5, 0.5, 0.0], [50, 45, 5])
+def test_class_mix_pools_small_cells_and_flags_an_unseen_class():
+    # the third class: the window expects about 0.8 of it, so it is pooled with the fourth
+    pooled = class_mix_two_sample([200, 180, 4, 16], [52, 40, 1, 7])
+    by_hand = stats.chi2_contingency([[200, 180, 20], [52, 40, 8]], correction=False)
+    assert pooled.p_value == pytest.approx(by_hand.pvalue)
+    unseen = class_mix_two_sample([300, 300, 0], [40, 35, 25])
     assert unseen.p_value < 1e-6
-    empty = class_mix_test([0.5, 0.5], [0, 0])
+    empty = class_mix_two_sample([10, 10], [0, 0])
     assert empty.no_data and empty.p_value == 1.0
     with pytest.raises(ValueError):
-        class_mix_test([0.5, 0.5], [1, 2, 3])
+        class_mix_two_sample([1, 2], [1, 2, 3])
     with pytest.raises(ValueError):
-        class_mix_test([0.0, 0.0], [1, 2])
-    with pytest.raises(ValueError):
-        class_mix_test([0.5, 0.5], [1.5, 2.0])
+        class_mix_two_sample([1, 2], [1.5, 2.0])
 
 
 def test_confidence_shift():
@@ -164,21 +165,20 @@ def test_confidence_shift():
         confidence_shift([], [0.5])
 
 
-def test_rejection_rate_by_hand():
-    result = rejection_rate_test(0.05, 10, 100)
-    by_hand = sum(math.comb(100, k) * 0.05**k * 0.95 ** (100 - k) for k in range(10, 101))
-    assert result.p_value == pytest.approx(by_hand) and result.statistic == 0.1
-    # Reference rate 0 is floored at 0.001: P(X >= 1) = 1 - 0.999^200.
-    floored = rejection_rate_test(0.0, 1, 200)
-    assert floored.reference_rate == 0.001 and floored.p_value == pytest.approx(1 - 0.999**200)
-    assert rejection_rate_test(0.0, 3, 200).p_value < 0.01
-    assert rejection_rate_test(0.05, 0, 100).p_value == 1.0
-    none = rejection_rate_test(0.05, 0, 0)
+def test_rejection_two_sample_is_a_one_sided_fisher_test():
+    result = rejection_two_sample(15, 300, 10, 100)
+    # P(X >= 10) for X hypergeometric: 25 rejections among 400 inputs, 100 of them in the window
+    by_hand = sum(math.comb(25, k) * math.comb(375, 100 - k) for k in range(10, 26)) / math.comb(400, 100)
+    assert result.p_value == pytest.approx(by_hand) and result.statistic == 0.1 and result.reference_rate == 0.05
+    assert rejection_two_sample(0, 300, 0, 100).p_value == 1.0
+    assert rejection_two_sample(0, 300, 5, 100).p_value < 0.01
+    assert rejection_two_sample(30, 300, 0, 100).p_value == 1.0  # fewer rejections is not an alarm
+    none = rejection_two_sample(15, 300, 0, 0)
     assert none.no_data and none.p_value == 1.0
     with pytest.raises(ValueError):
-        rejection_rate_test(0.05, 5, 4)
+        rejection_two_sample(15, 300, 5, 4)
     with pytest.raises(ValueError):
-        rejection_rate_test(1.5, 1, 4)
+        rejection_two_sample(301, 300, 1, 4)
 
 
 def test_kl_divergence_and_baseline():
@@ -222,15 +222,18 @@ def _family_p_values(rng: np.random.Generator, shift: float) -> dict[str, float]
     n_ref, n_cur = 60, 50
     features = ks_features(rng.normal(size=(n_ref, 10)), rng.normal(shift, 1, size=(n_cur, 10)), NAMES)
     embedding = mmd_test(rng.normal(size=(n_ref, 4)), rng.normal(shift, 1, size=(n_cur, 4)), permutations=99, seed=0)
-    counts = rng.multinomial(n_cur, EXPECTED_MIX)
+    reference_counts, counts = rng.multinomial(n_ref, EXPECTED_MIX), rng.multinomial(n_cur, EXPECTED_MIX)
     confidence = confidence_shift(rng.beta(8, 2, size=n_ref), rng.beta(8, 2, size=n_cur))
-    rejections = rejection_rate_test(
-        REFERENCE_REJECTION_RATE, int(rng.binomial(n_cur, REFERENCE_REJECTION_RATE)), n_cur
+    rejections = rejection_two_sample(
+        int(rng.binomial(n_ref, REFERENCE_REJECTION_RATE)),
+        n_ref,
+        int(rng.binomial(n_cur, REFERENCE_REJECTION_RATE)),
+        n_cur,
     )
     return {
         "features": features.p_value,
         "embedding": embedding.p_value,
-        "class_mix": class_mix_test(EXPECTED_MIX, counts).p_value,
+        "class_mix": class_mix_two_sample(reference_counts, counts).p_value,
         "confidence": confidence.p_value,
         "rejections": rejections.p_value,
     }

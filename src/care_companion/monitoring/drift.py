@@ -5,9 +5,10 @@ false-alarm rate stays at ``alpha`` when nothing has changed:
 
 - ``features``: do the images look different (intensity, size, edges)? Two-sample KS per feature, Holm within.
 - ``embedding``: does the model see them differently? MMD with a permutation p-value on PCA-reduced embeddings.
-- ``class_mix``: are the decisions distributed differently from validation? Chi-square goodness of fit.
+- ``class_mix``: are the decisions distributed differently from validation? Chi-square test of homogeneity
+  (validation counts vs the window's: the validation shares are estimates, not exact).
 - ``confidence``: is the model less (or more) sure? Two-sample KS on the decided class's probability.
-- ``rejections``: are more inputs refused as not being images of the task? One-sided exact binomial test.
+- ``rejections``: are more inputs refused as not being images of the task? One-sided Fisher exact test.
 
 Inputs decided as the reject class (a photograph sent to the chest model) count for ``class_mix`` and
 ``rejections`` only; the other families compare images of the task with images of the task.
@@ -32,7 +33,6 @@ from care_companion.tasks import TaskSpec
 FAMILIES = ("features", "embedding", "class_mix", "confidence", "rejections")
 CONFIDENCE_BINS = 10
 MAX_REFERENCE = 500  # reference rows used by the MMD test (its cost grows with the square of the rows)
-MIN_EXPECTED = 5.0  # chi-square cells expecting fewer items than this are pooled
 
 
 @dataclass(frozen=True)
@@ -100,18 +100,6 @@ class DriftStatus(BaseModel):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _pooled(expected: np.ndarray, counts: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pool the cells expecting fewer than ``MIN_EXPECTED`` items (the chi-square approximation needs more)."""
-    small = expected * total < MIN_EXPECTED
-    if not small.any():
-        return expected, counts
-    keep = ~small
-    return (
-        np.append(expected[keep], expected[small].sum()),
-        np.append(counts[keep], counts[small].sum()),
-    )
 
 
 def _histogram(values: np.ndarray) -> list[float]:
@@ -287,10 +275,12 @@ class DriftWindow:
             "current": rejected / total if total else None,
         }
         if total >= self.min_images:
-            expected, observed = _pooled(np.asarray(self.profile.class_mix, float), counts, total)
-            if len(expected) >= 2:
-                raw["class_mix"] = stats.class_mix_test(expected, observed).p_value
+            # the reference's mix and rejection rate are estimates from its validation items: two-sample tests
+            n_ref = int(self.profile.counts.get("validation_items") or len(self.profile.confidences))
+            reference = np.rint(np.asarray(self.profile.class_mix, float) * n_ref).astype(np.int64)
+            raw["class_mix"] = stats.class_mix_two_sample(reference, counts).p_value
             if self.task.reject is not None:
-                raw["rejections"] = stats.rejection_rate_test(self.profile.rejection_rate, rejected, total).p_value
+                ref_rejected = round(self.profile.rejection_rate * n_ref)
+                raw["rejections"] = stats.rejection_two_sample(ref_rejected, n_ref, rejected, total).p_value
         if len(confidences) >= self.min_images and len(self.profile.confidences) >= 2:
             raw["confidence"] = stats.confidence_shift(self.profile.confidences, confidences).p_value
