@@ -6,7 +6,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,30 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 def tail(path: Path, chars: int = 4000) -> str:
     """The end of a log file ('' when it does not exist)."""
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+@contextmanager
+def running(
+    args: list[str],
+    *,
+    log: Path,
+    ready_url: str,
+    what: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``args`` (output to ``log``), wait until ``ready_url`` answers 200, and stop the process (by its PID)
+    on the way out; fail with the log when it exits or does not become ready within ``timeout`` seconds."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=out, cwd=cwd)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"{what} exited with {proc.returncode}\n{tail(log)}"
+            return httpx.get(ready_url, timeout=2).status_code == 200
+
+        wait_for(f"{what} did not become ready", ready, timeout, lambda: tail(log))
+        yield proc
+    finally:
+        stop_process(proc)

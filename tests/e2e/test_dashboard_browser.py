@@ -65,7 +65,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, add_profile, write_bundle
-from tests.processes import free_port, stop_process, tail, wait_for
+from tests.processes import free_port, running, tail
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLI = Path(sys.executable).with_name("care-companion")
@@ -273,19 +273,12 @@ def service(tmp_path: Path) -> Iterator[Service]:
         "CARE_INFERENCE_THREADS": "1",
     }
     log = tmp_path / "service.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(CLI), "serve", "--log-level", "warning"], env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"the service exited with {proc.returncode}\n{tail(log)}"
-            return httpx.get(f"{url}/ready", timeout=2).status_code == 200
-
-        wait_for("the service did not become ready", ready, 120, lambda: tail(log))
-        yield Service(url, proc, log)
+        args = [str(CLI), "serve", "--log-level", "warning"]
+        with running(args, log=log, ready_url=f"{url}/ready", what="the service", env=env) as proc:
+            yield Service(url, proc, log)
     finally:
-        stop_process(proc)  # only the process this fixture started, by its PID
         print(f"--- service log ({log}), shown by pytest when the test fails\n{tail(log)}")
 
 

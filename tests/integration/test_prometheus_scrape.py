@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from care_companion.config import Settings
 from care_companion.records.db import upgrade
-from tests.processes import free_port, stop_process, tail, wait_for
+from tests.processes import free_port, running, tail, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +49,11 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "CARE_WRIST_MODEL": str(tmp_path / "no-wrist-bundle"),
     }
     log = tmp_path / "service.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(CLI), "serve", "--log-level", "warning"], env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            assert proc.poll() is None, f"the service exited with {proc.returncode}\n{tail(log)}"
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-
-        wait_for("the service did not answer /health", up, 120, lambda: tail(log))
+    with running(
+        [str(CLI), "serve", "--log-level", "warning"], log=log, ready_url=f"{url}/health", what="the service", env=env
+    ):
         yield url, log
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture
@@ -81,30 +72,16 @@ def prometheus(tmp_path: Path, service: tuple[str, Path]) -> Iterator[tuple[str,
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
     log = tmp_path / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(PROMETHEUS),
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=out,
-            stderr=out,
-            cwd=tmp_path,
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"prometheus exited with {proc.returncode}\n{tail(log)}"
-            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
-
-        wait_for("prometheus did not become ready", ready, 60, lambda: tail(log))
+    args = [
+        str(PROMETHEUS),
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    with running(args, log=log, ready_url=f"{url}/-/ready", what="prometheus", timeout=60, cwd=tmp_path):
         yield url, log
-    finally:
-        stop_process(proc)
 
 
 def _query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:

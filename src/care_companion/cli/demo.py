@@ -13,7 +13,7 @@ from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_
 def demo_cmd(
     per_class: Annotated[int, typer.Option(help="Synthetic chest X-rays per class.")] = 200,
     non_xray: Annotated[int, typer.Option(help="Generated non-X-ray images.")] = 100,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs of the small demo model.")] = 12,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs of the small demo models.")] = 12,
     wrist: Annotated[
         bool, typer.Option(help="Also build synthetic wrist studies and train the two-view model.")
     ] = True,
@@ -52,7 +52,9 @@ def demo_cmd(
     if wrist:
         console.rule("[bold]Wrist: synthetic two-view studies (PA + lateral), DEMO MODEL")
         with friendly_errors():
-            wrist_imported, wrist_outcome = run_wrist_demo(cfg, studies=wrist_studies)
+            wrist_imported, wrist_outcome = run_wrist_demo(
+                cfg, studies=wrist_studies, config=DEMO_RECIPE.model_copy(update={"finetune_epochs": epochs})
+            )
         w = {k: wrist_outcome.metrics.get(f"fracture_{k}", float("nan")) for k in ("auc", "sensitivity", "specificity")}
         console.print(
             f"data set {wrist_imported.version}: {wrist_imported.n_images} films; test split: fracture AUC "

@@ -24,7 +24,7 @@ from care_companion.workflows.training import TrainOutcome, train_task
 
 DEMO_ADMIN = "admin"  # the demo's admin user; its password is reset on every run and printed
 
-DEMO_RECIPE = TrainConfig(
+DEMO_RECIPE = TrainConfig(  # both demo models: small, 128 px, from scratch
     backbone="resnet18",
     image_size=128,
     batch_size=32,
@@ -35,16 +35,6 @@ DEMO_RECIPE = TrainConfig(
     samples_per_epoch=None,
 )
 
-DEMO_WRIST_RECIPE = TrainConfig(
-    backbone="resnet18",
-    image_size=128,
-    batch_size=32,
-    head_epochs=0,
-    finetune_epochs=12,
-    finetune_lr=2e-3,
-    patience=5,
-    samples_per_epoch=None,
-)
 DEMO_WRIST_SIZE = 128  # side of the generated wrist films
 DEMO_WRIST_SEVERITY = 0.7  # fractures from clear to obvious: subtle ones need far more than minutes of CPU
 
@@ -87,7 +77,7 @@ def run_wrist_demo(
         min_side=settings.min_image_side,
         max_pixels=settings.max_image_pixels,
     )
-    recipe = (config or DEMO_WRIST_RECIPE).model_copy(update={"seed": settings.seed})
+    recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})  # the chest demo's recipe fits
     outcome = train_task(WRIST, recipe, settings=settings, dataset_version=imported.version, demo=True)
     return imported, outcome
 
