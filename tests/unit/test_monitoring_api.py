@@ -96,6 +96,8 @@ def test_wrist_without_a_model_reports_why(service: dict[str, Any]) -> None:
     assert report["tasks"]["wrist"]["status"] is None and "wrist" in report["tasks"]["wrist"]["reason"]
     health = service["client"].get("/v1/monitoring/health?task=wrist", headers=service["auth"]["tech"]).json()
     assert health["tasks"]["wrist"]["model"]["loaded"] is False
+    metrics = service["client"].get("/metrics").text  # nothing configured or registered: no alert expected
+    assert 'care_model_expected{task="wrist"} 0.0' in metrics and 'care_model_expected{task="chest"} 1.0' in metrics
 
 
 def test_health_counts_traffic_and_online_performance_from_verdicts(service: dict[str, Any]) -> None:

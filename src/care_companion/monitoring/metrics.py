@@ -57,6 +57,12 @@ class ServiceMetrics:
         self.rejected = Counter("care_rejected_inputs", "Inputs refused, by reason.", ["task", "reason"], registry=r)
         self.model = Info("care_model", "The model version each task serves.", ["task"], registry=r)
         self.model_loaded = Gauge("care_model_loaded", "1 when the task has a model loaded.", ["task"], registry=r)
+        self.model_expected = Gauge(
+            "care_model_expected",
+            "1 when the task should serve a model: one is configured, or registered under a serving alias.",
+            ["task"],
+            registry=r,
+        )
         self.drift_alarm = Gauge(
             "care_drift_alarm", "1 when the latest drift check of the task's window found drift.", ["task"], registry=r
         )

@@ -118,6 +118,8 @@ class ModelManager:
         except Exception as exc:  # a registry outage must not take the service down
             log.warning("could not look up the %s model: %s", task, exc)
             return f"kept: registry lookup failed ({type(exc).__name__}: {exc})"
+        configured = bool(getattr(self.settings, f"{task}_model", None))
+        self.metrics.model_expected.labels(task).set(1 if configured or not isinstance(found, str) else 0)
         if isinstance(found, str):
             if current is None:
                 self.unavailable[task] = found
