@@ -333,6 +333,7 @@ class Monitor:
             for task in self.models.tasks:
                 try:
                     await asyncio.to_thread(self.online, task)
+                    await asyncio.to_thread(self._registry_aliases, task)  # the health page then answers at once
                 except Exception as exc:  # never let the refresher die
                     log.warning("online performance of %s not refreshed: %s", task, exc)
             await asyncio.sleep(self.settings.monitor_refresh_seconds)
