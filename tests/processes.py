@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -77,3 +78,12 @@ def running(
         yield proc
     finally:
         stop_process(proc)
+
+
+def service_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a ``care-companion serve`` subprocess: this one without any ``CARE_``/``MLFLOW_``
+    variable, then the data dir, the port, no registry polling or orphan sweeps, and ``settings`` (as
+    ``CARE_<NAME>``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARE_", "MLFLOW_"))}
+    base = {"data_dir": str(data_dir), "port": str(port), "model_poll_seconds": "0", "orphan_sweep_seconds": "0"}
+    return env | {f"CARE_{name.upper()}": value for name, value in (base | settings).items()}

@@ -49,7 +49,6 @@ Only the service process this test started is stopped (by its PID).
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
@@ -65,7 +64,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, add_profile, write_bundle
-from tests.processes import free_port, running, tail
+from tests.processes import free_port, running, service_env, tail
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLI = Path(sys.executable).with_name("care-companion")
@@ -259,19 +258,17 @@ def service(tmp_path: Path) -> Iterator[Service]:
     open_account(settings, username=TECH, role="technician", password=PASSWORD, department="radiology")
     open_account(settings, username=RAD, role="radiologist", password=PASSWORD, department="radiology")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARE_", "MLFLOW_"))} | {
-        "CARE_DATA_DIR": str(data_dir),
-        "CARE_PORT": str(port),
-        "CARE_MODEL_POLL_SECONDS": "0",
-        "CARE_ORPHAN_SWEEP_SECONDS": "0",
-        "CARE_CHEST_MODEL": str(chest),
-        "CARE_WRIST_MODEL": str(wrist),
-        "CARE_DRIFT_CHECK_EVERY": "5",
-        "CARE_DRIFT_MIN_IMAGES": "10",
-        "CARE_DRIFT_PERMUTATIONS": "50",
-        "CARE_MONITOR_REFRESH_SECONDS": "1",
-        "CARE_INFERENCE_THREADS": "1",
-    }
+    env = service_env(
+        data_dir,
+        port,
+        chest_model=str(chest),
+        wrist_model=str(wrist),
+        drift_check_every="5",
+        drift_min_images="10",
+        drift_permutations="50",
+        monitor_refresh_seconds="1",
+        inference_threads="1",
+    )
     log = tmp_path / "service.log"
     url = f"http://127.0.0.1:{port}"
     try:

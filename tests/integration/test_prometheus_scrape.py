@@ -5,7 +5,6 @@ every dashboard query is valid PromQL."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from care_companion.config import Settings
 from care_companion.records.db import upgrade
-from tests.processes import free_port, running, tail, wait_for
+from tests.processes import free_port, running, service_env, tail, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +39,12 @@ def service(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     data_dir = tmp_path / "care-data"
     upgrade(Settings(data_dir=data_dir).db_url)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARE_", "MLFLOW_"))} | {
-        "CARE_DATA_DIR": str(data_dir),
-        "CARE_PORT": str(port),
-        "CARE_MODEL_POLL_SECONDS": "0",
-        "CARE_ORPHAN_SWEEP_SECONDS": "0",
-        "CARE_CHEST_MODEL": str(tmp_path / "no-chest-bundle"),
-        "CARE_WRIST_MODEL": str(tmp_path / "no-wrist-bundle"),
-    }
+    env = service_env(
+        data_dir,
+        port,
+        chest_model=str(tmp_path / "no-chest-bundle"),
+        wrist_model=str(tmp_path / "no-wrist-bundle"),
+    )
     log = tmp_path / "service.log"
     url = f"http://127.0.0.1:{port}"
     with running(

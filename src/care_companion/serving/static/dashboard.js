@@ -544,21 +544,26 @@
     return p.node;
   }
 
+  // Grouped bars of a drift Distribution (bins, reference shares, current shares) in a chart holder.
+  function referenceVsCurrent(t, status, dist, testidSuffix, what) {
+    var holder = el("div", { class: "chart-holder", testid: t + testidSuffix });
+    holder.appendChild(CareCharts.groupedBars({
+      bins: dist ? dist.bins : [],
+      groups: dist ? [
+        { name: "reference", color: REFERENCE_COLOR, values: dist.reference },
+        { name: "current", color: CURRENT_COLOR, values: dist.current },
+      ] : [],
+      format: fmtRate,
+      label: (TASK_TITLES[t] || t) + ": " + what + ", reference vs current",
+      emptyText: status && !status.available ? "drift monitoring unavailable" : "no inputs yet",
+    }));
+    return holder;
+  }
+
   function classMixPanel(t, status) {
     var p = panel("Class mix", t + "-class-mix-panel", "Share of decided classes: validation reference vs the current window.");
     var mix = status && status.class_mix;
-    var holder = el("div", { class: "chart-holder", testid: t + "-class-mix-chart" });
-    holder.appendChild(CareCharts.groupedBars({
-      bins: mix ? mix.bins : [],
-      groups: mix ? [
-        { name: "reference", color: REFERENCE_COLOR, values: mix.reference },
-        { name: "current", color: CURRENT_COLOR, values: mix.current },
-      ] : [],
-      format: fmtRate,
-      label: (TASK_TITLES[t] || t) + ": class mix, reference vs current",
-      emptyText: status && !status.available ? "drift monitoring unavailable" : "no inputs yet",
-    }));
-    p.body.appendChild(holder);
+    p.body.appendChild(referenceVsCurrent(t, status, mix, "-class-mix-chart", "class mix"));
     if (mix) {
       p.body.appendChild(el("table", { class: "table compact" },
         el("thead", null, el("tr", null, el("th", { text: "Class" }), el("th", { class: "num", text: "Reference" }), el("th", { class: "num", text: "Current" }))),
@@ -574,18 +579,7 @@
   function confidencePanel(t, status) {
     var p = panel("Confidence and rejections", t + "-confidence-panel", "Probability of the decided class (images of the task), and how many inputs were refused.");
     var conf = status && status.confidence;
-    var holder = el("div", { class: "chart-holder", testid: t + "-confidence-chart" });
-    holder.appendChild(CareCharts.groupedBars({
-      bins: conf ? conf.bins : [],
-      groups: conf ? [
-        { name: "reference", color: REFERENCE_COLOR, values: conf.reference },
-        { name: "current", color: CURRENT_COLOR, values: conf.current },
-      ] : [],
-      format: fmtRate,
-      label: (TASK_TITLES[t] || t) + ": confidence histogram, reference vs current",
-      emptyText: status && !status.available ? "drift monitoring unavailable" : "no inputs yet",
-    }));
-    p.body.appendChild(holder);
+    p.body.appendChild(referenceVsCurrent(t, status, conf, "-confidence-chart", "confidence histogram"));
     var rate = (status && status.rejection_rate) || {};
     var mean = (status && status.confidence_mean) || {};
     p.body.appendChild(el("table", { class: "table compact" },
