@@ -29,18 +29,18 @@ from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.data.folders import image_files
 from care_companion.data.manifest import load_manifest
-from care_companion.evaluation.decision import decide
 from care_companion.imaging.decode import decode_image
 from care_companion.models.bundle import load_meta
-from care_companion.models.predictor import BundlePredictor, softmax
+from care_companion.models.predictor import BundlePredictor
 from care_companion.monitoring.drift import FAMILIES, DriftStatus, DriftWindow, Observation
 from care_companion.monitoring.features import FEATURE_NAMES, HISTOGRAM_BINS, describe
-from care_companion.monitoring.profile import ReferenceProfile, decided_confidences, fit_pca
+from care_companion.monitoring.profile import ReferenceProfile, decided_confidences, fit_pca, pca_project
 from care_companion.monitoring.stats import KL_BASELINE_THRESHOLD, KLResult, kl_baseline
 from care_companion.progress import progress_bar
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST
 from care_companion.training.trainer import TrainConfig
+from care_companion.workflows.scoring import Scores, score_feed
 from care_companion.workflows.training import train_task
 
 SIZES = (25, 50, 100)
@@ -127,19 +127,22 @@ def score(predictor: BundlePredictor, images: list[np.ndarray], description: str
     """Features, histograms, embeddings, calibrated probabilities and decisions of ``images`` (batched)."""
     n = len(images)
     features, histograms = np.zeros((n, len(FEATURE_NAMES))), np.zeros((n, HISTOGRAM_BINS))
-    logits, embeddings = [], []
+    parts: list[Scores] = []
     with progress_bar() as bar:
         task = bar.add_task(description, total=n)
         for start in range(0, n, CHUNK):
             part = images[start : start + CHUNK]
             for i, image in enumerate(part):
                 features[start + i], histograms[start + i] = describe(image)
-            lo, emb = predictor.logits_and_embeddings(predictor.preprocess(part))
-            logits.append(lo)
-            embeddings.append(emb)
+            parts.append(score_feed(predictor, predictor.preprocess(part), CHEST))
             bar.advance(task, len(part))
-    probs = softmax(np.concatenate(logits), predictor.temperature)
-    return Scored(features, histograms, np.concatenate(embeddings), probs, decide(probs, CHEST, predictor.thresholds))
+    return Scored(
+        features,
+        histograms,
+        np.concatenate([p.embeddings for p in parts if p.embeddings is not None]),
+        np.concatenate([p.probabilities for p in parts]),
+        np.concatenate([p.decided for p in parts]),
+    )
 
 
 def _u8(values: np.ndarray) -> np.ndarray:
@@ -180,7 +183,7 @@ def reference_profile(r: Scored) -> ReferenceProfile:
         pca_mean=mean,
         pca_components=components,
         pca_explained=explained,
-        embeddings={"fp32": (r.embeddings[kept] - mean) @ components.T},
+        embeddings={"fp32": pca_project(r.embeddings[kept], mean, components)},
         class_mix=np.bincount(r.decided, minlength=len(CHEST.classes)) / len(r.decided),
         confidences=decided_confidences(r.probs, r.decided)[kept],
         rejection_rate=float(r.rejected.mean()),
@@ -260,7 +263,6 @@ def one_window(
                 probabilities=pool.probs[i],
                 decided=int(pool.decided[i]),
                 rejected=bool(rejected[i]),
-                at=float(seed),
             )
         )
     status = window.check(seed=seed)

@@ -64,7 +64,6 @@ def draw(
                 probabilities=probs,
                 decided=decided,
                 rejected=decided == 3,
-                at=0.0,
             )
         )
     return out

@@ -16,12 +16,6 @@ app = typer.Typer(
 )
 
 
-def _p(value: float | None) -> str:
-    if value is None:
-        return "not run"
-    return f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
-
-
 @app.command("report")
 def report_cmd(
     reference: Annotated[
@@ -45,6 +39,7 @@ def report_cmd(
 
     Exit code 0: no drift; 3: drift found; 2: an error (bad folder, model without a profile, ...).
     """
+    from care_companion.monitoring.report_html import format_p
     from care_companion.workflows.drift_report import drift_report
 
     with friendly_errors():
@@ -64,7 +59,7 @@ def report_cmd(
         table.add_column(column)
     for family, raw in found.raw_p_values.items():
         result = "not run" if raw is None else ("[red]drift" if family in found.flagged else "no drift")
-        table.add_row(family, _p(raw), _p(found.p_values.get(family)), result)
+        table.add_row(family, format_p(raw), format_p(found.p_values.get(family)), result)
     console.print(table)
     if found.skipped:
         err_console.print(f"[yellow]{len(found.skipped)} of {found.files} files skipped[/] (listed in the report):")

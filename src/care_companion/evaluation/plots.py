@@ -21,14 +21,16 @@ if TYPE_CHECKING:
 PLOT_FILES = {"roc": "roc.png", "confusion": "confusion.png", "reliability": "reliability.png"}
 
 
-def _figure(width: float, height: float, nrows: int = 1, **subplots: Any) -> tuple[Figure, Any]:
-    """A figure on an Agg canvas and its axes (``Figure.subplots(nrows, 1, **subplots)``)."""
+def new_figure(
+    width: float, height: float, nrows: int = 1, ncols: int = 1, *, dpi: int = 100, **subplots: Any
+) -> tuple[Figure, Any]:
+    """A figure on an Agg canvas and its axes (``Figure.subplots(nrows, ncols, **subplots)``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, 1, **subplots)
+    return fig, fig.subplots(nrows, ncols, **subplots)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -51,7 +53,7 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, task: TaskSpec, path: Path) 
     for name, c in zip(task.positives, task.positive_indices, strict=True):
         curves.append((name, y == c, probs[:, c], 1.5))
 
-    fig, ax = _figure(6, 6)
+    fig, ax = new_figure(6, 6)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     for name, positive, score, width in curves:
         if positive.all() or not positive.any():
@@ -72,7 +74,7 @@ def plot_confusion(report: EvaluationReport, path: Path) -> Path:
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
 
     size = 1.4 * len(labels) + 2
-    fig, ax = _figure(size, size)
+    fig, ax = new_figure(size, size)
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
@@ -94,7 +96,7 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, path: Path) -> Path:
     accuracy = np.array([np.nan if a is None else a for a in bins.accuracy])
     confidence = np.array([np.nan if c is None else c for c in bins.confidence])
 
-    fig, (top, bottom) = _figure(6, 7.5, 2, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (top, bottom) = new_figure(6, 7.5, 2, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     top.bar(centres, np.nan_to_num(accuracy), width=width, edgecolor="black", alpha=0.8, label="accuracy")
     gap_bottom = np.fmin(accuracy, confidence)

@@ -45,7 +45,6 @@ class Observation:
     probabilities: np.ndarray  # calibrated [C]
     decided: int
     rejected: bool
-    at: float
 
 
 class FeatureDrift(BaseModel):

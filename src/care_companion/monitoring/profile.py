@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from care_companion.errors import ModelError
+from care_companion.models.bundle import PROFILE_FILE
 
 PROFILE_VERSION = 1
 
@@ -48,7 +49,7 @@ class ReferenceProfile:
             raise ModelError(
                 f"embeddings of shape {embeddings.shape} do not match the profile's width {self.pca_mean.shape[0]}"
             )
-        return (embeddings - self.pca_mean) @ self.pca_components.T
+        return pca_project(embeddings, self.pca_mean, self.pca_components)
 
     def reference_embeddings(self, precision: str) -> np.ndarray:
         """The projected validation embeddings of the model file run at ``precision`` (float32 as fallback)."""
@@ -116,6 +117,21 @@ class ReferenceProfile:
         )
 
 
+def load_bundle_profile(bundle_dir: Path) -> ReferenceProfile:
+    """The reference profile in a bundle folder.
+
+    Raises:
+        ModelError: the bundle has none (the message gives the command that makes one), or it is unreadable.
+    """
+    path = Path(bundle_dir) / PROFILE_FILE
+    if not path.is_file():
+        raise ModelError(
+            f"{bundle_dir}: the model has no reference profile ({PROFILE_FILE}); "
+            f"compute it with `care-companion drift profile {bundle_dir}`"
+        )
+    return ReferenceProfile.load(path)
+
+
 def fit_pca(embeddings: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean [D], the top ``components`` principal directions [K, D] and their explained-variance shares [K].
 
@@ -131,6 +147,11 @@ def fit_pca(embeddings: np.ndarray, components: int) -> tuple[np.ndarray, np.nda
     total = variance.sum()
     explained = variance[:k] / total if total > 0 else np.zeros(k)
     return mean, vt[:k], explained
+
+
+def pca_project(embeddings: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Embeddings [N, D] in the coordinates of a PCA (mean [D], components [K, D]): [N, K]."""
+    return (np.asarray(embeddings, dtype=np.float64) - mean) @ components.T
 
 
 def decided_confidences(probs: np.ndarray, decided: np.ndarray) -> np.ndarray:

@@ -78,7 +78,8 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def _p(value: float | None) -> str:
+def format_p(value: float | None) -> str:
+    """A p-value for people: scientific below 0.001, three decimals above, "not run" for none."""
     if value is None:
         return "not run"
     return f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
@@ -141,7 +142,7 @@ def _families(status: DriftStatus, task_has_reject: bool) -> str:
             outcome = '<span class="flag">drift</span>'
         else:
             outcome = "no drift"
-        rows.append([f"<b>{_e(family)}</b>", _e(question), _e(method), _p(raw), _p(adjusted), outcome])
+        rows.append([f"<b>{_e(family)}</b>", _e(question), _e(method), format_p(raw), format_p(adjusted), outcome])
     return _table(["family", "question", "test", "raw p", "Holm-adjusted p", "result"], rows, numeric=(3, 4))
 
 
@@ -153,8 +154,8 @@ def _features(status: DriftStatus, profile: ReferenceProfile, current: np.ndarra
         [
             _e(f.name),
             f"{f.statistic:.3f}",
-            _p(f.p_value),
-            _p(f.adjusted) + (' <span class="flag">&#9650;</span>' if f.adjusted <= alpha else ""),
+            format_p(f.p_value),
+            format_p(f.adjusted) + (' <span class="flag">&#9650;</span>' if f.adjusted <= alpha else ""),
             f"{f.reference_median:.4g}",
             f"{f.current_median:.4g}",
         ]
@@ -264,7 +265,7 @@ def render_report(
         "<h2>Rejection rate</h2>",
         f"<p>Inputs refused as not being an image of the task: reference (validation) "
         f"{_num(rejection.get('reference'))}, current {_num(rejection.get('current'))} "
-        f"({rejected} of {status.window_inputs}); p-value {_p(status.raw_p_values.get('rejections'))}.</p>",
+        f"({rejected} of {status.window_inputs}); p-value {format_p(status.raw_p_values.get('rejections'))}.</p>",
         "<h2>KL baseline</h2>",
         f"<p>KL divergence of the current mean intensity histogram from the reference: "
         f"<b>{_num(status.kl_baseline, 4)}</b> nats. A naive baseline shown for comparison only: it has no "

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from care_companion.evaluation.plots import new_figure
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -20,14 +22,9 @@ REFERENCE_COLOUR = "#4c72b0"
 CURRENT_COLOUR = "#dd8452"
 
 
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1, **subplots: Any) -> tuple[Figure, Any]:
-    """A figure on an Agg canvas and its axes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=90)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplots)
+def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, Any]:
+    """A figure on an Agg canvas and its axes, always as a 2-D array."""
+    return new_figure(width, height, nrows, ncols, dpi=90, squeeze=False)
 
 
 def _data_uri(fig: Figure) -> str:

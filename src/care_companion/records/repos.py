@@ -420,23 +420,22 @@ def recent_outcomes(*, session: Session, task: str, limit: int) -> list[tuple[st
     Each item is (predicted label, whether the prediction was positive, true label); the first two are None for a
     study confirmed without a prediction. A study confirmed twice counts once, with its latest verdict.
     """
-    stmt = (
-        select(Feedback.study_id, Feedback.predicted_label, Prediction.positive, Feedback.true_label)
+    latest = (
+        select(func.max(Feedback.id).label("id"))
         .join(Study, Feedback.study_id == Study.id)
-        .outerjoin(Prediction, Feedback.prediction_id == Prediction.id)
         .where(Study.task == task)
+        .group_by(Feedback.study_id)
+        .order_by(func.max(Feedback.id).desc())
+        .limit(limit)
+        .subquery()
+    )
+    stmt = (
+        select(Feedback.predicted_label, Prediction.positive, Feedback.true_label)
+        .join(latest, Feedback.id == latest.c.id)
+        .outerjoin(Prediction, Feedback.prediction_id == Prediction.id)
         .order_by(Feedback.id.desc())
     )
-    seen: set[int] = set()
-    out: list[tuple[str | None, bool | None, str]] = []
-    for study_id, predicted, positive, true_label in session.execute(stmt.limit(limit * 4)):
-        if study_id in seen:
-            continue
-        seen.add(study_id)
-        out.append((predicted, positive, true_label))
-        if len(out) >= limit:
-            break
-    return out
+    return [(predicted, positive, truth) for predicted, positive, truth in session.execute(stmt)]
 
 
 # -- drift checks --------------------------------------------------------------------------------------------

@@ -15,12 +15,12 @@ import numpy as np
 from care_companion.config import Settings
 from care_companion.errors import ModelError
 from care_companion.imaging.decode import decode_image
-from care_companion.models.bundle import PROFILE_FILE, BundleMeta
+from care_companion.models.bundle import BundleMeta
 from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.monitoring.drift import DriftWindow
 from care_companion.monitoring.features import describe
 from care_companion.monitoring.metrics import ServiceMetrics
-from care_companion.monitoring.profile import ReferenceProfile
+from care_companion.monitoring.profile import load_bundle_profile
 from care_companion.serving.batcher import Input, MicroBatcher
 from care_companion.tasks import TaskSpec
 
@@ -144,14 +144,11 @@ def start_model(task_name: str, source: ModelSource, settings: Settings, metrics
 def drift_window(predictor: BundlePredictor, source: ModelSource, settings: Settings) -> DriftWindow:
     """A fresh drift window for a model being loaded, against its bundle's reference profile when it has one."""
     profile, why = None, None
-    path = predictor.directory / PROFILE_FILE
     if not predictor.has_embedding:
         why = "the model was exported without an embedding output; retrain or re-export it for drift monitoring"
-    elif not path.is_file():
-        why = f"the model bundle has no {PROFILE_FILE}; run `care-companion drift profile` on it"
     else:
         try:
-            profile = ReferenceProfile.load(path)
+            profile = load_bundle_profile(predictor.directory)
         except ModelError as exc:
             why = exc.detail
             log.warning("drift monitoring is off for %s: %s", source.reference, why)

@@ -27,6 +27,7 @@ from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.monitoring.performance import OnlinePerformance, online_performance
 from care_companion.records.models import DriftCheck
 from care_companion.records.repos import add_drift_check, list_drift_checks, recent_outcomes
+from care_companion.registry.models import ALIASES, alias_version
 from care_companion.serving.engine import Prepared, ServedModel
 from care_companion.serving.manager import ModelManager
 from care_companion.tasks import get_task
@@ -125,7 +126,6 @@ class Monitor:
         self._running: dict[str, asyncio.Task[DriftStatus]] = {}
         self._latency: dict[str, deque[tuple[float, float]]] = {t: deque(maxlen=100_000) for t in models.tasks}
         self._aliases: dict[str, tuple[float, dict[str, int | None]]] = {}
-        self._online: dict[str, OnlinePerformance] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     # -- inputs ------------------------------------------------------------------------------------------------
@@ -150,11 +150,10 @@ class Monitor:
             probabilities=probabilities,
             decided=model.meta.classes.index(label),
             rejected=rejected,
-            at=time.time(),
         )
         since = model.drift.observe(observation)
         if latency_s is not None and not rejected:
-            self._latency.setdefault(task, deque(maxlen=100_000)).append((time.monotonic(), latency_s))
+            self._latency[task].append((time.monotonic(), latency_s))
         due = since >= self.settings.drift_check_every and len(model.drift) >= self.settings.drift_min_images
         if due and task not in self._running:
             self._running[task] = asyncio.get_running_loop().create_task(self.check(model))
@@ -246,8 +245,6 @@ class Monitor:
         )
 
     def _registry_aliases(self, task: str) -> dict[str, int | None]:
-        from care_companion.registry.models import ALIASES, alias_version
-
         cached = self._aliases.get(task)
         if cached is not None and time.monotonic() - cached[0] < ALIAS_CACHE_SECONDS:
             return cached[1]
@@ -283,17 +280,14 @@ class Monitor:
         with self.sessions() as session:
             outcomes = recent_outcomes(session=session, task=task, limit=window)
         figures = online_performance(outcomes, get_task(task), window=window)
-        self._online[task] = figures
         self.metrics.set_online(task, figures.model_dump(), figures.studies)
         return figures
 
     def _health(self, task: str) -> TaskHealth:
-        predictions = {
-            labels[1]: value for labels, value in self.metrics.totals("care_predictions").items() if labels[0] == task
-        }
-        merged: dict[str, float] = {}
-        for label, value in predictions.items():
-            merged[label] = merged.get(label, 0.0) + value
+        merged: dict[str, float] = {}  # by label, over both decisions
+        for (of, label, _), value in self.metrics.totals("care_predictions").items():
+            if of == task:
+                merged[label] = merged.get(label, 0.0) + value
         rejected = {
             labels[1]: value
             for labels, value in self.metrics.totals("care_rejected_inputs").items()

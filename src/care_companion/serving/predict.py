@@ -46,9 +46,7 @@ def _model_ref(model: ServedModel) -> ModelRef:
 class Predictor:
     """Runs uploads through the served models; decoding happens in a worker pool, inference in micro-batches."""
 
-    def __init__(
-        self, settings: Settings, models: ModelManager, metrics: ServiceMetrics, monitor: Monitor | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, models: ModelManager, metrics: ServiceMetrics, monitor: Monitor) -> None:
         self.settings = settings
         self.models = models
         self.metrics = metrics
@@ -112,16 +110,15 @@ class Predictor:
         a rejected one included."""
         task = model.task.name
         found = interpret(probs, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin)
-        if self.monitor is not None:
-            self.monitor.observe(
-                model,
-                prepared,
-                probs,
-                embedding,
-                label=found.label,
-                rejected=found.rejected,
-                latency_s=time.perf_counter() - started,
-            )
+        self.monitor.observe(
+            model,
+            prepared,
+            probs,
+            embedding,
+            label=found.label,
+            rejected=found.rejected,
+            latency_s=time.perf_counter() - started,
+        )
         if found.rejected:
             error = NotForTask(
                 f"{what}: this does not look like a {task} X-ray (P({found.label}) = "

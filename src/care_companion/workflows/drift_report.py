@@ -8,7 +8,6 @@ reference profile of a bundle trained before profiles existed.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +17,21 @@ from care_companion.config import Settings
 from care_companion.data.cache import build_cache
 from care_companion.data.folders import IMAGE_SUFFIXES, image_files
 from care_companion.data.manifest import load_manifest
-from care_companion.errors import ConfigError, DataError, InvalidImageError, ModelError
-from care_companion.evaluation.decision import decide
+from care_companion.errors import ConfigError, DataError, InvalidImageError
 from care_companion.imaging.decode import decode_image
 from care_companion.imaging.preprocess import resize_square
-from care_companion.models.bundle import PROFILE_FILE, load_meta
-from care_companion.models.predictor import BundlePredictor, softmax
+from care_companion.models.bundle import load_meta
+from care_companion.models.predictor import BundlePredictor
 from care_companion.monitoring.drift import DriftStatus, DriftWindow, Observation
 from care_companion.monitoring.features import describe
-from care_companion.monitoring.profile import ReferenceProfile
+from care_companion.monitoring.profile import ReferenceProfile, load_bundle_profile
 from care_companion.monitoring.report_html import ReportContext, SkippedFile, write_report
 from care_companion.parallel import parallel_map
 from care_companion.registry.models import alias_version, resolve_bundle
 from care_companion.storage import store_from_settings
 from care_companion.tasks import TaskSpec
 from care_companion.workflows.profiling import build_profile
+from care_companion.workflows.scoring import score_feed
 from care_companion.workflows.training import split_arrays
 
 CHUNK = 256  # images preprocessed and scored at a time (bounds the float32 batch in memory)
@@ -133,22 +132,16 @@ def observe_folder(
             if predictor.meta.multiview
             else predictor.preprocess(images)
         )
-        if predictor.has_embedding:
-            logits, embeddings = predictor.logits_and_embeddings(feed)
-        else:
-            logits, embeddings = predictor.logits(feed), None
-        probs = softmax(logits, predictor.temperature)
-        decided = decide(probs, task, predictor.thresholds)  # the rule the service answers with
+        scores = score_feed(predictor, feed, task)  # decided by the rule the service answers with
         for i, (features, histogram, _) in enumerate(part):
             observations.append(
                 Observation(
                     features=(features,),
                     histograms=(histogram,),
-                    embedding=None if embeddings is None else embeddings[i],
-                    probabilities=probs[i],
-                    decided=int(decided[i]),
-                    rejected=reject == int(decided[i]),
-                    at=time.time(),
+                    embedding=None if scores.embeddings is None else scores.embeddings[i],
+                    probabilities=scores.probabilities[i],
+                    decided=int(scores.decided[i]),
+                    rejected=reject == int(scores.decided[i]),
                 )
             )
     return observations, skipped
@@ -165,17 +158,6 @@ def _model_version(reference: str, settings: Settings) -> str | None:
         number = alias_version(name, alias, settings)
         return None if number is None else str(number)
     return rest.rsplit("/", 1)[-1]
-
-
-def load_reference(bundle_dir: Path) -> ReferenceProfile:
-    """The bundle's reference profile, with the command that makes one when it is missing."""
-    path = bundle_dir / PROFILE_FILE
-    if not path.is_file():
-        raise ModelError(
-            f"{bundle_dir}: the model has no reference profile ({PROFILE_FILE}); "
-            f"compute it with `care-companion drift profile {bundle_dir}`"
-        )
-    return ReferenceProfile.load(path)
 
 
 def drift_report(
@@ -217,7 +199,7 @@ def drift_report(
         raise ConfigError(f"{reference} is a {meta.task} model, not a {task} model")
     spec = meta.task_spec()
     as_view = _view_for(spec, view)
-    profile = load_reference(bundle_dir)
+    profile = load_bundle_profile(bundle_dir)
     predictor = BundlePredictor(bundle_dir, precision=precision or settings.engine_precision)
     observations, skipped = observe_folder(
         predictor,

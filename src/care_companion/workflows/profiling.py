@@ -14,15 +14,14 @@ import numpy as np
 from care_companion.data.cache import load_stored_image
 from care_companion.data.datasets import ArrayData
 from care_companion.data.manifest import Manifest
-from care_companion.evaluation.decision import decide
 from care_companion.models.bundle import INT8_FILE, PROFILE_FILE, load_meta
-from care_companion.models.predictor import BundlePredictor, softmax
+from care_companion.models.predictor import BundlePredictor
 from care_companion.monitoring.features import FEATURE_NAMES, HISTOGRAM_BINS, describe
-from care_companion.monitoring.profile import ReferenceProfile, decided_confidences, fit_pca
+from care_companion.monitoring.profile import ReferenceProfile, decided_confidences, fit_pca, pca_project
 from care_companion.progress import progress_bar
 from care_companion.storage import ObjectStore
 from care_companion.tasks import TaskSpec
-from care_companion.workflows.scoring import model_feed
+from care_companion.workflows.scoring import model_feed, score_feed
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +60,6 @@ def _sample(data: ArrayData, task: TaskSpec, max_items: int, seed: int) -> np.nd
     if len(index) > max_items:
         index = np.sort(np.random.default_rng(seed).choice(index, max_items, replace=False))
     return index
-
-
-def _validation_behaviour(
-    predictor: BundlePredictor, val: ArrayData, task: TaskSpec
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decided classes [M], calibrated probabilities [M, C] and embeddings [M, D] of every validation item."""
-    logits, embeddings = predictor.logits_and_embeddings(model_feed(predictor, val))
-    probs = softmax(logits, predictor.temperature)
-    return decide(probs, task, predictor.thresholds), probs, embeddings
 
 
 def build_profile(
@@ -118,14 +108,17 @@ def profile_from_arrays(
     mean, components, explained = fit_pca(train_embeddings, PCA_COMPONENTS)
 
     reject = task.index(task.reject) if task.reject is not None else -1
-    decided, probs, embeddings = _validation_behaviour(fp32, val, task)
+    scores = score_feed(fp32, model_feed(fp32, val), task)  # the model has embeddings: the PCA needed them
+    decided, probs = scores.decided, scores.probabilities
     kept = decided != reject
-    projected = {"fp32": (embeddings[kept] - mean) @ components.T}
+    assert scores.embeddings is not None
+    projected = {"fp32": pca_project(scores.embeddings[kept], mean, components)}
     meta = load_meta(bundle_dir)
     if meta.int8 is not None and (bundle_dir / (meta.int8.file or INT8_FILE)).is_file():
-        int8 = BundlePredictor(bundle_dir, precision="int8")
-        decided8, _, embeddings8 = _validation_behaviour(int8, val, task)
-        projected["int8"] = (embeddings8[decided8 != reject] - mean) @ components.T
+        engine = BundlePredictor(bundle_dir, precision="int8")
+        int8 = score_feed(engine, model_feed(engine, val), task)
+        assert int8.embeddings is not None
+        projected["int8"] = pca_project(int8.embeddings[int8.decided != reject], mean, components)
 
     profile = ReferenceProfile(
         task=task.name,

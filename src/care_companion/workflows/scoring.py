@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from care_companion.data.datasets import ArrayData
+from care_companion.evaluation.decision import decide
 from care_companion.models.predictor import BundlePredictor, Feed, softmax
+from care_companion.tasks import TaskSpec
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the engine makes of a batch: calibrated probabilities, decisions at the operating point, embeddings."""
+
+    probabilities: np.ndarray  # [N, C]
+    decided: np.ndarray  # [N] class indices, by the rule the service answers with
+    embeddings: np.ndarray | None  # [N, D]; None for a model exported without an embedding output
+
+
+def score_feed(predictor: BundlePredictor, feed: np.ndarray | Feed, task: TaskSpec) -> Scores:
+    """Run a preprocessed batch through the bundle (embeddings too, when the model has them) and decide it."""
+    if predictor.has_embedding:
+        logits, embeddings = predictor.logits_and_embeddings(feed)
+    else:
+        logits, embeddings = predictor.logits(feed), None
+    probs = softmax(logits, predictor.temperature)
+    return Scores(probs, decide(probs, task, predictor.thresholds), embeddings)
 
 
 def model_feed(predictor: BundlePredictor, data: ArrayData, index: np.ndarray | None = None) -> np.ndarray | Feed:
