@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from care_companion.errors import DataError
 from care_companion.records.models import (
@@ -451,12 +451,21 @@ def add_drift_check(*, session: Session, check: DriftCheck) -> DriftCheck:
 def list_drift_checks(
     *, session: Session, task: str, since: datetime | None = None, limit: int = MAX_LIMIT
 ) -> list[DriftCheck]:
-    """A task's drift checks, oldest first: the latest ``limit`` (at most ``MAX_LIMIT``), optionally since a time."""
-    stmt = select(DriftCheck).where(DriftCheck.task == task)
+    """A task's drift checks, oldest first: the latest ``limit`` (at most ``MAX_LIMIT``), optionally since a time.
+    Each check's full ``detail`` is loaded only when it is read."""
+    stmt = select(DriftCheck).options(defer(DriftCheck.detail)).where(DriftCheck.task == task)
     if since is not None:
         stmt = stmt.where(DriftCheck.at >= since)
     newest = session.scalars(stmt.order_by(DriftCheck.id.desc()).limit(min(limit, MAX_LIMIT))).all()
     return list(reversed(newest))
+
+
+def latest_drift_alarm(*, session: Session, task: str, since: datetime) -> datetime | None:
+    """When the latest drift check of ``task`` since ``since`` that found drift ran, if one did."""
+    stmt = select(func.max(DriftCheck.at)).where(
+        DriftCheck.task == task, DriftCheck.at >= since, DriftCheck.drifted.is_(True)
+    )
+    return session.scalar(stmt)
 
 
 # -- audit ---------------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from pydantic import BaseModel
 
 from care_companion.config import Settings
 from care_companion.feedback.dataset import FeedbackDataset, build_dataset, new_feedback_count
+from care_companion.records import repos
 from care_companion.records.db import check_migrated, make_engine, session_factory
-from care_companion.records.repos import list_drift_checks
 from care_companion.storage import store_from_settings
 from care_companion.tasks import TaskSpec
 from care_companion.training.trainer import TrainConfig
@@ -72,10 +72,9 @@ def latest_drift_alarm(task: TaskSpec, settings: Settings) -> datetime | None:
     try:
         check_migrated(engine)
         with session_factory(engine)() as session:
-            alarms = [c.at for c in list_drift_checks(session=session, task=task.name, since=since) if c.drifted]
+            return repos.latest_drift_alarm(session=session, task=task.name, since=since)
     finally:
         engine.dispose()
-    return alarms[-1] if alarms else None
 
 
 def retrain(
