@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from care_companion import REVIEW_WARNING
 from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, settings
+
+if TYPE_CHECKING:  # the CLI imports training (torch) only when a command needs it
+    from care_companion.data.importer import ImportResult
+    from care_companion.workflows.training import TrainOutcome
+
+
+def _summarise(imported: ImportResult, outcome: TrainOutcome, *, disease: str, if_refused: str = "") -> None:
+    """The data set, the test figures (disease classes together) and what the gate decided, for one demo model."""
+    m = outcome.metrics
+    console.print(
+        f"data set {imported.version}: {imported.n_images} images, "
+        f"{len(imported.skipped)} skipped, {len(imported.duplicates)} duplicates"
+    )
+    console.print(
+        f"test split: {disease} AUC {m.get('auc_abnormal', float('nan')):.3f}, sensitivity "
+        f"{m.get('sensitivity_abnormal', float('nan')):.3f}, "
+        f"specificity {m.get('specificity_abnormal', float('nan')):.3f}"
+    )
+    if outcome.registered_version is not None:
+        console.print(
+            f"[green]registered[/] {outcome.task} version {outcome.registered_version} (alias staging) — demo model"
+        )
+    else:
+        why = "; ".join(outcome.gate.shortfalls)
+        err_console.print(
+            f"[bold red]gate refused the {outcome.task} demo model:[/] {why}"
+            + (f" ({if_refused})" if if_refused else "")
+        )
 
 
 def demo_cmd(
@@ -34,20 +62,7 @@ def demo_cmd(
             non_xray=non_xray,
             config=DEMO_RECIPE.model_copy(update={"finetune_epochs": epochs}),
         )
-    m = outcome.metrics
-    console.print(
-        f"data set {imported.version}: {imported.n_images} images, "
-        f"{len(imported.skipped)} skipped, {len(imported.duplicates)} duplicates"
-    )
-    console.print(
-        f"test split: abnormal AUC {m.get('auc_abnormal', float('nan')):.3f}, sensitivity "
-        f"{m.get('sensitivity_abnormal', float('nan')):.3f}, "
-        f"specificity {m.get('specificity_abnormal', float('nan')):.3f}"
-    )
-    if outcome.registered_version is not None:
-        console.print(f"[green]registered[/] chest version {outcome.registered_version} (alias staging) — demo model")
-    else:
-        err_console.print("[bold red]gate refused the demo model:[/] " + "; ".join(outcome.gate.shortfalls))
+    _summarise(imported, outcome, disease="abnormal")
     wrist_outcome = None
     if wrist:
         console.rule("[bold]Wrist: synthetic two-view studies (PA + lateral), DEMO MODEL")
@@ -55,20 +70,12 @@ def demo_cmd(
             wrist_imported, wrist_outcome = run_wrist_demo(
                 cfg, studies=wrist_studies, config=DEMO_RECIPE.model_copy(update={"finetune_epochs": epochs})
             )
-        w = {k: wrist_outcome.metrics.get(f"fracture_{k}", float("nan")) for k in ("auc", "sensitivity", "specificity")}
-        console.print(
-            f"data set {wrist_imported.version}: {wrist_imported.n_images} films; test split: fracture AUC "
-            f"{w['auc']:.3f}, sensitivity {w['sensitivity']:.3f}, specificity {w['specificity']:.3f}"
+        _summarise(
+            wrist_imported,
+            wrist_outcome,
+            disease="fracture",
+            if_refused="the service will answer wrist requests with 503",
         )
-        if wrist_outcome.registered_version is not None:
-            console.print(
-                f"[green]registered[/] wrist version {wrist_outcome.registered_version} (alias staging) — demo model"
-            )
-        else:
-            err_console.print(
-                "[bold red]gate refused the wrist demo model[/] (the service will answer wrist requests with 503): "
-                + "; ".join(wrist_outcome.gate.shortfalls)
-            )
         console.print(f"wrist model bundle: {wrist_outcome.bundle_dir}")
     console.print(f"evaluation report: {outcome.bundle_dir / 'evaluation.json'}")
     console.print(f"plots:             {outcome.bundle_dir / 'plots'}")
