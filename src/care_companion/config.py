@@ -15,7 +15,9 @@ DEV_JWT_SECRET = "care-companion-development-secret-change-me"
 class Settings(BaseSettings):
     """Project-wide settings; construct with overrides in tests, use :func:`get_settings` elsewhere."""
 
-    model_config = SettingsConfigDict(env_prefix="CARE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CARE_", env_file=".env", extra="ignore", env_nested_delimiter="__", nested_model_default_partial_update=True
+    )
 
     data_dir: Path = Field(
         default=Path("care-data"),
@@ -47,11 +49,18 @@ class Settings(BaseSettings):
         default=0.95, description="Sensitivity the operating point is chosen for on validation data."
     )
 
-    chest_model: str | None = Field(
-        default=None,
-        description="Chest model to serve: a bundle folder or models:/chest@ALIAS; default: the registry alias.",
+    task_modules: list[str] = Field(
+        default_factory=list,
+        description="Python modules that register extra tasks when imported (JSON list), besides the "
+        "care_companion.tasks entry points.",
     )
-    wrist_model: str | None = Field(default=None, description="Wrist model to serve, as chest_model.")
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model each task serves (CARE_MODELS__<task>=...): a bundle folder or models:/<task>@ALIAS, "
+        "models:/<task>/N; a task not named serves its registry alias.",
+    )
+    chest_model: str | None = Field(default=None, description="Alias of CARE_MODELS__chest.")
+    wrist_model: str | None = Field(default=None, description="Alias of CARE_MODELS__wrist.")
     serve_alias: str = Field(default="production", description="Registry alias the service loads first.")
     serve_fallback_alias: str | None = Field(
         default="staging", description="Alias loaded when serve_alias is not set; empty for none."
@@ -158,6 +167,12 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.jwt_secret == DEV_JWT_SECRET:
             raise ValueError("CARE_JWT_SECRET must be set to a private value when CARE_ENVIRONMENT=production")
         return self
+
+    def model_for(self, task: str) -> str | None:
+        """The configured model reference of ``task`` (``CARE_MODELS__<task>``, or its older alias), if any."""
+        legacy = {"chest": self.chest_model, "wrist": self.wrist_model}.get(task)
+        value = self.models.get(task) or legacy
+        return str(value).strip() or None if value else None
 
     @property
     def db_url(self) -> str:

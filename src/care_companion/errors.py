@@ -56,10 +56,10 @@ class NotForTask(CareError):
 
     code = "not_for_task"
 
-    def __init__(self, detail: str, *, task: str) -> None:
+    def __init__(self, detail: str, *, task: str, code: str | None = None) -> None:
         super().__init__(detail)
         self.task = task
-        self.code = f"not_a_{task}_xray"
+        self.code = code or f"not_a_{task}_radiograph"
 
 
 class RequestError(CareError):

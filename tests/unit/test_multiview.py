@@ -230,10 +230,12 @@ def test_a_few_gradient_steps_lower_the_loss() -> None:
     assert np.mean(losses[-3:]) < losses[0]
 
 
-def test_single_view_metadata_keeps_schema_version_1(tmp_path: Path) -> None:
+def test_bundle_embeds_the_task_and_still_reads_schema_version_1(tmp_path: Path) -> None:
     meta = BundleMeta.for_task(CHEST, backbone="resnet18", input_size=64)
-    assert meta.schema_version == 1 and not meta.multiview
+    assert meta.schema_version == 2 and not meta.multiview and meta.spec == CHEST
+    assert "spec" in meta.model_dump() and "classes" not in meta.model_dump()
     assert [(i.name, i.shape) for i in meta.inputs] == [("image", ["batch", 1, 64, 64])]
     old = {"task": "chest", "classes": CHEST.classes, "negative": "normal", "positives": CHEST.positives}
     (tmp_path / "bundle.json").write_text(json.dumps({**old, "backbone": "resnet18", "input_size": 64}))
-    assert load_meta(tmp_path).views == ["frontal"]
+    read = load_meta(tmp_path)
+    assert read.views == ["frontal"] and read.task == "chest" and read.spec.refusal_code == CHEST.refusal_code

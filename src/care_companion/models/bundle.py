@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from care_companion.errors import ModelError
-from care_companion.tasks import TaskSpec
+from care_companion.tasks import TASKS, TaskSpec
 
 BUNDLE_FILE = "bundle.json"
 ONNX_FILE = "model.onnx"
@@ -71,15 +71,11 @@ class Int8Report(BaseModel):
 
 
 class BundleMeta(BaseModel):
-    """Metadata of a model bundle (``bundle.json``)."""
+    """Metadata of a model bundle (``bundle.json``); the task definition it was trained for travels whole in
+    ``spec`` (bundles written before it, with the task's fields copied flat, are read as well)."""
 
-    schema_version: int = 1
-    task: str
-    classes: list[str]
-    negative: str
-    positives: list[str]
-    reject: str | None = None
-    views: list[str] = Field(default_factory=lambda: ["frontal"])
+    schema_version: int = 2
+    spec: TaskSpec = Field(description="The task definition the model was trained for.")
     backbone: str
     input_size: int = Field(description="Square input side in pixels; images are resized to it.")
     in_chans: int = 1
@@ -103,33 +99,65 @@ class BundleMeta(BaseModel):
     run_id: str | None = None
     training: dict[str, Any] = Field(default_factory=dict, description="Resolved training arguments.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_task_fields(cls, data: Any) -> Any:
+        """Read schema 1 (task fields copied flat: task, classes, negative, positives, reject, views)."""
+        if not isinstance(data, dict) or "spec" in data or "task" not in data:
+            return data
+        data = dict(data)
+        flat = {key: data.pop(key) for key in _FLAT_FIELDS if key in data}
+        name = flat.pop("task")
+        known = TASKS.get(name)
+        base = known.model_dump() if known is not None else {"name": name}
+        data["spec"] = {**base, "name": name, **flat}
+        return data
+
+    @property
+    def task(self) -> str:
+        """The task's name."""
+        return self.spec.name
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's output classes, in logit order."""
+        return self.spec.classes
+
+    @property
+    def negative(self) -> str:
+        """The normal class."""
+        return self.spec.negative
+
+    @property
+    def positives(self) -> list[str]:
+        """The disease classes."""
+        return self.spec.positives
+
+    @property
+    def reject(self) -> str | None:
+        """The 'not an image of this task' class, if the model has one."""
+        return self.spec.reject
+
+    @property
+    def views(self) -> list[str]:
+        """The views the model reads, in input order."""
+        return self.spec.views
+
     @property
     def multiview(self) -> bool:
         """True for a model taking a study of several views (inputs "images" and "present")."""
-        return len(self.views) > 1
+        return self.spec.multiview
 
     def task_spec(self) -> TaskSpec:
-        """The task definition the bundle was trained for, as its metadata records it."""
-        return TaskSpec(
-            name=self.task,
-            classes=list(self.classes),
-            negative=self.negative,
-            positives=list(self.positives),
-            reject=self.reject,
-            views=list(self.views),
-        )
+        """The task definition the bundle was trained for."""
+        return self.spec
 
     @classmethod
     def for_task(cls, task: TaskSpec, **kwargs: Any) -> BundleMeta:
         """Metadata pre-filled from a task definition."""
         size = kwargs["input_size"]
         return cls(
-            task=task.name,
-            classes=list(task.classes),
-            negative=task.negative,
-            positives=list(task.positives),
-            reject=task.reject,
-            views=list(task.views),
+            spec=task,
             inputs=input_specs(task.views, size),
             outputs=[
                 TensorSpec(name=LOGITS_OUTPUT, shape=["batch", len(task.classes)], description="uncalibrated"),
@@ -141,6 +169,9 @@ class BundleMeta(BaseModel):
             ],
             **kwargs,
         )
+
+
+_FLAT_FIELDS = ("task", "classes", "negative", "positives", "reject", "views")
 
 
 def input_specs(views: list[str], size: int) -> list[TensorSpec]:

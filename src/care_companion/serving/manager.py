@@ -33,7 +33,7 @@ def _aliases(settings: Settings) -> list[str]:
 
 def find_source(task: str, settings: Settings) -> ModelSource | str:
     """Where ``task``'s model to serve is (the folder not yet resolved), or why there is none (blocking)."""
-    configured = getattr(settings, f"{task}_model", None)
+    configured = settings.model_for(task)
     if configured:
         ref = str(configured).strip()
         if ref.startswith("models:/") and "@" in ref:  # follow the alias, so a promotion is noticed
@@ -52,7 +52,7 @@ def find_source(task: str, settings: Settings) -> ModelSource | str:
             return ModelSource(f"models:/{task}/{number}", version=str(number), alias=alias)
     return (
         f"no {task} model is registered under the alias {' or '.join(aliases) or '(none configured)'}; "
-        f"train one (care-companion train {task}) or set CARE_{task.upper()}_MODEL to a bundle folder"
+        f"train one (care-companion train {task}) or set CARE_MODELS__{task} to a bundle folder"
     )
 
 
@@ -118,7 +118,7 @@ class ModelManager:
         except Exception as exc:  # a registry outage must not take the service down
             log.warning("could not look up the %s model: %s", task, exc)
             return f"kept: registry lookup failed ({type(exc).__name__}: {exc})"
-        configured = bool(getattr(self.settings, f"{task}_model", None))
+        configured = bool(self.settings.model_for(task))
         self.metrics.model_expected.labels(task).set(1 if configured or not isinstance(found, str) else 0)
         if isinstance(found, str):
             if current is None:

@@ -120,10 +120,12 @@ class Predictor:
             latency_s=time.perf_counter() - started,
         )
         if found.rejected:
+            spec = model.task
             error = NotForTask(
-                f"{what}: this does not look like a {task} X-ray (P({found.label}) = "
-                f"{found.probabilities[found.label]:.2f}); no finding was made. Upload a {task} radiograph.",
+                f"{what}: this does not look like a {spec.body_part} radiograph (P({found.label}) = "
+                f"{found.probabilities[found.label]:.2f}); no finding was made. Upload a {spec.body_part} radiograph.",
                 task=task,
+                code=spec.refusal_code,
             )
             self.metrics.observe_rejection(task, error.code)
             raise error
@@ -133,7 +135,7 @@ class Predictor:
             confidence = "low"
             reasons.append(
                 f"only the {' and '.join(views_used)} view was read; the {' and '.join(missing)} view is missing, "
-                "and a fracture can show in one view only"
+                f"and {model.task.serving.missing_view_note}"
             )
         self.metrics.observe_prediction(task, found.label, found.positive, found.probabilities[found.label], confidence)
         return PredictionResult(
