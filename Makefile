@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SRC := src/care_companion
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install demo test test-env system-deps lint unit docs docs-check bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,17 +19,33 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/care-companion demo --serve
 
+# What the tests need besides Python packages (as CI has it): prometheus and chromium via apt where possible,
+# PostgreSQL started; quick when already done (scripts/setup-test-env.sh).
+test-env: install
+	@PYTHON=$(PY) STAMP_DIR=$(VENV) bash scripts/setup-test-env.sh
+
+# Try apt again after a failed attempt (the stamp otherwise stops test-env from retrying every run).
+system-deps: install
+	@PYTHON=$(PY) STAMP_DIR=$(VENV) bash scripts/setup-test-env.sh --retry
+
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy $(SRC)
 
-test: lint
+test: test-env lint
 	$(PY) -m pytest
 
 unit: install
 	$(PY) -m pytest tests/unit -m "not slow"
+
+# Regenerate docs/configuration.md and docs/api.md from Settings and the OpenAPI schema.
+docs: install
+	$(PY) scripts/gen_docs.py
+
+docs-check: install
+	$(PY) scripts/gen_docs.py --check
 
 bench: install
 	$(PY) -m benchmarks.run
