@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "care-companion-development-secret-change-me"
@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     monitor_refresh_seconds: float = Field(
         default=30.0, ge=0, description="Seconds between updates of the online-performance gauges (0: never)."
     )
+    figshare_token: SecretStr | None = Field(
+        default=None,
+        description="Figshare personal token for `data fetch wrist` (FIGSHARE_TOKEN is read too).",
+        validation_alias=AliasChoices("CARE_FIGSHARE_TOKEN", "FIGSHARE_TOKEN"),
+    )
+    no_progress: bool = Field(default=False, description="Hide progress bars (logs a line now and then instead).")
     ray_storage: str | None = Field(
         default=None,
         description="Where Ray Train keeps checkpoints (default <data_dir>/ray); on a cluster, storage every node "

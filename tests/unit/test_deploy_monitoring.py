@@ -235,12 +235,15 @@ def test_every_alert_is_unit_tested() -> None:
 
 
 def test_the_predict_endpoint_label_matches_the_service_routes() -> None:
-    """The latency alert filters on the ``endpoint`` label, which the service sets to the route template."""
-    from care_companion.serving.routes import predict as predict_router
+    """The latency alert filters on the ``endpoint`` label, which the service sets to the route template with
+    the task's name in place of ``{task}``."""
+    from care_companion.serving.middleware import endpoint_and_task
+    from care_companion.serving.routes import predict_router
 
-    paths = {getattr(route, "path", "") for route in predict_router.routes}
-    predict = {p for p in paths if re.fullmatch(r"/v1/predict/.+", p)}
-    assert {"/v1/predict/chest", "/v1/predict/wrist"} <= predict
+    paths = frozenset(getattr(route, "path", "") for route in predict_router().routes)
+    labels = {endpoint_and_task({"path": f"/v1/predict/{task}"}, paths) for task in ("chest", "wrist")}
+    assert labels == {("/v1/predict/chest", "chest"), ("/v1/predict/wrist", "wrist")}
+    assert all(re.fullmatch(r"/v1/predict/.+", endpoint) for endpoint, _ in labels)
     latency = next(rule for rule in alert_rules() if rule["alert"] == "CareHighLatencyP95")
     assert 'endpoint=~"/v1/predict/.+"' in latency["expr"]
 

@@ -33,9 +33,9 @@ BATCH_MAX = 4
 ADMIN = ("boss", "admin", "radiology")
 UNKNOWN_LOGITS = [0.0, 0.0, 0.0, 5.0]
 ALL_PATHS = {
-    "/v1/predict/chest",
-    "/v1/predict/chest/batch",
-    "/v1/predict/wrist",
+    "/v1/predict/{task}",
+    "/v1/predict/{task}/batch",
+    "/v1/tasks",
     "/predict_chest",
     "/predict_wrist",
     "/health",
@@ -317,7 +317,7 @@ def test_wrist_without_a_model_is_503(client: TestClient, path: str) -> None:
     files = {"pa": ("pa.png", png_bytes(), "image/png"), "lateral": ("lat.png", png_bytes(seed=3), "image/png")}
     response = client.post(path, files=files)
     body = assert_error(response, 503, "model_unavailable")
-    assert "wrist" in body["detail"] and "CARE_WRIST_MODEL" in body["detail"]
+    assert "wrist" in body["detail"] and "CARE_MODELS__wrist" in body["detail"]
     assert response.headers.get("retry-after") == "1"
 
 
@@ -334,7 +334,7 @@ def test_service_without_any_model(empty_client: TestClient) -> None:
     for path in ("/v1/predict/chest", "/predict_chest"):
         response = empty_client.post(path, files={"file": ("a.png", png_bytes(), "image/png")})
         body = assert_error(response, 503, "model_unavailable")
-        assert "chest" in body["detail"] and "CARE_CHEST_MODEL" in body["detail"]
+        assert "chest" in body["detail"] and "CARE_MODELS__chest" in body["detail"]
     batch = empty_client.post("/v1/predict/chest/batch", files=[("files", ("a.png", png_bytes(), "image/png"))])
     assert_error(batch, 503, "model_unavailable")
     listed = empty_client.get("/v1/models").json()

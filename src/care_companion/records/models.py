@@ -1,7 +1,9 @@
 """The records tables: patients, users and their API keys, studies, images, predictions, feedback, audit log.
 
-Typed SQLAlchemy 2 models. Constrained values (sex, role, task, confidence) are plain strings guarded by named
-CHECK constraints rather than database enums, so adding a value is a one-line migration on every backend.
+Typed SQLAlchemy 2 models. Constrained values (sex, role, confidence) are plain strings guarded by named
+CHECK constraints rather than database enums, so adding a value is a one-line migration on every backend. A
+task is a row of ``tasks`` that studies, predictions and drift checks point at: the rows are written from the
+task registry (:func:`care_companion.records.repos.ensure_task`), so a new task needs no migration.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from care_companion.security import Role
 
 SEXES = ("F", "M", "O", "U")
 ROLES = tuple(role.value for role in Role)
-TASKS = ("chest", "wrist")
 CONFIDENCES = ("high", "low")
 
 NAMING_CONVENTION = {
@@ -133,16 +134,26 @@ class ApiKey(Base):
     user: Mapped[User] = relationship()
 
 
+class TaskRow(Base):
+    """A registered task as the records know it (written from the task registry on first use)."""
+
+    __tablename__ = "tasks"
+
+    name: Mapped[str] = mapped_column(String(20), primary_key=True)
+    body_part: Mapped[str] = mapped_column(String(50))
+    views: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = _created_at()
+
+
 class Study(Base):
-    """A visit: one patient, one task (chest, wrist), its images, predictions and feedback."""
+    """A visit: one patient, one task (chest, wrist, ...), its images, predictions and feedback."""
 
     __tablename__ = "studies"
-    __table_args__ = (CheckConstraint(_in("task", TASKS), name="task"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
     referring_doctor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    task: Mapped[str] = mapped_column(String(20))
+    task: Mapped[str] = mapped_column(ForeignKey("tasks.name"))
     body_part: Mapped[str] = mapped_column(String(50))
     department: Mapped[str] = mapped_column(String(100), index=True)
     accession: Mapped[str | None] = mapped_column(String(64))
@@ -172,16 +183,13 @@ class Prediction(Base):
     """A model's answer for an image; ``study_id`` is empty for anonymous predictions."""
 
     __tablename__ = "predictions"
-    __table_args__ = (
-        CheckConstraint(_in("task", TASKS), name="task"),
-        CheckConstraint(_in("confidence", CONFIDENCES), name="confidence"),
-    )
+    __table_args__ = (CheckConstraint(_in("confidence", CONFIDENCES), name="confidence"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
     request_id: Mapped[str] = mapped_column(String(64), index=True)
-    task: Mapped[str] = mapped_column(String(20))
+    task: Mapped[str] = mapped_column(ForeignKey("tasks.name"))
     model_name: Mapped[str] = mapped_column(String(200))
     model_version: Mapped[str | None] = mapped_column(String(50))
     probabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -214,14 +222,11 @@ class DriftCheck(Base):
     """One drift check of a task's rolling window of recent inputs (the service writes one per check)."""
 
     __tablename__ = "drift_checks"
-    __table_args__ = (
-        CheckConstraint(_in("task", TASKS), name="task"),
-        Index("ix_drift_checks_task_at", "task", "at"),
-    )
+    __table_args__ = (Index("ix_drift_checks_task_at", "task", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, server_default=func.now(), nullable=False)
-    task: Mapped[str] = mapped_column(String(20))
+    task: Mapped[str] = mapped_column(ForeignKey("tasks.name"))
     model_version: Mapped[str | None] = mapped_column(String(50))
     window_inputs: Mapped[int] = mapped_column(Integer)
     window_images: Mapped[int] = mapped_column(Integer)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from care_companion.errors import DataError
+from care_companion.tasks import TaskSpec, all_tasks, get_task
 from care_companion.records.models import (
     ApiKey,
     AuditLog,
@@ -28,6 +29,7 @@ from care_companion.records.models import (
     Patient,
     Prediction,
     Study,
+    TaskRow,
     User,
     utcnow,
 )
@@ -237,6 +239,35 @@ def revoke_api_key(*, session: Session, key_id: int, at: datetime | None = None)
     return key
 
 
+# -- tasks ---------------------------------------------------------------------------------------------------
+
+
+def ensure_task(*, session: Session, task: str | TaskSpec) -> TaskRow:
+    """The records row of a registered task, written on first use (another writer racing us is fine).
+
+    Raises:
+        ConfigError: no task of that name is registered.
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    row = session.get(TaskRow, spec.name)
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = TaskRow(name=spec.name, body_part=spec.body_part, views=list(spec.views))
+            session.add(row)
+    except IntegrityError:  # written by a concurrent request or replica since our look-up
+        row = session.get(TaskRow, spec.name, populate_existing=True)
+        if row is None:
+            raise
+    return row
+
+
+def sync_tasks(*, session: Session) -> list[str]:
+    """Write every registered task's row (service start-up, ``db upgrade``); returns the task names."""
+    return [ensure_task(session=session, task=spec).name for spec in all_tasks()]
+
+
 # -- studies and images --------------------------------------------------------------------------------------
 
 
@@ -246,6 +277,7 @@ def create_study(*, session: Session, study_in: StudyCreate, created_by_id: int 
     patient = get_patient(session=session, patient_id=study_in.patient_id)
     if study_in.referring_doctor_id is not None:
         get_user(session=session, user_id=study_in.referring_doctor_id)
+    ensure_task(session=session, task=study_in.task)
     study = Study(**study_in.model_dump(), department=patient.department, created_by_id=created_by_id)
     session.add(study)
     session.flush()
@@ -326,6 +358,7 @@ def list_images(*, session: Session, study_id: int) -> list[Image]:
 
 def add_prediction(*, session: Session, prediction_in: PredictionCreate) -> Prediction:
     """Record a model's answer (``study_id`` None: anonymous)."""
+    ensure_task(session=session, task=prediction_in.task)
     prediction = Prediction(**prediction_in.model_dump())
     session.add(prediction)
     session.flush()
@@ -443,6 +476,7 @@ def recent_outcomes(*, session: Session, task: str, limit: int) -> list[tuple[st
 
 def add_drift_check(*, session: Session, check: DriftCheck) -> DriftCheck:
     """Store one drift check."""
+    ensure_task(session=session, task=check.task)
     session.add(check)
     session.flush()
     return check

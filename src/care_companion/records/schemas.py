@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from care_companion.errors import ConfigError
 from care_companion.security import MIN_PASSWORD_LENGTH, Role
+from care_companion.tasks import get_task
 
 Sex = Literal["F", "M", "O", "U"]
-Task = Literal["chest", "wrist"]
 Confidence = Literal["high", "low"]
 
-DEFAULT_BODY_PART: dict[str, str] = {"chest": "chest", "wrist": "wrist"}
+
+def _registered(name: str) -> str:
+    try:
+        return get_task(name).name
+    except ConfigError as exc:
+        raise ValueError(exc.detail) from None
+
+
+Task = Annotated[str, AfterValidator(_registered), Field(description="A registered task (GET /v1/tasks).")]
 
 T = TypeVar("T")
 
@@ -123,7 +132,7 @@ class StudyCreate(BaseModel):
     @model_validator(mode="after")
     def _default_body_part(self) -> StudyCreate:
         if not self.body_part:
-            self.body_part = DEFAULT_BODY_PART[self.task]
+            self.body_part = get_task(self.task).body_part
         return self
 
 

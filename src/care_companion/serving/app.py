@@ -25,15 +25,16 @@ from care_companion.serving.admin_routes import admin_router
 from care_companion.serving.auth import auth_router
 from care_companion.serving.feedback_routes import feedback_router
 from care_companion.serving.http_errors import install_error_handlers
-from care_companion.serving.manager import SERVED_TASKS, ModelManager
+from care_companion.serving.manager import ModelManager
 from care_companion.serving.middleware import RequestGuard
 from care_companion.serving.monitor import Monitor
 from care_companion.serving.monitoring_routes import monitoring_router
 from care_companion.serving.persistence import RecordKeeper
 from care_companion.serving.predict import Predictor
 from care_companion.serving.records_routes import records_router
-from care_companion.serving.routes import ops, predict
+from care_companion.serving.routes import ops, predict_router
 from care_companion.storage import ObjectStore, store_from_settings
+from care_companion.tasks import load_plugins, task_names
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +139,16 @@ async def open_records(settings: Settings) -> tuple[Engine, sessionmaker[Session
             raise
 
 
-def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SERVED_TASKS) -> FastAPI:
+def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | None = None) -> FastAPI:
     """A ready-to-serve app; models are loaded when it starts (its lifespan), not here.
 
     Args:
         settings: configuration; default :func:`get_settings`.
-        tasks: the tasks it serves.
+        tasks: the tasks it serves; default every registered task (plug-ins of ``CARE_TASK_MODULES`` included).
     """
     settings = settings or get_settings()
+    load_plugins(settings.task_modules)
+    tasks = tuple(tasks or task_names())
     metrics = ServiceMetrics()
 
     @asynccontextmanager
@@ -195,7 +198,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] = SER
     )
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
-    routers = (predict, ops, auth_router, records_router, feedback_router, admin_router, monitoring_router)
+    routers = (predict_router(), ops, auth_router, records_router, feedback_router, admin_router, monitoring_router)
     for router in routers:
         app.include_router(router)
 

@@ -1,6 +1,6 @@
 """Which model each task serves, and swapping in a newly promoted version without dropping requests.
 
-A task's model comes from a configured reference (a bundle folder or a registry URI, ``CARE_CHEST_MODEL``) or,
+A task's model comes from a configured reference (a bundle folder or a registry URI, ``CARE_MODELS__<task>``) or,
 by default, from the registry alias ``serve_alias`` (production), falling back to ``serve_fallback_alias``
 (staging). :meth:`ModelManager.refresh` looks the reference up again and, when it points at another version,
 loads it, swaps it in and closes the old one once the requests holding it have finished.
@@ -23,9 +23,6 @@ from care_companion.registry.models import alias_version, resolve_bundle
 from care_companion.serving.engine import ModelSource, ServedModel, start_model
 
 log = logging.getLogger(__name__)
-
-SERVED_TASKS = ("chest", "wrist")
-
 
 def _aliases(settings: Settings) -> list[str]:
     return [a for a in (settings.serve_alias, settings.serve_fallback_alias) if a]
@@ -68,7 +65,7 @@ def _folder_stamp(reference: str) -> str | None:
 class ModelManager:
     """The served model of every task, swapped atomically on refresh."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, tasks: tuple[str, ...] = SERVED_TASKS) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, tasks: tuple[str, ...]) -> None:
         self.settings = settings
         self.metrics = metrics
         self.tasks = tasks

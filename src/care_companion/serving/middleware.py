@@ -11,9 +11,11 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.tasks import TASKS
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -116,9 +118,44 @@ class RequestGuard:
                 if not sent_start:
                     await reply(413, "payload_too_large", f"request body is over the {limit}-byte limit")
         finally:
-            path = scope.get("path", "")
-            endpoint = getattr(scope.get("route"), "path", None) or (path if path in self.paths else "unmatched")
+            endpoint, task = endpoint_and_task(scope, self.paths)
             if refused_size:
-                task = next((t for t in ("chest", "wrist") if t in endpoint), "-")
                 self.metrics.observe_rejection(task, "payload_too_large")
             self.metrics.observe_request(endpoint, scope.get("method", "-"), status, time.perf_counter() - started)
+
+
+def endpoint_and_task(scope: Scope, paths: frozenset[str]) -> tuple[str, str]:
+    """The metrics labels of a request: its route (a registered task's name in place of ``{task}``, so each
+    task keeps its own series; "unmatched" for an unknown path) and its task ("-" for none).
+
+    Works before routing too (a body refused by size has no route yet): the path is matched against the
+    route templates."""
+    path = scope.get("path", "")
+    route = getattr(scope.get("route"), "path", None)
+    named = scope.get("path_params", {}).get("task")
+    if route is None:
+        route, named = _match(path, paths)
+    if route is None:
+        return "unmatched", "-"
+    if isinstance(named, str) and named in TASKS:
+        return route.replace("{task}", named), named
+    if "{task}" in route:
+        return route, "-"
+    segments = set(route.replace("_", "/").split("/"))
+    return route, next((t for t in TASKS if t in segments), "-")
+
+
+def _match(path: str, paths: frozenset[str]) -> tuple[str | None, str | None]:
+    """The route template a raw path falls under, and its ``{task}`` value."""
+    if path in paths:
+        return path, None
+    for template in paths:
+        found = _pattern(template).match(path) if "{" in template else None
+        if found:
+            return template, found.groupdict().get("task")
+    return None, None
+
+
+@lru_cache(maxsize=256)
+def _pattern(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template)) + "$")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import FormData, UploadFile
 
-from care_companion.errors import RequestError
+from care_companion.errors import ConfigError, RequestError
 from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.records.models import User
 from care_companion.security import Permission
 from care_companion.serving.auth import AUTH_ERRORS, Uploader, require_briefly
 from care_companion.serving.engine import ServedModel
@@ -24,7 +26,9 @@ from care_companion.serving.schemas import (
     ModelsResponse,
     PredictionResult,
     ReloadResponse,
+    TaskInfo,
 )
+from care_companion.tasks import TaskSpec, all_tasks, get_task, task_names
 
 IMAGE_TYPES = ("image/", "application/dicom", "application/octet-stream")
 
@@ -78,104 +82,173 @@ async def _read(upload: UploadFile, field: str) -> Upload:
     return Upload(name=name, data=await upload.read())
 
 
-predict = APIRouter(tags=["predict"], responses={**ERRORS, **AUTH_ERRORS})
+def served_task(name: str) -> TaskSpec:
+    """The registered task of a path, or 404 naming the known ones."""
+    try:
+        return get_task(name)
+    except ConfigError:
+        raise RequestError(
+            f"unknown task {name!r}; known tasks: {', '.join(task_names())}", code="unknown_task", status=404
+        ) from None
 
 
-@predict.post("/v1/predict/chest", response_model=PredictionResult, summary="Chest X-ray: one image")
-async def predict_chest(
-    request: Request,
-    predictor: PredictorDep,
-    records: RecordsDep,
-    user: Uploader,
-    file: Annotated[UploadFile, File(description="A frontal chest radiograph: PNG, JPEG or DICOM.")],
-    study_id: Annotated[
-        int | None,
-        Form(description="Store the image and result with this study (of the uploader's department)."),
-    ] = None,
+async def _form(request: Request, spec: TaskSpec, *, files: int) -> FormData:
+    """The multipart form of a prediction request (415 when the body is not multipart)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        field = spec.upload_fields[0]
+        raise RequestError(
+            f"send the image(s) as multipart/form-data (got {content_type or 'no content type'}); "
+            f"e.g. curl -F {field}=@image.png",
+            code="unsupported_media_type",
+            status=415,
+        )
+    return await request.form(max_files=files, max_fields=files + 8)
+
+
+def _study_id(form: FormData) -> int | None:
+    value = form.get("study_id")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip().lstrip("-").isdigit():
+        raise RequestError("study_id: Input should be a valid integer", code="invalid_request")
+    return int(value)
+
+
+def _files(form: FormData, field: str) -> list[UploadFile]:
+    return [part for part in form.getlist(field) if isinstance(part, UploadFile)]
+
+
+async def _predict_task(
+    request: Request, spec: TaskSpec, predictor: Predictor, records: RecordKeeper, user: User
 ) -> PredictionResult:
-    """Classify one chest X-ray as normal, pneumonia or tuberculosis, with calibrated probabilities.
-
-    Needs a login with upload rights (technician, radiologist or admin). A film that is not a chest X-ray gets
-    422. With ``study_id`` the image and result are stored with the
-    study in one transaction (503 and nothing stored if the database or the store fails); without it the
-    result is logged anonymously. Every result must be reviewed by a radiologist.
-    """
+    """One prediction of any task: one file per view (``file`` for a one-view task), optionally a study."""
     request_id, started = _request_meta(request)
-    caller = await records.authorise(user, study_id, "chest")
-    upload = await _read(file, "file")
-    result = await predictor.predict("chest", upload, request_id=request_id, started=started)
-    return await records.keep(caller, [("frontal", upload)], result)
-
-
-@predict.post("/v1/predict/chest/batch", response_model=BatchResponse, summary="Chest X-rays: several images")
-async def predict_chest_batch(
-    request: Request,
-    predictor: PredictorDep,
-    records: RecordsDep,
-    user: Uploader,
-    files: Annotated[list[UploadFile], File(description="Chest radiographs; results come back in this order.")],
-) -> BatchResponse:
-    """Classify several chest X-rays in one request; each image succeeds or fails on its own (logged anonymously)."""
-    request_id, started = _request_meta(request)
-    caller = await records.authorise(user, None, "chest")
-    uploads = []
-    for i, f in enumerate(files):
-        uploads.append(await _read(f, f"files[{i}]"))
-    batch = await predictor.predict_batch("chest", uploads, request_id=request_id, started=started)
-    for item in batch.items:
-        if item.result is not None:
-            item.result = await records.keep(caller, [("frontal", uploads[item.index])], item.result)
-    return batch
-
-
-@predict.post("/v1/predict/wrist", response_model=PredictionResult, summary="Wrist study: PA and lateral views")
-async def predict_wrist(
-    request: Request,
-    predictor: PredictorDep,
-    records: RecordsDep,
-    user: Uploader,
-    pa: Annotated[UploadFile | None, File(description="Posteroanterior (PA) view: PNG, JPEG or DICOM.")] = None,
-    lateral: Annotated[UploadFile | None, File(description="Lateral view: PNG, JPEG or DICOM.")] = None,
-    study_id: Annotated[
-        int | None,
-        Form(description="Store the images and result with this wrist study (of the uploader's department)."),
-    ] = None,
-) -> PredictionResult:
-    """Fracture triage of a wrist study from its PA and lateral views, with a calibrated probability.
-
-    Either view may be missing: the model then reads the one it has, ``views_used`` says which, and the result
-    is low-confidence (a fracture can show in one view only). Needs a login with upload rights. With
-    ``study_id`` both images and the result are stored with the study in one transaction. Answers 503 until
-    a wrist model is registered. Every result must be reviewed by a radiologist.
-    """
-    request_id, started = _request_meta(request)
-    caller = await records.authorise(user, study_id, "wrist")
-    views = {
-        "pa": await _read(pa, "pa") if pa else None,
-        "lateral": await _read(lateral, "lateral") if lateral else None,
-    }
-    result = await predictor.predict_study("wrist", views, request_id=request_id, started=started)
+    form = await _form(request, spec, files=len(spec.upload_fields) * 2)
+    study_id = _study_id(form)
+    caller = await records.authorise(user, study_id, spec.name)
+    if not spec.multiview:
+        parts = _files(form, "file") or _files(form, spec.views[0])
+        if not parts:
+            raise RequestError("file: Field required", code="invalid_request")
+        upload = await _read(parts[0], "file")
+        result = await predictor.predict(spec.name, upload, request_id=request_id, started=started)
+        return await records.keep(caller, [(spec.views[0], upload)], result)
+    views: dict[str, Upload | None] = {}
+    for view in spec.views:
+        parts = _files(form, view)
+        views[view] = await _read(parts[0], view) if parts else None
+    result = await predictor.predict_study(spec.name, views, request_id=request_id, started=started)
     kept = [(view, upload) for view, upload in views.items() if upload is not None and view in result.views_used]
     return await records.keep(caller, kept, result)
 
 
-# The proposal's original endpoint names, kept as aliases.
-predict.add_api_route(
-    "/predict_chest",
-    predict_chest,
-    methods=["POST"],
-    response_model=PredictionResult,
-    deprecated=True,
-    summary="Alias of /v1/predict/chest",
-)
-predict.add_api_route(
-    "/predict_wrist",
-    predict_wrist,
-    methods=["POST"],
-    response_model=PredictionResult,
-    deprecated=True,
-    summary="Alias of /v1/predict/wrist",
-)
+def _upload_body(batch: bool = False) -> dict[str, Any]:
+    """The OpenAPI request body of the prediction routes, per registered task."""
+    if batch:
+        properties: dict[str, Any] = {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images."}
+        }
+        return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "properties": properties, "required": ["files"]}}}}}
+    properties = {
+        "file": {"type": "string", "format": "binary", "description": "The image of a one-view task."},
+        "study_id": {"type": "integer", "description": "Store the images and result with this study."},
+    }
+    for spec in all_tasks():
+        for view in spec.views if spec.multiview else []:
+            properties[view] = {
+                "type": "string",
+                "format": "binary",
+                "description": f"{spec.name}: {spec.serving.upload_help}",
+            }
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": properties}}}}}
+
+
+PREDICT_DOC = """Classify one image (one-view task, field ``file``) or one study (multi-view task: one field per
+view, e.g. ``pa`` and ``lateral`` for wrist), with calibrated probabilities and the bundle's operating point.
+
+Needs a login with upload rights (technician, radiologist or admin). An image that is not of the task's body
+part is refused with 422 (``not_a_<body part>_radiograph``; chest: ``not_a_chest_xray``) and no finding is
+made. A multi-view study may miss a view: the model reads what it has, ``views_used`` says which, and the
+result is low-confidence. With ``study_id`` the images and result are stored with the study in one
+transaction (503 and nothing stored if the database or the store fails); without it the result is logged
+anonymously. An unknown task is 404 listing the known ones (``GET /v1/tasks``). Every result must be reviewed
+by a radiologist.
+"""
+
+
+def predict_router() -> APIRouter:
+    """The prediction routes: ``POST /v1/predict/{task}`` and ``/v1/predict/{task}/batch`` for every
+    registered task, plus the tasks' older paths as deprecated aliases."""
+    router = APIRouter(tags=["predict"], responses={**ERRORS, **AUTH_ERRORS})
+
+    async def predict_task(
+        request: Request, task: str, predictor: PredictorDep, records: RecordsDep, user: Uploader
+    ) -> PredictionResult:
+        return await _predict_task(request, served_task(task), predictor, records, user)
+
+    predict_task.__doc__ = PREDICT_DOC
+    router.add_api_route(
+        "/v1/predict/{task}",
+        predict_task,
+        methods=["POST"],
+        response_model=PredictionResult,
+        summary="Predict: one image or one study of a task",
+        openapi_extra=_upload_body(),
+    )
+
+    async def predict_batch(
+        request: Request, task: str, predictor: PredictorDep, records: RecordsDep, user: Uploader
+    ) -> BatchResponse:
+        """Classify several images of a one-view task in one request; each image succeeds or fails on its own
+        (logged anonymously). Multi-view tasks have no batch route (404)."""
+        spec = served_task(task)
+        if spec.multiview or not spec.serving.batch:
+            raise RequestError(f"task {spec.name!r} has no batch route; send one study at a time", code="not_found", status=404)
+        request_id, started = _request_meta(request)
+        caller = await records.authorise(user, None, spec.name)
+        form = await _form(request, spec, files=predictor.settings.batch_max_images + 1)
+        parts = _files(form, "files")
+        if not parts:
+            raise RequestError("files: Field required", code="invalid_request")
+        uploads = [await _read(f, f"files[{i}]") for i, f in enumerate(parts)]
+        batch = await predictor.predict_batch(spec.name, uploads, request_id=request_id, started=started)
+        for item in batch.items:
+            if item.result is not None:
+                item.result = await records.keep(caller, [(spec.views[0], uploads[item.index])], item.result)
+        return batch
+
+    router.add_api_route(
+        "/v1/predict/{task}/batch",
+        predict_batch,
+        methods=["POST"],
+        response_model=BatchResponse,
+        summary="Predict: several images of a one-view task",
+        openapi_extra=_upload_body(batch=True),
+    )
+    for spec in all_tasks():
+        for path in spec.serving.legacy_paths:
+            router.add_api_route(
+                path,
+                _legacy(spec.name),
+                methods=["POST"],
+                response_model=PredictionResult,
+                deprecated=True,
+                summary=f"Alias of /v1/predict/{spec.name}",
+                openapi_extra=_upload_body(),
+            )
+    return router
+
+
+def _legacy(name: str) -> Any:
+    async def alias(request: Request, predictor: PredictorDep, records: RecordsDep, user: Uploader) -> PredictionResult:
+        return await _predict_task(request, served_task(name), predictor, records, user)
+
+    alias.__name__ = f"predict_{name}_alias"
+    alias.__doc__ = f"The proposal's original path for {name}; use POST /v1/predict/{name}."
+    return alias
 
 
 def model_info(model: ServedModel) -> LoadedModelInfo:
@@ -221,6 +294,12 @@ async def ready(models: ModelsDep) -> Response:
         detail="; ".join(f"{t}: {why}" for t, why in models.unavailable.items()) or None,
     )
     return JSONResponse(body.model_dump(), status_code=200 if loaded else 503)
+
+
+@ops.get("/v1/tasks", response_model=list[TaskInfo], summary="Registered tasks")
+async def list_tasks() -> list[TaskInfo]:
+    """Every task the service knows: its classes, disease classes, views (the upload fields) and body part."""
+    return [TaskInfo.from_spec(spec) for spec in all_tasks()]
 
 
 @ops.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -1,12 +1,18 @@
-"""Pydantic schemas of every API response: the contract technicians' tools and other systems read."""
+"""Pydantic schemas of the HTTP API (request bodies only HTTP uses, every response): the contract technicians'
+tools and other systems read. The records' own schemas (patients, studies, users) are in
+:mod:`care_companion.records.schemas`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from care_companion import REVIEW_WARNING
+from care_companion.records.schemas import ApiKeyPublic, FeedbackCreate, PatientBase, UserPublic
+from care_companion.registry.models import ALIASES, VersionInfo
+from care_companion.security import Role
+from care_companion.tasks import TaskSpec
 
 
 class ErrorBody(BaseModel):
@@ -14,6 +20,17 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="Stable error code, e.g. truncated, not_an_image, not_a_chest_xray.")
     detail: str = Field(description="What went wrong and what to do about it.")
+
+
+def error_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI ``responses`` entry: an :class:`ErrorBody` answer, and when it is given."""
+    return {"model": ErrorBody, "description": description}
+
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: error_doc("No, malformed, expired or unknown credentials."),
+    403: error_doc("The caller's role lacks the permission this endpoint needs."),
+}
 
 
 class ModelRef(BaseModel):
@@ -117,3 +134,117 @@ class Health(BaseModel):
     status: Literal["ok", "ready", "not_ready"]
     models: dict[str, str | None] = Field(default_factory=dict, description="Task -> loaded version (or folder).")
     detail: str | None = None
+
+
+class TaskInfo(BaseModel):
+    """A registered task as ``GET /v1/tasks`` shows it."""
+
+    name: str
+    title: str
+    body_part: str
+    classes: list[str]
+    negative: str
+    positives: list[str]
+    reject: str | None
+    views: list[str]
+    multiview: bool
+    upload_fields: list[str] = Field(description="The multipart file fields of POST /v1/predict/{task}.")
+    refusal_code: str = Field(description="Error code of an image that is not of this task's body part (422).")
+    batch: bool = Field(description="True when POST /v1/predict/{task}/batch exists.")
+
+    @classmethod
+    def from_spec(cls, spec: TaskSpec) -> TaskInfo:
+        """The public view of a task definition."""
+        return cls(
+            name=spec.name,
+            title=spec.title,
+            body_part=spec.body_part,
+            classes=list(spec.classes),
+            negative=spec.negative,
+            positives=list(spec.positives),
+            reject=spec.reject,
+            views=list(spec.views),
+            multiview=spec.multiview,
+            upload_fields=spec.upload_fields,
+            refusal_code=spec.refusal_code,
+            batch=spec.serving.batch and not spec.multiview,
+        )
+
+
+# -- signing in ----------------------------------------------------------------------------------------------
+
+
+class Token(BaseModel):
+    """An access token for ``Authorization: Bearer``."""
+
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="Seconds until the token expires.")
+    role: Role
+
+
+# -- records -------------------------------------------------------------------------------------------------
+
+
+class PatientCreateRequest(PatientBase):
+    """A new patient; an empty department means the caller's own."""
+
+    department: str = Field(default="", max_length=100)
+
+
+class FeedbackRequest(FeedbackCreate):
+    """A verdict: the true label (a class of the study's task), a comment, optionally the prediction judged."""
+
+    prediction_id: int | None = None
+
+
+# -- admin: users and API keys -------------------------------------------------------------------------------
+
+
+class UserCreated(UserPublic):
+    """A new user; a generated password is shown this once."""
+
+    password: str | None = Field(
+        default=None, description="The generated password, shown this once; null when the caller chose one."
+    )
+
+
+class ApiKeyCreate(BaseModel):
+    """A new API key for a user (a machine, usually)."""
+
+    name: str = Field(min_length=1, max_length=100, description="What the key is for, e.g. the scanner's name.")
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    """A new API key; the key itself is shown this once."""
+
+    key: str = Field(description="The key, shown this once; send it as 'Authorization: Bearer <key>'.")
+
+
+# -- admin: models -------------------------------------------------------------------------------------------
+
+
+class AliasChange(BaseModel):
+    """Point an alias at a version."""
+
+    version: int = Field(ge=1, description="The registered version.")
+    alias: str = Field(description=f"One of: {', '.join(ALIASES)}.")
+
+
+class Promotion(BaseModel):
+    """What an alias change did: the registry before and after, and what the service swapped in."""
+
+    task: str
+    alias: str
+    version: int
+    previous: int | None = Field(description="The version the alias pointed at before (null: none).")
+    changes: dict[str, str] = Field(description="What the service did for the task (swapped, unchanged, kept).")
+    models: list[LoadedModelInfo]
+
+
+class ModelVersions(BaseModel):
+    """A task's registered versions, oldest first, and the one the service serves now."""
+
+    task: str
+    serving: str | None = Field(description="The version served now (null: none, or a bundle folder).")
+    data: list[VersionInfo]
