@@ -89,7 +89,7 @@ def add_profile(directory: Path, *, per_class: int = 30, size: int = 96, seed: i
     import numpy as np
 
     from care_companion.data.datasets import ArrayData
-    from care_companion.data.synthetic import natural_images, synth_chest
+    from care_companion.data.synthetic_chest import natural_images, synth_chest
     from care_companion.data.synthetic_wrist import WRIST_VIEWS, synthetic_wrist_studies
     from care_companion.models.bundle import load_meta
     from care_companion.workflows.profiling import profile_from_arrays

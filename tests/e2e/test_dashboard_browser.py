@@ -191,7 +191,7 @@ def _photo_rejecting_chest_bundle(directory: Path) -> Path:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from care_companion.data.synthetic import natural_images, synth_chest
+    from care_companion.data.synthetic_chest import natural_images, synth_chest
     from care_companion.models.bundle import ONNX_FILE
     from care_companion.models.export import export_onnx
     from care_companion.models.factory import create_model
@@ -315,7 +315,7 @@ def _send_wrist(
 
 
 def _traffic(svc: Service) -> None:
-    from care_companion.data.synthetic import natural_images, synth_chest
+    from care_companion.data.synthetic_chest import natural_images, synth_chest
     from care_companion.data.synthetic_wrist import synthetic_wrist_studies
 
     tech = {"Authorization": f"Bearer {svc.token(TECH)}"}

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from care_companion.cli.main import app
-from care_companion.data.synthetic import write_synthetic_chest_tree
+from care_companion.data.synthetic_chest import write_synthetic_chest_tree
 from care_companion.monitoring.profile import ReferenceProfile
 
 pytestmark = [pytest.mark.slow]

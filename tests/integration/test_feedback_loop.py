@@ -16,7 +16,7 @@ from care_companion.cli.main import app
 from care_companion.config import Settings, get_settings
 from care_companion.data.chest import import_chest
 from care_companion.data.manifest import load_manifest
-from care_companion.data.synthetic import synth_chest, write_synthetic_chest_tree
+from care_companion.data.synthetic_chest import synth_chest, write_synthetic_chest_tree
 from care_companion.records.db import make_engine, session_factory, upgrade
 from care_companion.records.repos import add_feedback, create_patient, create_study, create_user
 from care_companion.records.schemas import FeedbackCreate, PatientCreate, StudyCreate, UserCreate

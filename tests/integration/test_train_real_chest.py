@@ -14,7 +14,7 @@ from PIL import Image
 from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.data.manifest import load_manifest
-from care_companion.data.synthetic import natural_images
+from care_companion.data.synthetic_chest import natural_images
 from care_companion.errors import ModelError
 from care_companion.models.bundle import load_meta
 from care_companion.registry.models import list_versions

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from care_companion.cli.common import EXIT_DRIFT, EXIT_ERROR
 from care_companion.cli.main import app
 from care_companion.config import Settings
-from care_companion.data.synthetic import synth_chest
+from care_companion.data.synthetic_chest import synth_chest
 from care_companion.errors import ConfigError, DataError, ModelError
 from care_companion.models.bundle import PROFILE_FILE
 from care_companion.monitoring.drift import FAMILIES
@@ -136,7 +136,7 @@ def test_profile_needs_the_training_data_set(cli_env: Path, tmp_path: Path) -> N
 def test_profile_rebuilt_from_the_store(cli_env: Path, tmp_path: Path) -> None:
     from care_companion.config import get_settings
     from care_companion.data.chest import import_chest
-    from care_companion.data.synthetic import write_synthetic_chest_tree
+    from care_companion.data.synthetic_chest import write_synthetic_chest_tree
     from care_companion.models.bundle import load_meta, save_meta
     from care_companion.monitoring.profile import ReferenceProfile
     from care_companion.storage import store_from_settings

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from care_companion.data.synthetic import synth_chest
+from care_companion.data.synthetic_chest import synth_chest
 from care_companion.monitoring.drift import FAMILIES
 from tests.helpers import seed_users, service_client, tokens_for
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from care_companion.data.datasets import ArrayData
-from care_companion.data.synthetic import synth_chest
+from care_companion.data.synthetic_chest import synth_chest
 from care_companion.errors import ModelError
 from care_companion.models.bundle import INT8_FILE, ONNX_FILE, load_meta, save_meta
 from care_companion.models.predictor import BundlePredictor, model_file

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from care_companion.data.importer import ImportResult, import_images
-from care_companion.data.synthetic import make_unknown_images
+from care_companion.data.synthetic_chest import make_unknown_images
 from care_companion.errors import ConfigError
 from care_companion.storage.base import ObjectStore
 from care_companion.tasks import CHEST

@@ -14,7 +14,7 @@ import numpy as np
 from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.data.importer import ImportResult
-from care_companion.data.synthetic import write_synthetic_chest_tree
+from care_companion.data.synthetic_chest import write_synthetic_chest_tree
 from care_companion.data.synthetic_wrist import synthetic_wrist_studies, synthetic_wrist_study, write_wrist_studies
 from care_companion.data.wrist import import_wrist
 from care_companion.storage import store_from_settings
@@ -87,7 +87,7 @@ def write_examples(settings: Settings) -> dict[str, Path]:
     and lateral films of a fractured synthetic wrist (``wrist_pa``, ``wrist_lateral``)."""
     from PIL import Image
 
-    from care_companion.data.synthetic import natural_images, synth_chest
+    from care_companion.data.synthetic_chest import natural_images, synth_chest
 
     folder = Path(settings.data_dir) / "demo-source" / "examples"
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from care_companion.data import synthetic
-from care_companion.data.synthetic import (
+from care_companion.data import synthetic_chest
+from care_companion.data.synthetic_chest import (
     make_unknown_images,
     natural_images,
     synth_chest,
@@ -85,13 +85,13 @@ def test_bundled_sample_images_load_with_the_network_off(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    for name in synthetic.OFFLINE_SAMPLES:
-        image = synthetic._sample_image.__wrapped__(name)
+    for name in synthetic_chest.OFFLINE_SAMPLES:
+        image = synthetic_chest._sample_image.__wrapped__(name)
         assert image.ndim == 2 and image.dtype == np.uint8 and min(image.shape) >= 64, name
 
 
 def test_natural_images_can_outnumber_the_originals() -> None:
-    n = len(synthetic.OFFLINE_SAMPLES) + 6
+    n = len(synthetic_chest.OFFLINE_SAMPLES) + 6
     images = natural_images(np.random.default_rng(5), n, size=48)
     assert len(images) == n
     assert all(image.shape == (48, 48) and image.dtype == np.uint8 for image in images)
