@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from care_companion.config import Settings
 from care_companion.tasks import TaskSpec
+
+# Progress bars stay quiet in tests (read through Settings.no_progress); tests/unit/test_progress.py renders them.
+os.environ.setdefault("CARE_NO_PROGRESS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()

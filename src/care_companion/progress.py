@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,10 +12,18 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from care_companion.config import get_settings
 
-def progress_bar(*, transient: bool = False, disable: bool = False) -> Progress:
-    """A progress display with count, elapsed time and ETA; silent when asked, or when CARE_NO_PROGRESS is set."""
-    disable = disable or bool(os.environ.get("CARE_NO_PROGRESS")) or "pytest" in sys.modules
+
+def progress_bar(*, transient: bool = False, disable: bool = False, console: Console | None = None) -> Progress:
+    """A progress display with count, elapsed time and ETA.
+
+    Args:
+        transient: remove the bars from the terminal when done.
+        disable: stay silent; the display is also silent when ``Settings.no_progress`` is set
+            (``CARE_NO_PROGRESS``).
+        console: where to draw (default: rich's global console, on the terminal).
+    """
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -25,6 +31,7 @@ def progress_bar(*, transient: bool = False, disable: bool = False) -> Progress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
+        console=console,
         transient=transient,
-        disable=disable,
+        disable=disable or get_settings().no_progress,
     )
