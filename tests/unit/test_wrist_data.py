@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import shutil
-import zipfile
 import zlib
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,10 +14,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from care_companion.cli.main import app
+from care_companion.config import Settings, get_settings
+from care_companion.data.figshare import FIGSHARE_API
 from care_companion.data.manifest import load_manifest, study_kinds, study_table, view_column
 from care_companion.data.splits import grouped_stratified_split
 from care_companion.data.wrist import (
-    FIGSHARE_API,
     FIGSHARE_ARTICLE_ID,
     FRACATLAS_COLUMNS,
     GRAZ_COLUMNS,
@@ -35,6 +32,7 @@ from care_companion.errors import ConfigError, DataError
 from care_companion.storage import open_store
 from care_companion.tasks import WRIST
 from tests.conftest import shared_path
+from tests.unit.test_figshare import FakeFigshare
 
 # patients whose images the stand-in tree holds: the first 40, plus one with two PA images in a study
 # (0190), one with an "other" projection beside PA and lateral (0224) and one with only "other" views (0578)
@@ -231,85 +229,23 @@ def test_cli_imports_and_shows_fracatlas(cli_env: Path, monkeypatch: pytest.Monk
     assert shown.exit_code == 0 and "pa only" in shown.output and "fracture" in shown.output
     for name in ("CARE_FIGSHARE_TOKEN", "FIGSHARE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
     fetched = runner.invoke(app, ["data", "fetch", "wrist", "--target", str(cli_env / "dl")], catch_exceptions=False)
     assert fetched.exit_code == 2 and "figshare.com/account/applications" in fetched.output
 
 
-# --- Figshare download, through a fake HTTP transport ---------------------------------------------------------
+# --- Figshare download (the client itself: tests/unit/test_figshare.py) ---------------------------------------
 
 
-def _zip_with_image() -> bytes:
-    buf, png = io.BytesIO(), io.BytesIO()
-    Image.fromarray(_stand_in("0001_1297860395_01_WRI-L1_M014")).save(png, format="PNG")
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("0001_1297860395_01_WRI-L1_M014.png", png.getvalue())
-    return buf.getvalue()
-
-
-class FakeFigshare:
-    """Answers the Figshare API's file list and downloads, and records what was asked."""
-
-    def __init__(self, files: dict[str, bytes], *, bad_md5: bool = False, status: int = 200) -> None:
-        self.files, self.bad_md5, self.status = files, bad_md5, status
-        self.requests: list[httpx.Request] = []
-
-    def listing(self) -> list[dict]:
-        return [
-            {
-                "id": i,
-                "name": name,
-                "size": len(data),
-                "download_url": f"https://ndownloader.figshare.com/files/{i}",
-                "computed_md5": "0" * 32 if self.bad_md5 else hashlib.md5(data).hexdigest(),
-            }
-            for i, (name, data) in enumerate(self.files.items())
-        ]
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.status != 200:
-            return httpx.Response(self.status, json={"message": "Invalid token"})
-        if request.url.host == "api.figshare.com":
-            return httpx.Response(200, json=self.listing())
-        index = int(request.url.path.rsplit("/", 1)[-1])
-        return httpx.Response(200, content=list(self.files.values())[index])
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.MockTransport(self))
-
-
-def test_fetch_needs_a_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    for name in ("CARE_FIGSHARE_TOKEN", "FIGSHARE_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    with pytest.raises(ConfigError, match=r"figshare\.com/account/applications"):
-        fetch_wrist(tmp_path / "dl")
+def test_fetch_needs_a_token(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"figshare\.com/account/applications.*figshare\.14825193"):
+        fetch_wrist(tmp_path / "dl", settings=Settings(figshare_token=None))
     assert not (tmp_path / "dl").exists()
 
 
-def test_fetch_lists_downloads_verifies_and_unpacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("FIGSHARE_TOKEN", "secret-token")
-    table = b"filestem,patient_id\n"
-    fake = FakeFigshare({"dataset.csv": table, "images_part1.zip": _zip_with_image()})
+def test_fetch_asks_for_the_grazpedwri_article(tmp_path: Path):
+    fake = FakeFigshare({"dataset.csv": b"filestem,patient_id\n"})
     target = tmp_path / "dl"
-    assert fetch_wrist(target, client=fake.client()) == target
-    listing = fake.requests[0]
-    assert str(listing.url).startswith(f"{FIGSHARE_API}/articles/{FIGSHARE_ARTICLE_ID}/files")
-    assert listing.url.params["page"] == "1" and listing.url.params["page_size"] == "100"
-    assert all(r.headers["Authorization"] == "token secret-token" for r in fake.requests)
-    assert (target / "dataset.csv").read_bytes() == table
-    assert (target / "images_part1" / "0001_1297860395_01_WRI-L1_M014.png").is_file()
-    assert sorted(p.name for p in target.iterdir()) == ["dataset.csv", "images_part1"]  # no zip, no .part left
-    # a second fetch finds everything done and downloads nothing
-    again = FakeFigshare(fake.files)
-    fetch_wrist(target, "other-token", client=again.client())
-    assert [r.url.host for r in again.requests] == ["api.figshare.com"]
-
-
-def test_fetch_rejects_a_bad_checksum_or_token(tmp_path: Path):
-    bad = FakeFigshare({"dataset.csv": b"x,y\n"}, bad_md5=True)
-    with pytest.raises(DataError, match="checksum mismatch"):
-        fetch_wrist(tmp_path / "dl", "t", client=bad.client())
-    assert list((tmp_path / "dl").iterdir()) == []
-    refused = FakeFigshare({}, status=403)
-    with pytest.raises(ConfigError, match="refused the token"):
-        fetch_wrist(tmp_path / "dl", "t", client=refused.client())
+    assert fetch_wrist(target, client=fake.client(), settings=Settings(figshare_token="secret-token")) == target
+    assert str(fake.requests[0].url).startswith(f"{FIGSHARE_API}/articles/{FIGSHARE_ARTICLE_ID}/files")
+    assert (target / "dataset.csv").is_file()

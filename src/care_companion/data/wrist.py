@@ -33,11 +33,7 @@ films whose fracture may be at the shoulder, leaving 813 hand films (249 fractur
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -47,10 +43,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from care_companion.config import Settings
+from care_companion.data.figshare import fetch_article
 from care_companion.data.folders import image_files
 from care_companion.data.importer import ImportItem, ImportResult, import_images
 from care_companion.errors import ConfigError, DataError
-from care_companion.progress import progress_bar
 from care_companion.storage.base import ObjectStore
 from care_companion.tasks import WRIST
 
@@ -79,9 +76,6 @@ _EXAMPLES = 10
 
 # GRAZPEDWRI-DX on Figshare: https://doi.org/10.6084/m9.figshare.14825193
 FIGSHARE_ARTICLE_ID = 14825193
-FIGSHARE_API = "https://api.figshare.com/v2"
-TOKEN_ENV = ("CARE_FIGSHARE_TOKEN", "FIGSHARE_TOKEN")
-_CHUNK = 1 << 20
 
 
 class GrazSummary(BaseModel):
@@ -455,155 +449,27 @@ def import_fracatlas(
 # --- download from Figshare ---------------------------------------------------------------------------------
 
 
-class FigshareFile(BaseModel):
-    """A file of a Figshare article, as the API lists it."""
-
-    id: int
-    name: str
-    size: int = 0
-    download_url: str
-    computed_md5: str = ""
-    supplied_md5: str = ""
-
-    @property
-    def md5(self) -> str:
-        """The checksum to verify the download against ("" when Figshare gives none)."""
-        return self.computed_md5 or self.supplied_md5
-
-
-def figshare_token(token: str | None = None) -> str:
-    """The Figshare API token: the given one, else ``CARE_FIGSHARE_TOKEN`` or ``FIGSHARE_TOKEN``.
-
-    Raises:
-        ConfigError: when there is none, saying where to get one.
-    """
-    token = token or next((os.environ[name] for name in TOKEN_ENV if os.environ.get(name)), None)
-    if not token:
-        raise ConfigError(
-            "no Figshare token: create a personal token at https://figshare.com/account/applications "
-            "(log in, 'Create Personal Token') and pass it with --token or set FIGSHARE_TOKEN; or download "
-            f"https://doi.org/10.6084/m9.figshare.{FIGSHARE_ARTICLE_ID} yourself and run 'data import wrist DIR'"
-        )
-    return token
-
-
-def figshare_headers(token: str) -> dict[str, str]:
-    """HTTP headers of an authenticated Figshare API request."""
-    return {"Authorization": f"token {token}", "Accept": "application/json"}
-
-
-def figshare_files(client: httpx.Client, token: str, article_id: int = FIGSHARE_ARTICLE_ID) -> list[FigshareFile]:
-    """All files of a Figshare article (every page of ``GET /articles/{id}/files``)."""
-    files: list[FigshareFile] = []
-    page, size = 1, 100
-    while True:
-        response = client.get(
-            f"{FIGSHARE_API}/articles/{article_id}/files",
-            params={"page": page, "page_size": size},
-            headers=figshare_headers(token),
-        )
-        _raise_for_status(response, f"listing the files of Figshare article {article_id}")
-        batch = [FigshareFile.model_validate(item) for item in response.json()]
-        files += batch
-        if len(batch) < size:
-            return files
-        page += 1
-
-
-def _raise_for_status(response: httpx.Response, doing: str) -> None:
-    """A clear error for a failed HTTP response."""
-    if response.status_code in (401, 403):
-        raise ConfigError(f"Figshare refused the token while {doing} (HTTP {response.status_code}); check it")
-    if response.is_error:
-        raise DataError(f"{doing} failed: HTTP {response.status_code} from {response.url}")
-
-
-def download_file(client: httpx.Client, file: FigshareFile, target: Path, token: str) -> Path:
-    """Download one file into ``target`` atomically (a ``.part`` file renamed when complete and verified).
-
-    A file already there with the expected size is kept. Raises :class:`DataError` on a checksum mismatch.
-    """
-    path = target / file.name
-    if path.is_file() and (not file.size or path.stat().st_size == file.size):
-        return path
-    part = target / f".{file.name}.part"
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with (
-            client.stream("GET", file.download_url, headers={"Authorization": f"token {token}"}) as response,
-            progress_bar() as bar,
-        ):
-            _raise_for_status(response, f"downloading {file.name}")
-            task = bar.add_task(f"{file.name} (MiB)", total=max(file.size, 1) / _CHUNK)
-            with part.open("wb") as out:
-                for chunk in response.iter_bytes(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.advance(task, len(chunk) / _CHUNK)
-        if file.md5 and digest.hexdigest() != file.md5:
-            raise DataError(f"{file.name}: checksum mismatch (md5 {digest.hexdigest()}, Figshare says {file.md5})")
-        part.replace(path)
-    finally:
-        part.unlink(missing_ok=True)
-    return path
-
-
-def extract_zip(archive: Path, target: Path) -> Path:
-    """Unpack ``archive`` into ``target/<archive stem>`` atomically (a temporary folder renamed at the end).
-
-    Raises:
-        DataError: a corrupt archive or a member that would land outside the folder.
-    """
-    final = target / archive.stem
-    temp = target / f".{archive.stem}.partial"
-    shutil.rmtree(temp, ignore_errors=True)
-    try:
-        with zipfile.ZipFile(archive) as zf, progress_bar() as bar:
-            for member in bar.track(zf.infolist(), description=f"unpacking {archive.name}"):
-                where = (temp / member.filename).resolve()
-                if not where.is_relative_to(temp.resolve()):
-                    raise DataError(f"{archive}: member {member.filename!r} would be written outside {final}")
-                zf.extract(member, temp)
-        temp.replace(final)
-    except zipfile.BadZipFile as exc:
-        raise DataError(f"{archive}: not a valid zip archive ({exc})") from exc
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return final
-
-
 def fetch_wrist(
-    target: Path, token: str | None = None, *, client: httpx.Client | None = None, article_id: int = FIGSHARE_ARTICLE_ID
+    target: Path,
+    token: str | None = None,
+    *,
+    client: httpx.Client | None = None,
+    article_id: int = FIGSHARE_ARTICLE_ID,
+    settings: Settings | None = None,
 ) -> Path:
-    """Download GRAZPEDWRI-DX from Figshare into ``target`` and unpack its zip archives there.
-
-    Each file is downloaded atomically and checked against Figshare's MD5; each ``.zip`` is unpacked into a
-    folder of its name and then deleted. Files and folders already complete are skipped, so an interrupted
-    fetch resumes where it stopped. The result is the layout ``data import wrist`` reads.
+    """Download GRAZPEDWRI-DX from Figshare into ``target`` and unpack its zip archives there
+    (:func:`~care_companion.data.figshare.fetch_article`): the layout ``data import wrist`` reads.
 
     Args:
         target: the folder to fill.
-        token: Figshare personal token (default: ``CARE_FIGSHARE_TOKEN`` or ``FIGSHARE_TOKEN``).
+        token: Figshare personal token (default: ``settings.figshare_token``, i.e. ``CARE_FIGSHARE_TOKEN`` or
+            ``FIGSHARE_TOKEN``).
         client: the HTTP client (default: a new one following redirects).
         article_id: the Figshare article (GRAZPEDWRI-DX).
+        settings: where the token is read (default: :func:`~care_companion.config.get_settings`).
     """
-    token = figshare_token(token)
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    owned = client is None
-    http = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60.0, read=600.0))
-    try:
-        for file in figshare_files(http, token, article_id):
-            if file.name.endswith(".zip") and (target / Path(file.name).stem).is_dir():
-                continue
-            path = download_file(http, file, target, token)
-            if path.suffix == ".zip":
-                extract_zip(path, target)
-                path.unlink()
-    finally:
-        if owned:
-            http.close()
-    return target
+    manual = f"download https://doi.org/10.6084/m9.figshare.{article_id} yourself and run 'data import wrist DIR'"
+    return fetch_article(target, article_id, token, manual=manual, client=client, settings=settings)
 
 
 def wrist_folder_items(src: Path, *, region: str | None = None) -> tuple[list[ImportItem], dict[str, Any]]:
