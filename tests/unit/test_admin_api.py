@@ -348,8 +348,8 @@ def test_unknown_task_or_unregistered_model_is_404_and_a_registry_failure_503(
     def down(*_: Any, **__: Any) -> None:
         raise ConnectionError("registry host unreachable")
 
-    monkeypatch.setattr("care_companion.serving.admin_routes.list_versions", down)
-    monkeypatch.setattr("care_companion.serving.admin_routes.alias_version", down)
+    monkeypatch.setattr("care_companion.registry.promotion.list_versions", down)
+    monkeypatch.setattr("care_companion.registry.promotion.alias_version", down)
     for method, path, body in (
         ("GET", "/v1/admin/models/chest/versions", None),
         ("POST", "/v1/admin/models/chest/aliases", {"version": 1, "alias": "canary"}),

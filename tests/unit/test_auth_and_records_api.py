@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from care_companion.access.departments import check_department, visible_department
 from care_companion.config import Settings
 from care_companion.records import repos
 from care_companion.records.db import make_engine, session_factory, upgrade
@@ -36,7 +37,7 @@ from care_companion.records.schemas import (
     UserCreate,
 )
 from care_companion.security import create_access_token, hash_password, new_api_key
-from care_companion.serving.auth import auth_router, check_department, visible_department
+from care_companion.serving.auth import auth_router
 from care_companion.serving.http_errors import install_error_handlers
 from care_companion.serving.records_routes import records_router
 

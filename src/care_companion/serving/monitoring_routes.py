@@ -5,16 +5,14 @@ from __future__ import annotations
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 
 from care_companion.errors import RequestError
-from care_companion.records.models import User
-from care_companion.security import Permission
-from care_companion.serving.auth import AUTH_ERRORS, require_briefly
-from care_companion.serving.monitor import DriftReport, HealthReport, Monitor
-
-Watcher = Annotated[User, Depends(require_briefly(Permission.MONITOR))]  # no transaction held: they query
+from care_companion.serving.deps import ModelsDep, MonitorDep, Watcher
+from care_companion.serving.manager import ModelManager
+from care_companion.serving.monitor import DriftReport, HealthReport
+from care_companion.serving.schemas import AUTH_ERRORS
 
 monitoring_router = APIRouter(tags=["monitoring"])
 
@@ -25,13 +23,9 @@ DASHBOARD_ASSETS = {
 }
 
 
-def _monitor(request: Request) -> Monitor:
-    monitor: Monitor = request.app.state.monitor
-    return monitor
-
-
-def _tasks(request: Request, task: str | None) -> list[str]:
-    served = list(request.app.state.models.tasks)
+def _tasks(models: ModelManager, task: str | None) -> list[str]:
+    """The tasks a query asks about: ``task`` (422 ``unknown_task`` when not served), else every served one."""
+    served = list(models.tasks)
     if task is None:
         return served
     if task not in served:
@@ -43,8 +37,9 @@ def _tasks(request: Request, task: str | None) -> list[str]:
     "/v1/monitoring/drift", response_model=DriftReport, responses=AUTH_ERRORS, summary="Data drift per task"
 )
 async def drift(
-    request: Request,
     user: Watcher,
+    monitor: MonitorDep,
+    models: ModelsDep,
     task: Annotated[str | None, Query(description="One task (default: every served task).")] = None,
     refresh: Annotated[bool, Query(description="Check the window now instead of returning the latest check.")] = False,
     hours: Annotated[float, Query(gt=0, le=24 * 90, description="History to return, in hours.")] = 24.0,
@@ -52,21 +47,22 @@ async def drift(
     """The latest drift check of each task's rolling window against its model's reference profile (per-test
     p-values, the verdict, feature medians, class mix, confidence and rejections) and the checks of the last
     ``hours``."""
-    return await _monitor(request).drift(_tasks(request, task), refresh=refresh, hours=hours)
+    return await monitor.drift(_tasks(models, task), refresh=refresh, hours=hours)
 
 
 @monitoring_router.get(
     "/v1/monitoring/health", response_model=HealthReport, responses=AUTH_ERRORS, summary="Model health per task"
 )
 async def health(
-    request: Request,
     user: Watcher,
+    monitor: MonitorDep,
+    models: ModelsDep,
     task: Annotated[str | None, Query(description="One task (default: every served task).")] = None,
 ) -> HealthReport:
     """Per task: the served model and the registry's aliases, throughput and latency over the last five minutes,
     predictions and refused inputs since start-up, and online sensitivity/specificity/accuracy over the last
     confirmed studies (``CARE_ONLINE_WINDOW``)."""
-    return await _monitor(request).health(_tasks(request, task))
+    return await monitor.health(_tasks(models, task))
 
 
 def _asset(name: str) -> str:

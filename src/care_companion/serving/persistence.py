@@ -26,14 +26,15 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from care_companion.access.audit import audit
+from care_companion.access.patients import study_for_upload
 from care_companion.config import Settings
-from care_companion.errors import RequestError, ServiceUnavailable
+from care_companion.errors import ServiceUnavailable
 from care_companion.imaging.decode import sniff_format
 from care_companion.records.db import database_unavailable
 from care_companion.records.models import User
-from care_companion.records.repos import add_image, add_prediction, get_study, write_audit
+from care_companion.records.repos import add_image, add_prediction
 from care_companion.records.schemas import PredictionCreate
-from care_companion.serving.auth import check_department
 from care_companion.serving.predict import Upload
 from care_companion.serving.schemas import PredictionResult
 from care_companion.storage.base import ObjectStore, store_errors
@@ -92,10 +93,7 @@ class RecordKeeper:
     def _authorise(self, user: User, study_id: int, task: str) -> Caller:
         try:
             with self.sessions() as session:
-                study = get_study(session=session, study_id=study_id)
-                check_department(user, study.department, what="study")
-                if study.task != task:
-                    raise RequestError(f"study {study_id} is a {study.task} study, not {task}", code="wrong_task")
+                study = study_for_upload(session, user, study_id, task)
                 return Caller(user.id, user.username, study.id)
         except DBAPIError as exc:
             raise database_unavailable(exc) from exc
@@ -169,7 +167,7 @@ class RecordKeeper:
                     study_id=caller.study_id,
                     image_id=image_id,
                     request_id=result.request_id[:64],
-                    task=result.task,  # type: ignore[arg-type]
+                    task=result.task,
                     model_name=result.model.name,
                     model_version=result.model.version,
                     probabilities=result.probabilities,
@@ -181,14 +179,15 @@ class RecordKeeper:
                 ),
             )
             if caller.study_id is not None:
-                write_audit(
-                    session=session,
-                    user=session.get(User, caller.user_id),
-                    action="prediction.create",
-                    resource_type="study",
-                    resource_id=caller.study_id,
+                audit(
+                    session,
+                    session.get(User, caller.user_id),
+                    "prediction.create",
+                    "study",
+                    caller.study_id,
                     request_id=result.request_id,
-                    detail={"prediction_id": prediction.id, "image_ids": image_ids},
+                    prediction_id=prediction.id,
+                    image_ids=image_ids,
                 )
             return {"study_id": caller.study_id, "image_id": image_id, "prediction_id": prediction.id}
 

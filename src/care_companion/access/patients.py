@@ -1,0 +1,287 @@
+"""Patients and studies as a signed-in user may see and change them, each action audited.
+
+Technicians and radiologists work in their own department (another department's record is "not found"),
+admins in all (:mod:`~care_companion.access.departments`). Every read or write appends an audit row in the
+caller's transaction with ids and counts only, never names, MRNs or search text. Permissions (who may read or
+write at all) are checked by the caller, before these functions run.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from care_companion.access.audit import audit, ids
+from care_companion.access.departments import check_assignable, check_department, visible_department
+from care_companion.errors import RequestError
+from care_companion.records.models import Feedback, Image, Patient, Prediction, Study, User
+from care_companion.records.repos import (
+    DEFAULT_LIMIT,
+    create_patient,
+    create_study,
+    get_patient,
+    get_study,
+    list_feedback,
+    list_images,
+    list_predictions,
+    list_studies,
+    search_patients,
+    update_patient,
+)
+from care_companion.records.schemas import PatientBase, PatientCreate, PatientUpdate, StudyCreate
+
+NOT_NULL_FIELDS = ("mrn", "name", "sex", "medical_history", "department")
+
+
+# -- the rules -----------------------------------------------------------------------------------------------
+
+
+def visible_patient(session: Session, user: User, patient_id: int) -> Patient:
+    """The patient, if it exists and is in a department ``user`` sees; :class:`NotFound` otherwise."""
+    patient = get_patient(session=session, patient_id=patient_id)
+    check_department(user, patient.department, what=f"patient {patient_id}")
+    return patient
+
+
+def visible_study(session: Session, user: User, study_id: int, *, what: str | None = None) -> Study:
+    """The study, if it exists and is in a department ``user`` sees; :class:`NotFound` ("``what`` not found",
+    default "study <id> not found") otherwise."""
+    study = get_study(session=session, study_id=study_id)
+    check_department(user, study.department, what=what or f"study {study_id}")
+    return study
+
+
+def study_for_upload(session: Session, user: User, study_id: int, task: str) -> Study:
+    """The study an upload of ``task`` images by ``user`` is stored with: :class:`NotFound` when it is missing or
+    of another department, :class:`RequestError` (422 ``wrong_task``) when it is a study of another task."""
+    study = visible_study(session, user, study_id, what="study")
+    if study.task != task:
+        raise RequestError(f"study {study_id} is a {study.task} study, not {task}", code="wrong_task")
+    return study
+
+
+def new_patient_department(user: User, requested: str) -> str:
+    """The department a new patient goes to: the one asked for (own only, unless admin), else the user's.
+
+    Raises:
+        RequestError: nothing asked for and the user has no department (``department_required``).
+        Forbidden: a non-admin asked for another department.
+    """
+    department = requested.strip() or user.department
+    if not department:
+        raise RequestError("department is required (your account has no department)", code="department_required")
+    check_assignable(user, department)
+    return department
+
+
+def checked_update(user: User, patient_in: PatientUpdate) -> PatientUpdate:
+    """Refuse explicit nulls for required fields (422) and moves to a department the user may not use (403)."""
+    nulls = sorted(f for f in patient_in.model_fields_set if f in NOT_NULL_FIELDS and getattr(patient_in, f) is None)
+    if nulls:
+        raise RequestError(f"{', '.join(nulls)} may not be null", code="invalid_request")
+    if patient_in.department is not None:
+        check_assignable(user, patient_in.department)
+    return patient_in
+
+
+# -- patients ------------------------------------------------------------------------------------------------
+
+
+def add_patient(*, session: Session, user: User, patient_in: PatientBase, request_id: str | None = None) -> Patient:
+    """Add a patient; a blank ``patient_in.department`` means the user's own (see :func:`new_patient_department`).
+
+    Raises:
+        Conflict: the MRN is taken.
+    """
+    department = new_patient_department(user, patient_in.department)
+    patient = create_patient(
+        session=session, patient_in=PatientCreate.model_validate({**patient_in.model_dump(), "department": department})
+    )
+    audit(session, user, "patient.create", "patient", patient.id, request_id=request_id, department=department)
+    return patient
+
+
+def find_patients(
+    *,
+    session: Session,
+    user: User,
+    query: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+    request_id: str | None = None,
+) -> tuple[list[Patient], int]:
+    """Patients of the user's department (admins: all) whose MRN starts with ``query`` or whose name contains
+    it; the audit row says whether a query was given, never what it was."""
+    items, count = search_patients(
+        session=session, query=query, department=visible_department(user), offset=offset, limit=limit
+    )
+    audit(
+        session,
+        user,
+        "patient.search",
+        "patient",
+        request_id=request_id,
+        query_given=bool(query and query.strip()),
+        count=count,
+        offset=offset,
+        ids=ids(items),
+    )
+    return items, count
+
+
+def read_patient(*, session: Session, user: User, patient_id: int, request_id: str | None = None) -> Patient:
+    """A patient of the user's department (admins: any); :class:`NotFound` otherwise."""
+    patient = visible_patient(session, user, patient_id)
+    audit(session, user, "patient.read", "patient", patient.id, request_id=request_id)
+    return patient
+
+
+def change_patient(
+    *, session: Session, user: User, patient_id: int, patient_in: PatientUpdate, request_id: str | None = None
+) -> Patient:
+    """Change the fields set in ``patient_in`` (:func:`checked_update`); a patient moved to another department
+    takes their studies along. The audit row names the fields changed, not their values."""
+    visible_patient(session, user, patient_id)
+    checked = checked_update(user, patient_in)
+    patient = update_patient(session=session, patient_id=patient_id, patient_in=checked)
+    audit(
+        session,
+        user,
+        "patient.update",
+        "patient",
+        patient.id,
+        request_id=request_id,
+        fields=sorted(checked.model_fields_set),
+    )
+    return patient
+
+
+# -- studies -------------------------------------------------------------------------------------------------
+
+
+def add_study(*, session: Session, user: User, study_in: StudyCreate, request_id: str | None = None) -> Study:
+    """Add a study of a patient the user can see; it takes the patient's department."""
+    visible_patient(session, user, study_in.patient_id)
+    study = create_study(session=session, study_in=study_in, created_by_id=user.id)
+    audit(
+        session,
+        user,
+        "study.create",
+        "study",
+        study.id,
+        request_id=request_id,
+        patient_id=study.patient_id,
+        task=study.task,
+    )
+    return study
+
+
+def find_studies(
+    *,
+    session: Session,
+    user: User,
+    patient_id: int | None = None,
+    task: str | None = None,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+    request_id: str | None = None,
+) -> tuple[list[Study], int]:
+    """Studies of the user's department (admins: all), newest first, optionally of one (visible) patient or task."""
+    if patient_id is not None:
+        visible_patient(session, user, patient_id)
+    items, count = list_studies(
+        session=session,
+        patient_id=patient_id,
+        department=visible_department(user),
+        task=task,
+        offset=offset,
+        limit=limit,
+    )
+    audit(
+        session,
+        user,
+        "study.list",
+        "study",
+        request_id=request_id,
+        patient_id=patient_id,
+        task=task,
+        count=count,
+        offset=offset,
+        ids=ids(items),
+    )
+    return items, count
+
+
+def read_study(*, session: Session, user: User, study_id: int, request_id: str | None = None) -> Study:
+    """A study of the user's department (admins: any); :class:`NotFound` otherwise."""
+    study = visible_study(session, user, study_id)
+    audit(session, user, "study.read", "study", study.id, request_id=request_id, patient_id=study.patient_id)
+    return study
+
+
+def study_images(*, session: Session, user: User, study_id: int, request_id: str | None = None) -> list[Image]:
+    """A visible study's images in upload order."""
+    study = visible_study(session, user, study_id)
+    images = list_images(session=session, study_id=study.id)
+    audit(
+        session,
+        user,
+        "study.images",
+        "study",
+        study.id,
+        request_id=request_id,
+        patient_id=study.patient_id,
+        ids=ids(images),
+    )
+    return images
+
+
+def study_predictions(
+    *,
+    session: Session,
+    user: User,
+    study_id: int,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+    request_id: str | None = None,
+) -> tuple[list[Prediction], int]:
+    """The model's answers for a visible study, newest first."""
+    study = visible_study(session, user, study_id)
+    items, count = list_predictions(session=session, study_id=study.id, offset=offset, limit=limit)
+    audit(
+        session,
+        user,
+        "study.predictions",
+        "study",
+        study.id,
+        request_id=request_id,
+        patient_id=study.patient_id,
+        count=count,
+        ids=ids(items),
+    )
+    return items, count
+
+
+def study_feedback(
+    *,
+    session: Session,
+    user: User,
+    study_id: int,
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+    request_id: str | None = None,
+) -> tuple[list[Feedback], int]:
+    """Radiologists' verdicts on a visible study, oldest first."""
+    study = visible_study(session, user, study_id)
+    items, count = list_feedback(session=session, study_id=study.id, offset=offset, limit=limit)
+    audit(
+        session,
+        user,
+        "study.feedback",
+        "study",
+        study.id,
+        request_id=request_id,
+        patient_id=study.patient_id,
+        count=count,
+        ids=ids(items),
+    )
+    return items, count
