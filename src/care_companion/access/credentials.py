@@ -60,5 +60,5 @@ def authenticate_credential(*, session: Session, credential: str | None, setting
 def check_permission(user: User, permission: Permission) -> User:
     """``user`` when their role has ``permission``; :class:`Forbidden` (403) otherwise."""
     if not can(user.role, permission):
-        raise Forbidden(f"role {user.role!r} does not have the {permission.value!r} permission")
+        raise Forbidden(f"role {str(user.role)!r} does not have the {permission.value!r} permission")
     return user
