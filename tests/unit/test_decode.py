@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from care_companion.config import Settings
 from care_companion.errors import InvalidImageError
-from care_companion.imaging.decode import decode_file, decode_image, sniff_format
+from care_companion.imaging.decode import DEFAULT_LIMITS, DecodeLimits, decode_file, decode_image, sniff_format
 from tests.conftest import shared_path
 from tests.helpers import dicom_bytes
 
@@ -53,9 +54,9 @@ def _png_header_only(width: int, height: int) -> bytes:
 _dicom = dicom_bytes
 
 
-def _reason(data: bytes, **kwargs: object) -> str:
+def _reason(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS, *, name: str = "") -> str:
     with pytest.raises(InvalidImageError) as info:
-        decode_image(data, **kwargs)  # type: ignore[arg-type]
+        decode_image(data, name=name, limits=limits)
     return info.value.reason
 
 
@@ -132,8 +133,23 @@ def test_empty_random_and_tiny_inputs() -> None:
     assert _reason(np.random.default_rng(1).bytes(5000)) == "not_an_image"
     assert _reason(b"GIF89a nonsense") in {"not_an_image", "truncated"}
     assert _reason(_png(_ramp(10, 10))) == "too_small"
-    assert _reason(_png(_ramp(80, 63)), min_side=64) == "too_small"
-    assert decode_image(_png(_ramp(20, 30)), min_side=16).shape == (20, 30)
+    assert _reason(_png(_ramp(80, 63)), DecodeLimits(min_side=64)) == "too_small"
+    assert decode_image(_png(_ramp(20, 30)), limits=DecodeLimits(min_side=16)).shape == (20, 30)
+
+
+def test_limits_default_to_the_settings_and_follow_them() -> None:
+    fields = Settings.model_fields
+    assert DecodeLimits() == DEFAULT_LIMITS == DecodeLimits(min_side=64, max_pixels=100_000_000)
+    assert (DEFAULT_LIMITS.min_side, DEFAULT_LIMITS.max_pixels) == (
+        fields["min_image_side"].default,
+        fields["max_image_pixels"].default,
+    )
+    limits = DecodeLimits.from_settings(Settings(min_image_side=16, max_image_pixels=2_000))
+    assert limits == DecodeLimits(min_side=16, max_pixels=2_000)
+    assert _reason(_png(_ramp(40, 60)), limits) == "decompression_bomb"
+    assert decode_image(_png(_ramp(20, 30)), limits=limits).shape == (20, 30)
+    with pytest.raises(AttributeError):
+        limits.min_side = 1  # type: ignore[misc]
 
 
 def test_error_detail_names_the_file() -> None:
@@ -149,14 +165,14 @@ def test_decompression_bomb_header_is_refused() -> None:
 
 def test_size_is_checked_before_decoding() -> None:
     # The IDAT is empty, so decoding would fail as truncated: the bomb check must come first.
-    assert _reason(_png_header_only(5000, 5000), max_pixels=1_000_000) == "decompression_bomb"
+    assert _reason(_png_header_only(5000, 5000), DecodeLimits(max_pixels=1_000_000)) == "decompression_bomb"
 
 
 def test_large_compressible_image_over_the_limit_is_refused() -> None:
     data = _png(np.zeros((1000, 1000), dtype=np.uint8))
     assert len(data) < 10_000
-    assert _reason(data, max_pixels=500_000) == "decompression_bomb"
-    assert decode_image(data, max_pixels=1_000_000).shape == (1000, 1000)
+    assert _reason(data, DecodeLimits(max_pixels=500_000)) == "decompression_bomb"
+    assert decode_image(data, limits=DecodeLimits(max_pixels=1_000_000)).shape == (1000, 1000)
 
 
 # ------------------------------------------------------------------------------------------- DICOM
@@ -268,7 +284,7 @@ def test_decode_file_reads_and_names(tmp_path: Path) -> None:
         decode_file(tmp_path)
     assert info.value.reason == "unreadable"
     (tmp_path / "small.png").write_bytes(_png(_ramp(20, 20)))
-    assert decode_file(tmp_path / "small.png", min_side=10).shape == (20, 20)
+    assert decode_file(tmp_path / "small.png", limits=DecodeLimits(min_side=10)).shape == (20, 20)
 
 
 def test_real_truncated_jpegs_fail_as_truncated() -> None:
@@ -309,7 +325,7 @@ def _mutated(draw: st.DrawFn) -> bytes:
 @given(st.one_of(st.binary(max_size=600), _mutated()))
 def test_any_bytes_give_an_image_or_invalid_image_error(data: bytes) -> None:
     try:
-        image = decode_image(data, name="fuzz", min_side=8, max_pixels=1_000_000)
+        image = decode_image(data, name="fuzz", limits=DecodeLimits(min_side=8, max_pixels=1_000_000))
     except InvalidImageError as exc:
         assert exc.reason in {
             "empty",

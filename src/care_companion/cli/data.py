@@ -54,6 +54,7 @@ def import_chest_cmd(
 ) -> None:
     """Decode, validate, deduplicate and split chest X-rays into a new data-set version."""
     from care_companion.data.chest import import_chest
+    from care_companion.imaging.decode import DecodeLimits
     from care_companion.storage import store_from_settings
 
     with friendly_errors():
@@ -66,8 +67,7 @@ def import_chest_cmd(
             non_xray=non_xray,
             non_chest=non_chest or None,
             non_chest_max=non_chest_max,
-            min_side=cfg.min_image_side,
-            max_pixels=cfg.max_image_pixels,
+            limits=DecodeLimits.from_settings(cfg),
             workers=workers,
         )
     print_import(result, get_task("chest"))
@@ -118,6 +118,7 @@ def import_wrist_cmd(
 ) -> None:
     """Import GRAZPEDWRI-DX two-view wrist studies (and optionally FracAtlas) as a new wrist data-set version."""
     from care_companion.data.wrist import import_wrist
+    from care_companion.imaging.decode import DecodeLimits
     from care_companion.storage import store_from_settings
 
     with friendly_errors():
@@ -130,8 +131,7 @@ def import_wrist_cmd(
             region=region,
             limit=limit,
             drop_uncertain=drop_uncertain,
-            min_side=cfg.min_image_side,
-            max_pixels=cfg.max_image_pixels,
+            limits=DecodeLimits.from_settings(cfg),
             workers=workers,
         )
     print_import(result, get_task("wrist"))
@@ -151,6 +151,7 @@ def import_fracatlas_cmd(
     """Import FracAtlas alone as a new wrist data-set version (one-view studies; 'import wrist --fracatlas' adds
     it to GRAZPEDWRI-DX instead)."""
     from care_companion.data.wrist import import_fracatlas
+    from care_companion.imaging.decode import DecodeLimits
     from care_companion.storage import store_from_settings
 
     with friendly_errors():
@@ -161,8 +162,7 @@ def import_fracatlas_cmd(
             seed=cfg.seed if seed is None else seed,
             region=region,
             limit=limit,
-            min_side=cfg.min_image_side,
-            max_pixels=cfg.max_image_pixels,
+            limits=DecodeLimits.from_settings(cfg),
             workers=workers,
         )
     print_import(result, get_task("wrist"))

@@ -10,6 +10,7 @@ import numpy as np
 from care_companion.data.importer import ImportResult, import_images
 from care_companion.data.synthetic_chest import make_unknown_images
 from care_companion.errors import ConfigError
+from care_companion.imaging.decode import DEFAULT_LIMITS, DecodeLimits
 from care_companion.storage.base import ObjectStore
 from care_companion.tasks import CHEST
 
@@ -35,8 +36,7 @@ def import_chest(
     non_xray: int = 400,
     non_chest: list[Path] | None = None,
     non_chest_max: int | None = 300,
-    min_side: int = 64,
-    max_pixels: int = 100_000_000,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     workers: int = 2,
 ) -> ImportResult:
     """Import chest X-ray class-folder trees (Kaggle layout or plain) as one data set.
@@ -50,8 +50,7 @@ def import_chest(
         non_chest: folders of other images that are not chest X-rays (e.g. other body parts' radiographs),
             every image imported as "unknown".
         non_chest_max: at most this many images from each non-chest folder (a seeded sample).
-        min_side: smallest accepted image side.
-        max_pixels: decompression-bomb guard.
+        limits: the image sizes accepted; other images are skipped (too small, decompression bomb).
         workers: decoding processes.
     """
     names = names or [Path(s).resolve().name for s in sources]
@@ -68,8 +67,7 @@ def import_chest(
             (f"non-chest:{Path(f).resolve().name}", Path(f), CHEST.reject or "unknown", non_chest_max)
             for f in non_chest or []
         ],
-        min_side=min_side,
-        max_pixels=max_pixels,
+        limits=limits,
         workers=workers,
     )
 

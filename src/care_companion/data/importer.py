@@ -31,7 +31,7 @@ from care_companion.data.manifest import COLUMNS, Manifest, dataset_prefix, save
 from care_companion.data.patients import origin_and_patient
 from care_companion.data.splits import grouped_stratified_split
 from care_companion.errors import DataError, InvalidImageError
-from care_companion.imaging.decode import decode_file
+from care_companion.imaging.decode import DEFAULT_LIMITS, DecodeLimits, decode_file
 from care_companion.parallel import parallel_map
 from care_companion.storage.base import ObjectStore
 from care_companion.tasks import TaskSpec
@@ -128,8 +128,8 @@ def _shrink(image: np.ndarray, max_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
-def _process(args: tuple[ImportItem, int, int]) -> _Processed | SkippedFile:
-    item, min_side, max_pixels = args
+def _process(args: tuple[ImportItem, DecodeLimits]) -> _Processed | SkippedFile:
+    item, limits = args
     try:
         if item.pixels is not None:
             raw = encode_png(item.pixels)
@@ -137,7 +137,7 @@ def _process(args: tuple[ImportItem, int, int]) -> _Processed | SkippedFile:
         else:
             assert item.path is not None
             raw = item.path.read_bytes()
-            image = decode_file(item.path, min_side=min_side, max_pixels=max_pixels)
+            image = decode_file(item.path, limits=limits)
     except InvalidImageError as exc:
         return SkippedFile(source=item.source, path=item.relative, reason=exc.reason, detail=exc.detail)
     except OSError as exc:
@@ -176,8 +176,7 @@ def import_images(
     labelled_folders: list[tuple[str, Path, str, int | None]] | None = None,
     items: Sequence[ImportItem] | None = None,
     details: dict[str, Any] | None = None,
-    min_side: int = 64,
-    max_pixels: int = 100_000_000,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     workers: int = 2,
 ) -> ImportResult:
     """Import class-folder trees, labelled items and in-memory images as the task's new data set version.
@@ -193,8 +192,7 @@ def import_images(
         items: already-labelled images, possibly with patient, study and view (kept in this order, so the
             first of two duplicates is the one earlier in the list).
         details: source-specific notes stored in the import report and the result.
-        min_side: shorter-side minimum; smaller images are skipped as too small.
-        max_pixels: decompression-bomb guard.
+        limits: the image sizes accepted; smaller or larger images are skipped (too small, decompression bomb).
         workers: decoding processes.
     """
     todo: list[ImportItem] = []
@@ -227,8 +225,7 @@ def import_images(
         seed=seed,
         unlabelled=unlabelled,
         details=details or {},
-        min_side=min_side,
-        max_pixels=max_pixels,
+        limits=limits,
         workers=workers,
     )
 
@@ -241,8 +238,7 @@ def _import(
     seed: int,
     unlabelled: list[str],
     details: dict[str, Any],
-    min_side: int,
-    max_pixels: int,
+    limits: DecodeLimits,
     workers: int,
 ) -> ImportResult:
     """Decode, deduplicate, store and split ``items``, then save the manifest and report."""
@@ -254,7 +250,7 @@ def _import(
     skipped: list[SkippedFile] = []
     duplicates: list[dict[str, str]] = []
     seen: dict[str, str] = {}
-    work = [(item, min_side, max_pixels) for item in items]
+    work = [(item, limits) for item in items]
     for processed in parallel_map(
         _process, work, workers=workers, description=f"importing {len(items)} {task.name} images"
     ):

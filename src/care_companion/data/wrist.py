@@ -48,6 +48,7 @@ from care_companion.data.figshare import fetch_article
 from care_companion.data.folders import image_files
 from care_companion.data.importer import ImportItem, ImportResult, import_images
 from care_companion.errors import ConfigError, DataError
+from care_companion.imaging.decode import DEFAULT_LIMITS, DecodeLimits
 from care_companion.storage.base import ObjectStore
 from care_companion.tasks import WRIST
 
@@ -371,8 +372,7 @@ def import_wrist(
     region: str | None = None,
     limit: int | None = None,
     drop_uncertain: bool = False,
-    min_side: int = 64,
-    max_pixels: int = 100_000_000,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     workers: int = 2,
 ) -> ImportResult:
     """Import GRAZPEDWRI-DX (and optionally FracAtlas) as a new version of the wrist data set.
@@ -387,8 +387,7 @@ def import_wrist(
         region: FracAtlas region filter (see :func:`fracatlas_images`).
         limit: at most this many FracAtlas images.
         drop_uncertain: leave out GRAZPEDWRI-DX studies with an uncertain diagnosis.
-        min_side: smallest accepted image side.
-        max_pixels: decompression-bomb guard.
+        limits: the image sizes accepted; other images are skipped (too small, decompression bomb).
         workers: decoding processes.
     """
     items, notes = graz_items(src, drop_uncertain=drop_uncertain)
@@ -403,8 +402,7 @@ def import_wrist(
         seed=seed,
         items=items,
         details=details,
-        min_side=min_side,
-        max_pixels=max_pixels,
+        limits=limits,
         workers=workers,
     )
 
@@ -416,8 +414,7 @@ def import_fracatlas(
     seed: int,
     region: str | None = None,
     limit: int | None = None,
-    min_side: int = 64,
-    max_pixels: int = 100_000_000,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     workers: int = 2,
 ) -> ImportResult:
     """Import FracAtlas alone as a new version of the wrist data set (one-view studies).
@@ -428,8 +425,7 @@ def import_fracatlas(
         seed: split seed (and seed of the ``limit`` sample).
         region: ``hand`` keeps hand/wrist films (see :func:`fracatlas_images`).
         limit: at most this many images, a seeded sample.
-        min_side: smallest accepted image side.
-        max_pixels: decompression-bomb guard.
+        limits: the image sizes accepted; other images are skipped (too small, decompression bomb).
         workers: decoding processes.
     """
     items, notes = fracatlas_items(src, region=region, limit=limit, seed=seed)
@@ -440,8 +436,7 @@ def import_fracatlas(
         seed=seed,
         items=items,
         details={FRACATLAS_SOURCE: notes},
-        min_side=min_side,
-        max_pixels=max_pixels,
+        limits=limits,
         workers=workers,
     )
 

@@ -22,7 +22,7 @@ from care_companion.data.importer import prepare, store_prepared
 from care_companion.data.manifest import COLUMNS, Manifest, load_manifest, save_manifest
 from care_companion.data.splits import grouped_stratified_split
 from care_companion.errors import DataError, InvalidImageError
-from care_companion.imaging.decode import decode_image
+from care_companion.imaging.decode import DEFAULT_LIMITS, DecodeLimits, decode_image
 from care_companion.records.models import Feedback, Study
 from care_companion.storage.base import ObjectStore
 from care_companion.tasks import TaskSpec
@@ -79,8 +79,7 @@ def build_dataset(
     task: TaskSpec,
     seed: int,
     base_version: str | None = None,
-    min_side: int = 64,
-    max_pixels: int = 100_000_000,
+    limits: DecodeLimits = DEFAULT_LIMITS,
 ) -> FeedbackDataset:
     """Add every labelled feedback image to the task's data set and save the result as a new version.
 
@@ -90,8 +89,7 @@ def build_dataset(
         task: the task.
         seed: seed of the split of the new rows.
         base_version: the data set to extend (default: the latest).
-        min_side: shorter-side minimum of an image.
-        max_pixels: decompression-bomb guard.
+        limits: the image sizes accepted; other images are skipped (too small, decompression bomb).
     """
     base = load_manifest(store, task.name, base_version)
     frame = base.frame.copy()
@@ -115,7 +113,7 @@ def build_dataset(
             continue
         data = store.get_bytes(key)
         try:
-            image = decode_image(data, name=key, min_side=min_side, max_pixels=max_pixels)
+            image = decode_image(data, name=key, limits=limits)
         except InvalidImageError as exc:
             skipped[key] = exc.reason
             continue

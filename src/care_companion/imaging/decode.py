@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from care_companion.config import Settings
 from care_companion.errors import InvalidImageError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -27,6 +29,28 @@ _PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM", "JPEG2000")
 _ROBUST_LOW, _ROBUST_HIGH = 0.5, 99.5
 # ITU-R BT.601 luma weights for RGB -> gray.
 _LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What image sizes decoding accepts; defaults are those of :class:`~care_companion.config.Settings`.
+
+    Attributes:
+        min_side: images whose shorter side is below this many pixels are rejected ("too_small").
+        max_pixels: images with more pixels (checked from the header, before decoding) are rejected
+            ("decompression_bomb").
+    """
+
+    min_side: int = Settings.model_fields["min_image_side"].default
+    max_pixels: int = Settings.model_fields["max_image_pixels"].default
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecodeLimits:
+        """The limits configured by ``settings.min_image_side`` and ``settings.max_image_pixels``."""
+        return cls(min_side=settings.min_image_side, max_pixels=settings.max_image_pixels)
+
+
+DEFAULT_LIMITS = DecodeLimits()
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -56,15 +80,13 @@ def _looks_like_raw_dicom(data: bytes) -> bool:
     return int.from_bytes(data[4:8], "little") < min(len(data), 1024)  # implicit VR: a small first length
 
 
-def decode_image(data: bytes, *, name: str = "", min_side: int = 64, max_pixels: int = 100_000_000) -> np.ndarray:
+def decode_image(data: bytes, *, name: str = "", limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode image bytes into a 2-D ``uint8`` grayscale array, rejecting anything unusable.
 
     Args:
         data: the raw file contents (PNG, JPEG, BMP, TIFF, GIF, WebP, PPM, JPEG 2000 or DICOM).
         name: file name or other label used in error messages.
-        min_side: images whose shorter side is below this many pixels are rejected ("too_small").
-        max_pixels: images with more pixels (checked from the header, before decoding) are rejected
-            ("decompression_bomb").
+        limits: the smallest side and largest pixel count accepted ("too_small", "decompression_bomb").
 
     Raises:
         InvalidImageError: for every input that does not give a usable image; ``reason`` says why.
@@ -78,10 +100,7 @@ def decode_image(data: bytes, *, name: str = "", min_side: int = 64, max_pixels:
             # Decoder warnings (PIL's bomb warning, pydicom's tag complaints) are not ours to show: we check
             # sizes ourselves and fail loudly on real problems.
             warnings.simplefilter("ignore")
-            if fmt == "dicom":
-                image = _decode_dicom(data, label, min_side, max_pixels)
-            else:
-                image = _decode_pil(data, fmt, label, min_side, max_pixels)
+            image = _decode_dicom(data, label, limits) if fmt == "dicom" else _decode_pil(data, fmt, label, limits)
     except InvalidImageError:
         raise
     except Exception as exc:  # decoders raise anything on hostile bytes; callers only ever see ours
@@ -91,16 +110,16 @@ def decode_image(data: bytes, *, name: str = "", min_side: int = 64, max_pixels:
             f"{label}: the {fmt.upper()} data is cut short or corrupt ({type(exc).__name__}: {exc})",
             reason="truncated",
         ) from exc
-    _check_size(image.shape[1], image.shape[0], label, min_side, max_pixels)
+    _check_size(image.shape[1], image.shape[0], label, limits)
     return np.ascontiguousarray(image, dtype=np.uint8)
 
 
-def decode_file(path: Path, **kwargs: Any) -> np.ndarray:
+def decode_file(path: Path, *, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Read and decode an image file into a 2-D ``uint8`` grayscale array.
 
     Args:
         path: the file to read.
-        **kwargs: passed to :func:`decode_image` (``min_side``, ``max_pixels``).
+        limits: the sizes accepted, as for :func:`decode_image`.
 
     Raises:
         InvalidImageError: reason "unreadable" when the file cannot be read, else as :func:`decode_image`.
@@ -109,11 +128,12 @@ def decode_file(path: Path, **kwargs: Any) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidImageError(f"{path}: cannot read the file ({exc.strerror or exc})", reason="unreadable") from exc
-    return decode_image(data, name=str(path), **kwargs)
+    return decode_image(data, name=str(path), limits=limits)
 
 
-def _check_size(width: int, height: int, label: str, min_side: int, max_pixels: int) -> None:
+def _check_size(width: int, height: int, label: str, limits: DecodeLimits) -> None:
     """Reject images that are too large to decode safely or too small to be useful."""
+    min_side, max_pixels = limits.min_side, limits.max_pixels
     if width * height > max_pixels:
         raise InvalidImageError(
             f"{label}: {width}x{height} pixels is more than the allowed {max_pixels} (possible decompression bomb)",
@@ -146,7 +166,7 @@ def _rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- PIL
 
 
-def _decode_pil(data: bytes, fmt: str | None, label: str, min_side: int, max_pixels: int) -> np.ndarray:
+def _decode_pil(data: bytes, fmt: str | None, label: str, limits: DecodeLimits) -> np.ndarray:
     """Decode with PIL, checking the header size before any pixel is decompressed."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -165,7 +185,7 @@ def _decode_pil(data: bytes, fmt: str | None, label: str, min_side: int, max_pix
             f"{label}: the {fmt.upper()} header is cut short or corrupt", reason="truncated"
         ) from exc
     with img:
-        _check_size(img.size[0], img.size[1], label, min_side, max_pixels)
+        _check_size(img.size[0], img.size[1], label, limits)
         try:
             img.load()  # full decode: a truncated stream raises here (LOAD_TRUNCATED_IMAGES stays False)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -204,7 +224,7 @@ def _pil_to_gray(img: Any, label: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- DICOM
 
 
-def _decode_dicom(data: bytes, label: str, min_side: int, max_pixels: int) -> np.ndarray:
+def _decode_dicom(data: bytes, label: str, limits: DecodeLimits) -> np.ndarray:
     """Decode a DICOM file's first frame to display-ready 8-bit grayscale."""
     import pydicom
     from pydicom.uid import UID
@@ -223,7 +243,7 @@ def _decode_dicom(data: bytes, label: str, min_side: int, max_pixels: int) -> np
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows <= 0 or cols <= 0:
         raise InvalidImageError(f"{label}: the DICOM file does not give the image size", reason="truncated")
-    _check_size(cols, rows, label, min_side, max_pixels)
+    _check_size(cols, rows, label, limits)
 
     if not hasattr(ds, "file_meta"):
         ds.file_meta = pydicom.dataset.FileMetaDataset()

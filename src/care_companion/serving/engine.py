@@ -14,7 +14,7 @@ import numpy as np
 
 from care_companion.config import Settings
 from care_companion.errors import ModelError
-from care_companion.imaging.decode import decode_image
+from care_companion.imaging.decode import DecodeLimits, decode_image
 from care_companion.models.bundle import BundleMeta
 from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.monitoring.drift import DriftWindow
@@ -79,18 +79,15 @@ class ServedModel:
         """The task the bundle was trained for."""
         return self.meta.task_spec()
 
-    def preprocess_bytes(self, data: bytes, *, name: str, min_side: int, max_pixels: int) -> Prepared:
+    def preprocess_bytes(self, data: bytes, *, name: str, limits: DecodeLimits) -> Prepared:
         """Decode untrusted bytes and make the model input [1, S, S] (blocking: run it in a worker thread)."""
-        image = decode_image(data, name=name, min_side=min_side, max_pixels=max_pixels)
+        image = decode_image(data, name=name, limits=limits)
         return Prepared(self.predictor.preprocess([image])[0], *_described([image]))
 
-    def preprocess_study(self, views: dict[str, tuple[bytes, str]], *, min_side: int, max_pixels: int) -> Prepared:
+    def preprocess_study(self, views: dict[str, tuple[bytes, str]], *, limits: DecodeLimits) -> Prepared:
         """Decode the views of one study ({view: (bytes, name)}) and make the model's feed without batch axis
         (blocking: run it in a worker thread). A view that is not a usable image raises, naming the file."""
-        images = {
-            view: decode_image(data, name=name, min_side=min_side, max_pixels=max_pixels)
-            for view, (data, name) in views.items()
-        }
+        images = {view: decode_image(data, name=name, limits=limits) for view, (data, name) in views.items()}
         feed = {name: value[0] for name, value in self.predictor.preprocess_studies([images]).items()}
         return Prepared(feed, *_described(list(images.values())))
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from care_companion.config import Settings
 from care_companion.errors import CareError, InvalidImageError, NotForTask, RequestError, error_code
+from care_companion.imaging.decode import DecodeLimits
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.serving.engine import Prepared, ServedModel
 from care_companion.serving.manager import ModelManager
@@ -64,8 +65,7 @@ class Predictor:
             lambda: model.preprocess_bytes(
                 upload.data,
                 name=upload.name,
-                min_side=self.settings.min_image_side,
-                max_pixels=self.settings.max_image_pixels,
+                limits=DecodeLimits.from_settings(self.settings),
             ),
         )
 
@@ -217,8 +217,7 @@ class Predictor:
                     self.pool,
                     lambda: model.preprocess_study(
                         {view: (upload.data, upload.name) for view, upload in given.items()},
-                        min_side=self.settings.min_image_side,
-                        max_pixels=self.settings.max_image_pixels,
+                        limits=DecodeLimits.from_settings(self.settings),
                     ),
                 )
             except InvalidImageError as exc:

@@ -17,6 +17,7 @@ from care_companion.data.importer import ImportResult
 from care_companion.data.synthetic_chest import write_synthetic_chest_tree
 from care_companion.data.synthetic_wrist import synthetic_wrist_studies, synthetic_wrist_study, write_wrist_studies
 from care_companion.data.wrist import import_wrist
+from care_companion.imaging.decode import DecodeLimits
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST, WRIST
 from care_companion.training.trainer import TrainConfig
@@ -51,8 +52,7 @@ def run_demo(
         store_from_settings(settings),
         seed=settings.seed,
         non_xray=non_xray,
-        min_side=settings.min_image_side,
-        max_pixels=settings.max_image_pixels,
+        limits=DecodeLimits.from_settings(settings),
     )
     recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})
     outcome = train_task(CHEST, recipe, settings=settings, dataset_version=imported.version, demo=True)
@@ -74,8 +74,7 @@ def run_wrist_demo(
         source,
         store_from_settings(settings),
         seed=settings.seed,
-        min_side=settings.min_image_side,
-        max_pixels=settings.max_image_pixels,
+        limits=DecodeLimits.from_settings(settings),
     )
     recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})  # the chest demo's recipe fits
     outcome = train_task(WRIST, recipe, settings=settings, dataset_version=imported.version, demo=True)

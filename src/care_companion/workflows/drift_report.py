@@ -18,7 +18,7 @@ from care_companion.data.cache import build_cache
 from care_companion.data.folders import IMAGE_SUFFIXES, image_files
 from care_companion.data.manifest import load_manifest
 from care_companion.errors import ConfigError, DataError, InvalidImageError
-from care_companion.imaging.decode import decode_image
+from care_companion.imaging.decode import DEFAULT_LIMITS, DecodeLimits, decode_image
 from care_companion.imaging.preprocess import resize_square
 from care_companion.models.bundle import load_meta
 from care_companion.models.predictor import BundlePredictor
@@ -51,15 +51,15 @@ class FolderDrift(DriftStatus):
 _Read = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, histogram, image at the model's input size
 
 
-def _read(args: tuple[Path, str, int, int, int]) -> _Read | SkippedFile:
+def _read(args: tuple[Path, str, int, DecodeLimits]) -> _Read | SkippedFile:
     """Decode one file as the service decodes an upload: its drift features and its model-size image."""
-    path, name, size, min_side, max_pixels = args
+    path, name, size, limits = args
     try:
         data = path.read_bytes()
     except OSError as exc:
         return SkippedFile(path=name, reason="unreadable", detail=f"{name}: cannot read the file ({exc.strerror})")
     try:
-        image = decode_image(data, name=name, min_side=min_side, max_pixels=max_pixels)
+        image = decode_image(data, name=name, limits=limits)
         features, histogram = describe(image)
         return features, histogram, resize_square(image, size)
     except InvalidImageError as exc:
@@ -99,8 +99,7 @@ def observe_folder(
     task: TaskSpec,
     *,
     view: str | None = None,
-    min_side: int = 64,
-    max_pixels: int = 100_000_000,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     workers: int = 1,
 ) -> tuple[list[Observation], list[SkippedFile]]:
     """Every image under ``folder`` as the drift window's observation, and the files that could not be read.
@@ -110,15 +109,14 @@ def observe_folder(
         folder: images at any depth (PNG, JPEG, DICOM, ...); one image is one input.
         task: the model's task.
         view: for a multi-view model, the view every image is taken as (a one-view study); default the first.
-        min_side: shorter image side below which a file is skipped (as the service refuses it).
-        max_pixels: larger images are skipped (as the service refuses them).
+        limits: the image sizes accepted; other files are skipped (as the service refuses them).
         workers: decoding processes.
     """
     folder = Path(folder)
     as_view = _view_for(task, view)
     paths = image_paths(folder)
     size = predictor.meta.input_size
-    work = [(p, str(p.relative_to(folder)), size, min_side, max_pixels) for p in paths]
+    work = [(p, str(p.relative_to(folder)), size, limits) for p in paths]
     read = list(parallel_map(_read, work, workers=workers, description=f"decoding {len(paths)} images"))
     skipped = [item for item in read if isinstance(item, SkippedFile)]
     good = [item for item in read if not isinstance(item, SkippedFile)]
@@ -206,8 +204,7 @@ def drift_report(
         folder,
         spec,
         view=as_view,
-        min_side=settings.min_image_side,
-        max_pixels=settings.max_image_pixels,
+        limits=DecodeLimits.from_settings(settings),
         workers=workers,
     )
     if len(observations) < min_images:

@@ -16,7 +16,7 @@ from care_companion.data.wrist import wrist_folder_items
 from care_companion.errors import ConfigError, DataError, InvalidImageError
 from care_companion.evaluation.metrics import EvaluationReport, evaluate_predictions
 from care_companion.evaluation.plots import write_plots
-from care_companion.imaging.decode import decode_file
+from care_companion.imaging.decode import DecodeLimits, decode_file
 from care_companion.imaging.preprocess import resize_square
 from care_companion.models.predictor import BundlePredictor
 from care_companion.parallel import parallel_map
@@ -36,10 +36,10 @@ class EvaluationRun(BaseModel):
     plots: dict[str, Path] = {}
 
 
-def _load(args: tuple[Path, int, int, int]) -> np.ndarray | InvalidImageError:
-    path, size, min_side, max_pixels = args
+def _load(args: tuple[Path, int, DecodeLimits]) -> np.ndarray | InvalidImageError:
+    path, size, limits = args
     try:
-        return resize_square(decode_file(path, min_side=min_side, max_pixels=max_pixels), size)
+        return resize_square(decode_file(path, limits=limits), size)
     except InvalidImageError as exc:
         return exc
 
@@ -50,7 +50,8 @@ Scored = tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[dict[str, str
 def _decode_all(
     paths: list[Path], names: list[str], size: int, settings: Settings, workers: int
 ) -> tuple[list[np.ndarray | None], list[dict[str, str]]]:
-    work = [(path, size, settings.min_image_side, settings.max_image_pixels) for path in paths]
+    limits = DecodeLimits.from_settings(settings)
+    work = [(path, size, limits) for path in paths]
     loaded = parallel_map(_load, work, workers=workers, description=f"decoding {len(paths)} images")
     images: list[np.ndarray | None] = []
     skipped = []

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from care_companion.config import Settings
 from care_companion.feedback.dataset import FeedbackDataset, build_dataset, new_feedback_count
+from care_companion.imaging.decode import DecodeLimits
 from care_companion.records import repos
 from care_companion.records.db import check_migrated, make_engine, session_factory
 from care_companion.storage import store_from_settings
@@ -47,8 +48,7 @@ def build_feedback_dataset(task: TaskSpec, settings: Settings, *, base_version: 
                 task=task,
                 seed=settings.seed,
                 base_version=base_version,
-                min_side=settings.min_image_side,
-                max_pixels=settings.max_image_pixels,
+                limits=DecodeLimits.from_settings(settings),
             )
     finally:
         engine.dispose()
