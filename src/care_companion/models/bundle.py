@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from care_companion.errors import ModelError
+from care_companion.models.ood import OodGate
 from care_companion.tasks import TASKS, TaskSpec
 
 BUNDLE_FILE = "bundle.json"
@@ -92,6 +93,11 @@ class BundleMeta(BaseModel):
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
     int8: Int8Report | None = Field(default=None, description="The INT8 model, when one was made.")
+    ood: OodGate | None = Field(
+        default=None,
+        description="The out-of-distribution gate on the embedding (file ood.npz), applied before any finding; "
+        "None for bundles made before it (they are served with the reject class alone).",
+    )
     demo: bool = Field(default=False, description="True for demo models trained on synthetic data.")
     intended_use: str = INTENDED_USE
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))

@@ -16,6 +16,7 @@ from care_companion.config import Settings
 from care_companion.errors import ModelError
 from care_companion.imaging.decode import DecodeLimits, decode_image
 from care_companion.models.bundle import BundleMeta
+from care_companion.models.ood import LoadedGate, load_gate
 from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.monitoring.drift import DriftWindow
 from care_companion.monitoring.features import describe
@@ -66,6 +67,7 @@ class ServedModel:
     predictor: BundlePredictor
     batcher: MicroBatcher
     drift: DriftWindow
+    ood: LoadedGate | None = None  # the bundle's out-of-distribution gate; None for bundles made without one
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     active: int = 0
 
@@ -121,6 +123,7 @@ def start_model(task_name: str, source: ModelSource, settings: Settings, metrics
     predictor = BundlePredictor(
         source.directory, threads=settings.inference_threads, precision=settings.engine_precision, spin=False
     )
+    ood = load_gate(source.directory, predictor.meta.ood) if predictor.has_embedding else None
     batcher = MicroBatcher(
         predictor.logits_and_embeddings if predictor.has_embedding else predictor.logits,
         max_batch=settings.max_batch_size,
@@ -135,6 +138,7 @@ def start_model(task_name: str, source: ModelSource, settings: Settings, metrics
         predictor=predictor,
         batcher=batcher,
         drift=drift_window(predictor, source, settings),
+        ood=ood,
     )
 
 

@@ -106,9 +106,11 @@ class Predictor:
         started: float,
     ) -> PredictionResult:
         """Interpret calibrated probabilities at the bundle's operating point; a study missing some of the
-        model's views is always low-confidence, saying which view is missing. The input goes to drift monitoring,
-        a rejected one included."""
+        model's views is always low-confidence, saying which view is missing. The out-of-distribution gate is
+        checked first: an embedding unlike the task's training films is refused as the reject class is. The input
+        goes to drift monitoring, a refused one included."""
         task = model.task.name
+        gate = model.ood.check(embedding, model.predictor.precision) if model.ood and embedding is not None else None
         found = interpret(probs, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin)
         self.monitor.observe(
             model,
@@ -116,9 +118,20 @@ class Predictor:
             probs,
             embedding,
             label=found.label,
-            rejected=found.rejected,
+            rejected=found.rejected or bool(gate and gate[0]),
             latency_s=time.perf_counter() - started,
         )
+        if gate is not None and gate[0]:
+            spec = model.task
+            error = NotForTask(
+                f"{what}: this does not look like a {spec.body_part} radiograph (out-of-distribution score "
+                f"{gate[1]:.2f} above the model's threshold {gate[2]:.2f}); no finding was made. "
+                f"Upload a {spec.body_part} radiograph.",
+                task=task,
+                code=spec.refusal_code,
+            )
+            self.metrics.observe_rejection(task, error.code)
+            raise error
         if found.rejected:
             spec = model.task
             error = NotForTask(

@@ -35,6 +35,7 @@ from care_companion.training.distributed import train_on_ray
 from care_companion.training.operating_point import choose_operating_point
 from care_companion.training.trainer import TrainConfig, predict_logits, train_classifier
 from care_companion.training.world import LocalWorld
+from care_companion.workflows.ood_gate import build_ood_gate
 from care_companion.workflows.profiling import build_profile
 from care_companion.workflows.quantization import add_int8
 from care_companion.workflows.scoring import item_probabilities
@@ -243,6 +244,10 @@ def train_task(
                 run.set_tags({"int8_preferred": str(quantized.preferred).lower()})
             except Exception as exc:  # INT8 is an option: its failure must not lose the trained model
                 log.warning("INT8 quantisation failed, the bundle keeps only float32: %s", exc)
+        try:  # stage: the out-of-distribution gate, fitted on the exported model's embeddings
+            build_ood_gate(bundle_dir, task, train=train, val=val, seed=config.seed)
+        except Exception as exc:  # the reject class still refuses; the service serves the bundle without the gate
+            log.warning("no out-of-distribution gate: %s", exc)
         try:
             build_profile(bundle_dir, task, store=store, manifest=manifest, train=train, val=val, seed=config.seed)
         except Exception as exc:  # monitoring must not lose the trained model; the service reports it unavailable

@@ -1,0 +1,308 @@
+"""The out-of-distribution gate: its math, its place in the bundle, and the service refusing what is not the task's
+body part (photos, screenshots, other body parts' films) with 422 ``spec.refusal_code`` before any finding."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from care_companion.data.datasets import ArrayData
+from care_companion.data.synthetic_chest import natural_images, synth_chest, synth_non_radiograph
+from care_companion.data.synthetic_wrist import WRIST_VIEWS, synthetic_wrist_studies
+from care_companion.models.bundle import BUNDLE_FILE, ONNX_FILE, BundleMeta, load_meta, save_meta
+from care_companion.models.ood import OOD_FILE, OodModel, choose_threshold, ledoit_wolf, load_gate
+from care_companion.tasks import TASKS, TaskSpec
+from care_companion.workflows.ood_gate import build_ood_gate
+from tests.helpers import service_client
+
+SIZE = 64  # model input side
+IMAGE = 96  # synthetic image side
+
+# ------------------------------------------------------------------------------------------------ the math
+
+
+def blobs(n: int, seed: int, dim: int = 24, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes of correlated Gaussian points around a common direction (embeddings are positive-ish)."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).normal(size=(dim, dim)) / np.sqrt(dim)
+    labels = np.arange(n) % 2
+    centre = np.full(dim, 3.0)
+    centre[: dim // 2] += 1.0
+    points = centre + labels[:, None] * 1.5 * np.eye(dim)[0] + rng.normal(size=(n, dim)) @ mix
+    return points + offset * np.random.default_rng(7).normal(size=dim), labels
+
+
+def test_in_distribution_points_pass_and_far_points_are_refused() -> None:
+    train, labels = blobs(400, 0)
+    model = OodModel.fit(train, labels)
+    threshold, refused = choose_threshold(model.score(blobs(400, 1)[0]), 0.01)
+    assert refused <= 0.01
+    fresh = model.score(blobs(2000, 2)[0])
+    assert (fresh > threshold).mean() < 0.05  # held-out in-distribution points: a few beyond the 99th percentile
+    far = model.score(blobs(200, 3, offset=3.0)[0])
+    assert (far > threshold).mean() > 0.99
+    assert model.score(-train[:5]).min() > threshold  # the opposite direction is as far as it gets
+
+
+@pytest.mark.parametrize("share", [0.0, 0.01, 0.05, 0.2])
+@pytest.mark.parametrize("n", [1, 37, 100, 1001])
+def test_threshold_refuses_at_most_the_chosen_share_and_no_less_than_needed(share: float, n: int) -> None:
+    scores = np.random.default_rng(n).normal(size=n)
+    threshold, refused = choose_threshold(scores, share)
+    assert refused == pytest.approx((scores > threshold).mean())
+    assert refused <= share + 1e-12
+    assert (scores > threshold).sum() == int(np.floor(share * n + 1e-9))  # distinct scores: exactly the allowance
+
+
+def test_threshold_needs_scores() -> None:
+    with pytest.raises(ValueError, match="no validation scores"):
+        choose_threshold(np.array([]))
+
+
+def test_ledoit_wolf_matches_scikit_learn() -> None:
+    covariance = pytest.importorskip("sklearn.covariance")
+    x = np.random.default_rng(0).normal(size=(60, 30)) @ np.random.default_rng(1).normal(size=(30, 30))
+    x = x - x.mean(axis=0)
+    ours, shrinkage = ledoit_wolf(x)
+    theirs, their_shrinkage = covariance.ledoit_wolf(x, assume_centered=True)
+    assert shrinkage == pytest.approx(their_shrinkage, rel=1e-6)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9)
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    train, labels = blobs(200, 0)
+    model = OodModel.fit(train, labels)
+    loaded = OodModel.load(model.save(tmp_path / OOD_FILE))
+    probe = blobs(50, 5, offset=1.0)[0]
+    np.testing.assert_allclose(loaded.score(probe), model.score(probe), rtol=1e-4)
+    assert loaded.shrinkage == pytest.approx(model.shrinkage)
+
+
+# ------------------------------------------------------------------------ a tiny bundle with a telling embedding
+
+
+def stats_bundle(directory: Path, task: TaskSpec) -> Path:
+    """A real ONNX bundle for ``task`` whose logits are constant (the first disease class wins, never the reject
+    class: any refusal is the gate's) and whose embedding is each view's 8x8 mean image, intensity CDF and edge
+    map: a small, deterministic stand-in for a trained network's features."""
+    import torch
+    import torch.nn.functional as F
+
+    from care_companion.models.bundle import EMBEDDING_OUTPUT, LOGITS_OUTPUT, Normalisation, input_specs
+
+    logits = torch.full((len(task.classes),), -2.0)
+    logits[task.index(task.positives[0])] = 2.0
+    levels = torch.linspace(-2.0, 2.0, 16)
+
+    def describe(x: torch.Tensor) -> torch.Tensor:  # x [B, 1, S, S] -> [B, 144]
+        edges = F.pad((x[..., 1:] - x[..., :-1]).abs(), (0, 1))
+        cdf = (x.flatten(1)[:, :, None] > levels).float().mean(dim=1)
+        return torch.cat([F.avg_pool2d(x, SIZE // 8).flatten(1), cdf, F.avg_pool2d(edges, SIZE // 8).flatten(1)], 1)
+
+    class Single(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            embedding = describe(image)
+            return logits.expand(image.shape[0], -1) + 0 * embedding[:, :1], embedding
+
+    class Study(torch.nn.Module):
+        def forward(self, images: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            views = [describe(images[:, v]) * present[:, v : v + 1] for v in range(images.shape[1])]
+            embedding = torch.cat([*views, present], dim=1)
+            return logits.expand(images.shape[0], -1) + 0 * embedding[:, :1], embedding
+
+    specs = input_specs(task.views, SIZE)
+    names = [spec.name for spec in specs]
+    example = tuple(torch.zeros([2 if d == "batch" else int(d) for d in spec.shape]) for spec in specs)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        Study() if task.multiview else Single(),
+        example,
+        str(directory / ONNX_FILE),
+        input_names=names,
+        output_names=[LOGITS_OUTPUT, EMBEDDING_OUTPUT],
+        dynamic_axes={name: {0: "batch"} for name in [*names, LOGITS_OUTPUT, EMBEDDING_OUTPUT]},
+        opset_version=17,
+        dynamo=False,
+    )
+    meta = BundleMeta.for_task(
+        task,
+        backbone="stats",
+        input_size=SIZE,
+        normalisation=Normalisation(),
+        thresholds={"abnormal": 0.5, **dict.fromkeys(task.positives, 0.5)},
+        dataset_version="v-test",
+    )
+    save_meta(directory, meta)
+    return directory
+
+
+def wrist_films(n: int, seed: int) -> list[np.ndarray]:
+    """Single synthetic wrist views (PA and lateral), as another task's 'other body part'."""
+    return [image for s in synthetic_wrist_studies(n, seed=seed, size=IMAGE) for image in s.views.values()][:n]
+
+
+def chest_films(n: int, seed: int) -> list[np.ndarray]:
+    """Synthetic chest films of every clinical class."""
+    rng = np.random.default_rng(seed)
+    classes = ("normal", "pneumonia", "tuberculosis")
+    return [synth_chest(classes[i % 3], rng, IMAGE) for i in range(n)]
+
+
+def task_data(task: TaskSpec, n: int, seed: int) -> ArrayData:
+    """``n`` synthetic items of ``task``'s clinical classes (plus, for a task with a reject class, photos labelled
+    with it: the gate must leave those out of its fit)."""
+    if task.multiview:
+        studies = synthetic_wrist_studies(n, seed=seed, size=IMAGE, fracture_rate=0.5)
+        images = [image for s in studies for image in s.views.values()]
+        views, k = np.full((len(studies), len(WRIST_VIEWS)), -1), 0
+        for i, s in enumerate(studies):
+            for j, view in enumerate(WRIST_VIEWS):
+                if view in s.views:
+                    views[i, j], k = k, k + 1
+        labels = np.array([task.index(s.label) for s in studies])
+        return ArrayData(images=np.stack(images), labels=labels, views=views, view_names=WRIST_VIEWS)
+    rng = np.random.default_rng(seed)
+    items = [(synth_chest(c, rng, IMAGE), task.index(c)) for c in task.clinical_classes for _ in range(n // 3)]
+    assert task.reject is not None
+    items += [(p, task.index(task.reject)) for p in natural_images(rng, 10, IMAGE)]
+    return ArrayData(images=np.stack([i for i, _ in items]), labels=np.array([c for _, c in items]))
+
+
+# Per task: its own films, and films of another body part.
+FILMS: dict[str, tuple[Callable[[int, int], list[np.ndarray]], Callable[[int, int], list[np.ndarray]]]] = {
+    "chest": (chest_films, wrist_films),
+    "wrist": (wrist_films, chest_films),
+}
+
+
+def task_of(name: str) -> TaskSpec:
+    if name not in FILMS:
+        pytest.skip(f"no synthetic films for task {name!r}")
+    return TASKS[name]
+
+
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def gated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[TaskSpec, Path]:
+    """A stats bundle of each registered task with its gate fitted on synthetic training and validation items."""
+    task = task_of(request.param)
+    bundle = stats_bundle(tmp_path_factory.mktemp(f"gated-{task.name}") / "bundle", task)
+    build_ood_gate(bundle, task, train=task_data(task, 240, 1), val=task_data(task, 240, 2), seed=0)
+    return task, bundle
+
+
+def test_the_gate_is_kept_in_the_bundle(gated: tuple[TaskSpec, Path]) -> None:
+    task, bundle = gated
+    meta = load_meta(bundle)
+    assert meta.ood is not None and (bundle / OOD_FILE).is_file()
+    gate = meta.ood
+    assert gate.classes == task.clinical_classes  # the reject class is not fitted
+    assert gate.validation_refused["fp32"] <= gate.max_refusal == 0.01
+    assert gate.counts == {"fit_items": 240, "validation_items": 240}
+    loaded = load_gate(bundle, meta.ood)
+    assert loaded is not None and loaded.gate.threshold_for("int8") == gate.thresholds["fp32"]
+
+
+def test_bundles_without_a_gate_still_load(tmp_path: Path, gated: tuple[TaskSpec, Path]) -> None:
+    _, bundle = gated
+    raw = json.loads((bundle / BUNDLE_FILE).read_text())
+    raw.pop("ood")
+    (tmp_path / BUNDLE_FILE).write_text(json.dumps(raw))
+    meta = load_meta(tmp_path)
+    assert meta.ood is None and load_gate(tmp_path, meta.ood) is None
+
+
+def test_a_gate_whose_file_is_missing_is_an_error(tmp_path: Path, gated: tuple[TaskSpec, Path]) -> None:
+    from care_companion.errors import ModelError
+
+    with pytest.raises(ModelError, match=OOD_FILE):
+        load_gate(tmp_path, load_meta(gated[1]).ood)
+
+
+# ---------------------------------------------------------------------------------------------- the service
+
+
+def png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(
+    gated: tuple[TaskSpec, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TaskSpec, TestClient]]:
+    task, bundle = gated
+    with service_client(tmp_path_factory.mktemp(f"svc-{task.name}"), models={task.name: str(bundle)}) as client:
+        yield task, client
+
+
+def post(task: TaskSpec, client: TestClient, image: np.ndarray, view: str | None = None) -> tuple[int, dict]:
+    """Send one image to the task's endpoint (a multi-view task: as ``view``, default its first view)."""
+    field = (view or task.views[0]) if task.multiview else "file"
+    response = client.post(f"/v1/predict/{task.name}", files={field: ("upload.png", png(image), "image/png")})
+    return response.status_code, response.json()
+
+
+def rejected_count(client: TestClient, task: TaskSpec) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "care_rejected_inputs_total" and labels.get("reason") == task.refusal_code:
+                total += sample.value if labels.get("task") == task.name else 0.0
+    return total
+
+
+def test_the_tasks_own_films_get_a_finding(served: tuple[TaskSpec, TestClient]) -> None:
+    task, client = served
+    if task.multiview:  # whole studies, each view in its own field
+        answers = []
+        for study in synthetic_wrist_studies(8, seed=30, size=IMAGE):
+            files = {view: (f"{view}.png", png(image), "image/png") for view, image in study.views.items()}
+            response = client.post(f"/v1/predict/{task.name}", files=files)
+            answers.append((response.status_code, response.json()))
+    else:
+        answers = [post(task, client, image) for image in FILMS[task.name][0](12, 30)]
+    assert all(status == 200 for status, _ in answers), [body for status, body in answers if status != 200]
+    assert {body["label"] for _, body in answers} == {task.positives[0]}
+
+
+@pytest.mark.parametrize("kind", ["other_body_part", "photo", "screenshot"])
+def test_what_is_not_the_tasks_body_part_is_refused_before_any_finding(
+    served: tuple[TaskSpec, TestClient], kind: str
+) -> None:
+    task, client = served
+    rng = np.random.default_rng(11)
+    images = {
+        "other_body_part": lambda: FILMS[task.name][1](4, 40),
+        "photo": lambda: natural_images(rng, 4, IMAGE),
+        "screenshot": lambda: [synth_non_radiograph(rng, IMAGE) for _ in range(4)],
+    }[kind]()
+    before = rejected_count(client, task)
+    for image in images:
+        for view in task.views:
+            status, body = post(task, client, image, view)
+            assert status == 422, body
+            assert body["error"] == task.refusal_code
+            assert f"does not look like a {task.body_part} radiograph" in body["detail"]
+            assert "out-of-distribution score" in body["detail"] and "label" not in body
+    assert rejected_count(client, task) == before + len(images) * len(task.views)
+
+
+def test_refusals_reach_drift_monitoring_as_rejected(served: tuple[TaskSpec, TestClient]) -> None:
+    task, client = served
+    model = client.app.state.models.get(task.name)  # type: ignore[attr-defined]
+    assert model is not None and model.ood is not None
+    before = sum(item.rejected for item in model.drift.snapshot())
+    status, _ = post(task, client, natural_images(np.random.default_rng(3), 1, IMAGE)[0])
+    assert status == 422
+    assert sum(item.rejected for item in model.drift.snapshot()) == before + 1
