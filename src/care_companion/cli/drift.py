@@ -86,13 +86,14 @@ def profile_cmd(
     max_images: Annotated[int, typer.Option(min=2, help="Training images sampled for the features and PCA.")] = 1000,
 ) -> None:
     """(Re)compute a model bundle's reference profile from the data-set version it was trained on."""
+    from care_companion.registry.refs import ModelRef
     from care_companion.workflows.drift_report import rebuild_profile
 
     with friendly_errors():
         bundle_dir, profile = rebuild_profile(reference, settings(), max_images=max_images)
     counts = ", ".join(f"{name} {value}" for name, value in sorted(profile.counts.items()))
     console.print(f"reference profile written to {bundle_dir} ({counts})")
-    if reference.strip().startswith(("models:/", "runs:/")):
+    if ModelRef.parse(reference).in_mlflow:
         console.print(
             "[yellow]the profile is in this machine's copy of the registry bundle; services on this machine that "
             "load the same model use it"

@@ -14,12 +14,14 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, Field
 
 from care_companion.errors import ConfigError, ModelError
 from care_companion.models.bundle import BUNDLE_FILE, ONNX_FILE, BundleMeta, load_meta
+from care_companion.registry.refs import ALIASES as ALIASES  # defined with the parser; imported from here too
+from care_companion.registry.refs import BUNDLE_ARTIFACT_PATH as BUNDLE_ARTIFACT_PATH
+from care_companion.registry.refs import ModelRef, RefKind
 from care_companion.registry.tracking import tracking_client
 
 if TYPE_CHECKING:
@@ -28,8 +30,6 @@ if TYPE_CHECKING:
 
     from care_companion.config import Settings
 
-ALIASES = ("staging", "canary", "production")
-BUNDLE_ARTIFACT_PATH = "bundle"
 INFO_TAGS = ("task", "dataset_version", "backbone", "demo", "bundle_created_at", "git_commit")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CACHE_MARKER = ".source.json"
@@ -317,67 +317,57 @@ def _cache_key(*parts: str) -> str:
     return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", part).strip("_") or "_" for part in parts)
 
 
-def resolve_bundle(model: str, settings: Settings) -> Path:
+def resolve_bundle(model: str | ModelRef, settings: Settings) -> Path:
     """A local bundle folder for ``model``, downloading registry or run artifacts into the cache if needed.
 
     ``model`` is a bundle directory (or ``file://`` URI), ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``
-    or ``runs:/RUN_ID/bundle``.
+    or ``runs:/RUN_ID/bundle`` (see :class:`~care_companion.registry.refs.ModelRef`).
+
+    Raises:
+        ModelError: an invalid reference (:class:`~care_companion.registry.refs.InvalidModelRef`), or a model,
+            version, alias, run or folder that is not there.
     """
-    from mlflow.exceptions import MlflowException
-
-    text = str(model).strip()
-    if text.startswith("models:/"):
-        client = tracking_client(settings)
-        rest = text.removeprefix("models:/").strip("/")
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            if not name or not alias or "/" in alias:
-                raise ModelError(f"invalid model URI {model!r}; expected models:/NAME@ALIAS")
-            version = _get_alias(client, name, alias)
-        else:
-            parts = rest.split("/")
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise ModelError(
-                    f"invalid model URI {model!r}; expected models:/NAME@ALIAS or models:/NAME/VERSION "
-                    f"(aliases: {', '.join(ALIASES)})"
-                )
-            name = parts[0]
-            version = _get_version(client, name, parts[1])
-        if not version.source:
-            raise ModelError(f"version {version.version} of model {name!r} has no source location")
-        key = _cache_key(name, f"v{version.version}")
-        return _download(version.source, key, settings, client.tracking_uri)
-    if text.startswith("runs:/"):
-        client = tracking_client(settings)
-        run_id, _, path = text.removeprefix("runs:/").partition("/")
-        path = path.strip("/")
-        if not run_id or not path:
-            raise ModelError(f"invalid run URI {model!r}; expected runs:/RUN_ID/{BUNDLE_ARTIFACT_PATH}")
-        try:
-            client.get_run(run_id)
-        except MlflowException as exc:
-            raise ModelError(f"unknown MLflow run {run_id!r} in {client.tracking_uri}") from exc
-        if not client.list_artifacts(run_id, path):
-            raise ModelError(f"run {run_id} has no artifacts under {path!r}")
-        return _download(f"runs:/{run_id}/{path}", _cache_key("run", run_id, path), settings, client.tracking_uri)
-
-    parsed = urlparse(text)
-    if parsed.scheme == "file":
-        directory = Path(unquote(parsed.path))
-    elif len(parsed.scheme) > 1:
-        raise ModelError(
-            f"unsupported model reference {model!r}; use a bundle folder, models:/NAME@ALIAS, "
-            f"models:/NAME/VERSION or runs:/RUN_ID/{BUNDLE_ARTIFACT_PATH}"
-        )
-    else:
-        directory = Path(text).expanduser()
+    ref = model if isinstance(model, ModelRef) else ModelRef.parse(model)
+    if ref.in_registry:
+        return _resolve_registered(ref, settings)
+    if ref.kind is RefKind.RUN:
+        return _resolve_run(ref, settings)
+    directory = ref.directory
     if not directory.is_dir():
         raise ModelError(
-            f"{model}: no such bundle folder (expected a folder with {BUNDLE_FILE} and {ONNX_FILE}, "
+            f"{ref}: no such bundle folder (expected a folder with {BUNDLE_FILE} and {ONNX_FILE}, "
             f"or a registry URI like models:/chest@production)"
         )
     _validate_bundle_dir(directory)
     return directory.resolve()
+
+
+def _resolve_registered(ref: ModelRef, settings: Settings) -> Path:
+    """The cached bundle of a registry alias or version, downloaded when missing."""
+    client = tracking_client(settings)
+    if ref.kind is RefKind.ALIAS:
+        version = _get_alias(client, ref.name, ref.alias)
+    else:
+        assert ref.version is not None
+        version = _get_version(client, ref.name, ref.version)
+    if not version.source:
+        raise ModelError(f"version {version.version} of model {ref.name!r} has no source location")
+    key = _cache_key(ref.name, f"v{version.version}")
+    return _download(version.source, key, settings, client.tracking_uri)
+
+
+def _resolve_run(ref: ModelRef, settings: Settings) -> Path:
+    """The cached artifacts of a run reference, downloaded when missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking_client(settings)
+    try:
+        client.get_run(ref.run_id)
+    except MlflowException as exc:
+        raise ModelError(f"unknown MLflow run {ref.run_id!r} in {client.tracking_uri}") from exc
+    if not client.list_artifacts(ref.run_id, ref.path):
+        raise ModelError(f"run {ref.run_id} has no artifacts under {ref.path!r}")
+    return _download(ref.uri, _cache_key("run", ref.run_id, ref.path), settings, client.tracking_uri)
 
 
 def alias_version(task: str, alias: str, settings: Settings) -> int | None:

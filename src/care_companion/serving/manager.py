@@ -20,9 +20,11 @@ from care_companion.errors import CareError, ServiceUnavailable
 from care_companion.models.bundle import BUNDLE_FILE
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.registry.models import alias_version, resolve_bundle
+from care_companion.registry.refs import ModelRef, RefKind
 from care_companion.serving.engine import ModelSource, ServedModel, start_model
 
 log = logging.getLogger(__name__)
+
 
 def _aliases(settings: Settings) -> list[str]:
     return [a for a in (settings.serve_alias, settings.serve_fallback_alias) if a]
@@ -32,30 +34,31 @@ def find_source(task: str, settings: Settings) -> ModelSource | str:
     """Where ``task``'s model to serve is (the folder not yet resolved), or why there is none (blocking)."""
     configured = settings.model_for(task)
     if configured:
-        ref = str(configured).strip()
-        if ref.startswith("models:/") and "@" in ref:  # follow the alias, so a promotion is noticed
-            name, alias = ref.removeprefix("models:/").strip("/").split("@", 1)
-            number = alias_version(name, alias, settings)
+        ref = ModelRef.parse(configured)
+        if ref.kind is RefKind.ALIAS:  # follow the alias, so a promotion is noticed
+            number = alias_version(ref.name, ref.alias, settings)
             if number is None:
-                return f"{ref}: the registry has no model {name!r} with alias {alias!r}"
-            return ModelSource(f"models:/{name}/{number}", version=str(number), alias=alias)
-        if ref.startswith("models:/"):
-            return ModelSource(ref, version=ref.rstrip("/").rsplit("/", 1)[-1])
-        return ModelSource(ref, stamp=_folder_stamp(ref))
+                return f"{ref}: the registry has no model {ref.name!r} with alias {ref.alias!r}"
+            return ModelSource(ModelRef.registered(ref.name, number).uri, version=str(number), alias=ref.alias)
+        if ref.kind is RefKind.VERSION:
+            return ModelSource(ref.text, version=str(ref.version))
+        if ref.kind is RefKind.RUN:
+            return ModelSource(ref.text)
+        return ModelSource(ref.text, stamp=_folder_stamp(ref.directory))
     aliases = _aliases(settings)
     for alias in aliases:
         number = alias_version(task, alias, settings)
         if number is not None:
-            return ModelSource(f"models:/{task}/{number}", version=str(number), alias=alias)
+            return ModelSource(ModelRef.registered(task, number).uri, version=str(number), alias=alias)
     return (
         f"no {task} model is registered under the alias {' or '.join(aliases) or '(none configured)'}; "
         f"train one (care-companion train {task}) or set CARE_MODELS__{task} to a bundle folder"
     )
 
 
-def _folder_stamp(reference: str) -> str | None:
+def _folder_stamp(folder: Path) -> str | None:
     """A bundle folder's identity for change detection: the modification time of its metadata."""
-    meta = Path(reference).expanduser() / BUNDLE_FILE
+    meta = folder / BUNDLE_FILE
     try:
         return f"mtime:{meta.stat().st_mtime_ns}"
     except OSError:

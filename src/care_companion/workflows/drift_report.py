@@ -28,6 +28,7 @@ from care_companion.monitoring.profile import ReferenceProfile, load_bundle_prof
 from care_companion.monitoring.report_html import ReportContext, SkippedFile, write_report
 from care_companion.parallel import parallel_map
 from care_companion.registry.models import alias_version, resolve_bundle
+from care_companion.registry.refs import ModelRef, RefKind
 from care_companion.storage import store_from_settings
 from care_companion.tasks import TaskSpec
 from care_companion.workflows.profiling import build_profile
@@ -146,16 +147,12 @@ def observe_folder(
 
 
 def _model_version(reference: str, settings: Settings) -> str | None:
-    """The registry version a model reference names (None for a bundle folder)."""
-    text = reference.strip()
-    if not text.startswith("models:/"):
-        return None
-    rest = text.removeprefix("models:/").strip("/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        number = alias_version(name, alias, settings)
+    """The registry version a model reference names (None for a bundle folder or a run)."""
+    ref = ModelRef.parse(reference)
+    if ref.kind is RefKind.ALIAS:
+        number = alias_version(ref.name, ref.alias, settings)
         return None if number is None else str(number)
-    return rest.rsplit("/", 1)[-1]
+    return str(ref.version) if ref.kind is RefKind.VERSION else None
 
 
 def drift_report(
