@@ -16,7 +16,11 @@ class Settings(BaseSettings):
     """Project-wide settings; construct with overrides in tests, use :func:`get_settings` elsewhere."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CARE_", env_file=".env", extra="ignore", env_nested_delimiter="__", nested_model_default_partial_update=True
+        env_prefix="CARE_",
+        env_file=".env",
+        extra="ignore",
+        env_nested_delimiter="__",
+        populate_by_name=True,
     )
 
     data_dir: Path = Field(

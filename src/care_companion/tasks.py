@@ -176,9 +176,7 @@ CHEST = TaskSpec(
     importers={"folders": "care_companion.data.chest:import_chest"},
     fetcher="care_companion.data.chest:fetch_chest",
     recipe=Recipe(),
-    serving=ServingSpec(
-        upload_help="A frontal chest radiograph: PNG, JPEG or DICOM.", legacy_paths=["/predict_chest"]
-    ),
+    serving=ServingSpec(upload_help="A frontal chest radiograph: PNG, JPEG or DICOM.", legacy_paths=["/predict_chest"]),
 )
 
 WRIST = TaskSpec(
@@ -244,7 +242,12 @@ def load_plugins(modules: list[str] | tuple[str, ...] = ()) -> None:
                 log.error("task plug-in %s could not be loaded: %s", entry.name, exc)
     for module in modules:
         if module not in _plugins_loaded:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                from care_companion.errors import ConfigError
+
+                raise ConfigError(f"CARE_TASK_MODULES: cannot import task module {module!r}: {exc}") from exc
             _plugins_loaded.add(module)
 
 

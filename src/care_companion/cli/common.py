@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -33,6 +33,30 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("mlflow", "alembic", "urllib3", "botocore", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def known_task(name: str | None) -> str | None:
+    """Typer callback: the name of a registered task, or a usage error listing the known ones."""
+    from care_companion.tasks import get_task, task_names
+
+    if name is None:
+        return None
+    try:
+        return get_task(name).name
+    except CareError:
+        raise typer.BadParameter(f"unknown task {name!r}; known tasks: {', '.join(task_names())}") from None
+
+
+def complete_task(incomplete: str) -> list[str]:
+    """Shell completion of task names."""
+    from care_companion.tasks import task_names
+
+    return [name for name in task_names() if name.startswith(incomplete)]
+
+
+TASK_HELP = "A registered task (`care-companion tasks` lists them)."
+TaskArg = Annotated[str, typer.Argument(help=TASK_HELP, callback=known_task, autocompletion=complete_task)]
+TaskOpt = Annotated[str, typer.Option(help=TASK_HELP, callback=known_task, autocompletion=complete_task)]
 
 
 def given(**options: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from care_companion.cli.common import console, friendly_errors, settings
+from care_companion.cli.common import TASK_HELP, TaskArg, complete_task, console, friendly_errors, known_task, settings
 from care_companion.tasks import TaskSpec, get_task
 
 if TYPE_CHECKING:
@@ -49,10 +49,21 @@ def import_chest_cmd(
         ),
     ] = None,
     non_chest_max: Annotated[int, typer.Option(help="At most this many images from each --non-chest folder.")] = 300,
+    other_tasks: Annotated[
+        bool,
+        typer.Option(
+            help="Add radiographs of the other tasks' latest data sets already imported (e.g. wrist films) to the "
+            "'unknown' class, so other body parts are refused (on by default)."
+        ),
+    ] = True,
+    other_tasks_max: Annotated[
+        int, typer.Option(help="At most this many images from each other task's data set (a seeded sample).")
+    ] = 300,
     seed: Annotated[int | None, typer.Option(help="Split seed (default: CARE_SEED).")] = None,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
 ) -> None:
-    """Decode, validate, deduplicate and split chest X-rays into a new data-set version."""
+    """Decode, validate, deduplicate and split chest X-rays into a new data-set version; by default the 'unknown'
+    class also gets generated non-X-rays and other tasks' radiographs already in the store."""
     from care_companion.data.chest import import_chest
     from care_companion.imaging.decode import DecodeLimits
     from care_companion.storage import store_from_settings
@@ -67,10 +78,17 @@ def import_chest_cmd(
             non_xray=non_xray,
             non_chest=non_chest or None,
             non_chest_max=non_chest_max,
+            other_tasks=other_tasks,
+            other_tasks_max=other_tasks_max,
             limits=DecodeLimits.from_settings(cfg),
             workers=workers,
         )
     print_import(result, get_task("chest"))
+    added = {s: sum(c.values()) for s, c in result.counts.items() if s.startswith(("other-task:", "non-chest:"))}
+    console.print(
+        "other body parts' radiographs added to 'unknown': "
+        + (", ".join(f"{n} from {s}" for s, n in added.items()) if added else "none (no other task's data set yet)")
+    )
 
 
 @fetch_app.command("chest")
@@ -168,6 +186,45 @@ def import_fracatlas_cmd(
     print_import(result, get_task("wrist"))
 
 
+@import_app.command("folders")
+def import_folders_cmd(
+    task: TaskArg,
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Class-folder trees: one folder per class of the task (any case, any depth).",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", help="Source name recorded per image, one per SRC (default: the folder name)."),
+    ] = None,
+    seed: Seed = None,
+    workers: Workers = 2,
+) -> None:
+    """Import class-folder trees into any task's data set (decoded, validated, deduplicated, split by patient
+    where names carry one): the generic importer of tasks without one of their own."""
+    from care_companion.data.generic import import_folders
+    from care_companion.imaging.decode import DecodeLimits
+    from care_companion.storage import store_from_settings
+
+    with friendly_errors():
+        cfg = settings()
+        spec = get_task(task)
+        result = import_folders(
+            sources,
+            store_from_settings(cfg),
+            task=spec,
+            seed=cfg.seed if seed is None else seed,
+            names=name or None,
+            workers=workers,
+            limits=DecodeLimits.from_settings(cfg),
+        )
+    print_import(result, spec)
+
+
 @fetch_app.command("wrist")
 def fetch_wrist_cmd(
     target: Annotated[Path, typer.Option(help="Where to download and unpack.")] = Path("downloads/wrist"),
@@ -186,7 +243,7 @@ def fetch_wrist_cmd(
 
 @app.command("show")
 def show_cmd(
-    task: Annotated[str, typer.Argument(help="Task name (chest, wrist).")] = "chest",
+    task: Annotated[str, typer.Argument(help=TASK_HELP, callback=known_task, autocompletion=complete_task)] = "chest",
     version: Annotated[str | None, typer.Option(help="Data-set version (default: latest).")] = None,
 ) -> None:
     """Show a data set's version, its studies per split, class and views, and its images per source."""
@@ -217,7 +274,7 @@ def split_table(title: str, counts: dict[str, dict[str, int]], task: TaskSpec) -
         {k.removeprefix("views:") for row in counts.values() for k in row if k.startswith("views:")},
         key=lambda kind: (-kind.count("+"), [task.views.index(v) for v in kind.split("+")]),
     )
-    multi = len(task.views) > 1
+    multi = task.multiview
     table = Table(title=title, caption="class and view columns count studies" if multi else None)
     table.add_column("split")
     for label in labels:

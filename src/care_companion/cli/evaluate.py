@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from care_companion import REVIEW_WARNING
-from care_companion.cli.common import console, friendly_errors, settings
+from care_companion.cli.common import complete_task, console, friendly_errors, known_task, settings
 
 
 def evaluate_cmd(
@@ -16,9 +16,9 @@ def evaluate_cmd(
     data: Annotated[
         Path,
         typer.Option(
-            help="Labelled data. Chest: a class-folder tree (normal/pneumonia/tuberculosis/unknown; a two-class "
-            "normal/pneumonia tree is valid). Wrist: a GRAZPEDWRI-DX or FracAtlas folder (dataset.csv + images), "
-            "scored study by study."
+            help="Labelled data. A one-view task (chest): a class-folder tree (e.g. normal/pneumonia/tuberculosis/"
+            "unknown; a tree with some of the classes is valid). Wrist: a GRAZPEDWRI-DX or FracAtlas folder "
+            "(dataset.csv + images), scored study by study."
         ),
     ],
     json_out: Annotated[Path | None, typer.Option(help="Write the evaluation JSON here.")] = None,
@@ -26,7 +26,12 @@ def evaluate_cmd(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
     workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
     task: Annotated[
-        str | None, typer.Option(help="The task the model must be for (chest or wrist); default: the model's.")
+        str | None,
+        typer.Option(
+            help="The task the model must be for (a registered task); default: the model's.",
+            callback=known_task,
+            autocompletion=complete_task,
+        ),
     ] = None,
 ) -> None:
     """Evaluate a model at its stored operating point: sensitivity, specificity, AUC with 95% intervals."""
@@ -49,8 +54,7 @@ def evaluate_cmd(
         return "n/a" if v is None else f"{v:.3f}"
 
     console.print(
-        f"{r.n} {'studies' if r.task == 'wrist' else 'images'} ({len(run.skipped)} images skipped) "
-        f"with {run.bundle_dir}"
+        f"{r.n} {'studies' if run.multiview else 'images'} ({len(run.skipped)} images skipped) with {run.bundle_dir}"
     )
     console.print(
         f"{' or '.join(r.positives)}: AUC {fmt(r.auc)}, sensitivity {fmt(r.sensitivity)}, "

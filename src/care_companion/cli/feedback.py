@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from care_companion.cli.common import console, friendly_errors, given, settings
+from care_companion.cli.common import TaskOpt, console, friendly_errors, given, settings
 from care_companion.cli.train import report_outcome
 
 app = typer.Typer(
@@ -16,7 +16,7 @@ app = typer.Typer(
 
 @app.command("build-dataset")
 def build_dataset_cmd(
-    task: Annotated[str, typer.Option(help="Task whose feedback to add.")] = "chest",
+    task: TaskOpt = "chest",
     base: Annotated[str | None, typer.Option(help="Data-set version to extend (default: the latest).")] = None,
 ) -> None:
     """Add every labelled feedback image to the task's data set (deduplicated, patient-grouped splits)."""
@@ -33,7 +33,7 @@ def build_dataset_cmd(
 
 
 def retrain_cmd(
-    task: Annotated[str, typer.Option(help="Task to retrain.")] = "chest",
+    task: TaskOpt = "chest",
     if_needed: Annotated[
         bool,
         typer.Option(

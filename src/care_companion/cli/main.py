@@ -33,6 +33,26 @@ app.command("serve")(serve_cmd)
 app.command("retrain")(feedback.retrain_cmd)
 
 
+@app.command("tasks")
+def tasks_cmd() -> None:
+    """List the registered tasks: classes, disease classes, views, body part and how they are imported."""
+    from rich.table import Table
+
+    from care_companion.cli.common import console, friendly_errors
+    from care_companion.tasks import all_tasks
+
+    with friendly_errors():
+        specs = all_tasks()
+    table = Table(title="registered tasks")
+    for column in ("task", "body part", "classes (disease in bold)", "views", "refusal code", "importers"):
+        table.add_column(column)
+    for spec in specs:
+        classes = ", ".join(f"[bold]{c}[/]" if c in spec.positives else c for c in spec.classes)
+        importers = ", ".join(spec.importers) or "data import folders"
+        table.add_row(spec.name, spec.body_part, classes, ", ".join(spec.views), spec.refusal_code, importers)
+    console.print(table)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(__version__)

@@ -7,13 +7,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from care_companion.cli.common import console, friendly_errors, settings
+from care_companion.cli.common import TaskOpt, console, friendly_errors, settings
 
 app = typer.Typer(help="The model registry: versions, aliases and their key metrics.", no_args_is_help=True)
 
 
 @app.command("list")
-def list_cmd(task: Annotated[str, typer.Option(help="Registered model (task) name.")] = "chest") -> None:
+def list_cmd(task: TaskOpt = "chest") -> None:
     """Show every registered version of a task's model with its aliases and test metrics."""
     from care_companion.registry.models import list_versions
 
@@ -41,7 +41,7 @@ def list_cmd(task: Annotated[str, typer.Option(help="Registered model (task) nam
 def promote_cmd(
     version: Annotated[int, typer.Option(help="Model version to move the alias to.")],
     to: Annotated[str, typer.Option("--to", help="Alias: staging, canary or production.")],
-    task: Annotated[str, typer.Option(help="Registered model (task) name.")] = "chest",
+    task: TaskOpt = "chest",
 ) -> None:
     """Point an alias (staging → canary → production) at a version."""
     from care_companion.registry.models import set_alias

@@ -39,6 +39,13 @@ def serve_cmd(
         str | None,
         typer.Option(help="Chest model: a bundle folder or models:/chest@ALIAS (default: the registry alias)."),
     ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TASK=REF: the model a task serves, a bundle folder or models:/TASK@ALIAS (as CARE_MODELS__TASK). "
+            "Repeatable."
+        ),
+    ] = None,
     alias: Annotated[
         str | None, typer.Option(help="Registry alias to serve (default: CARE_SERVE_ALIAS, production).")
     ] = None,
@@ -60,5 +67,26 @@ def serve_cmd(
         engine_precision=precision,
     )
     with friendly_errors():
-        cfg = Settings.model_validate(settings().model_dump() | overrides)
+        base = settings()
+        if model:
+            overrides["models"] = base.models | parse_model_options(model)
+        cfg = Settings.model_validate(base.model_dump() | overrides)
         run_service(cfg, log_level=log_level)
+
+
+def parse_model_options(values: list[str]) -> dict[str, str]:
+    """``TASK=REF`` options as a task -> model mapping (each task checked against the registry).
+
+    Raises:
+        ConfigError: a value without '=' or naming an unknown task.
+    """
+    from care_companion.errors import ConfigError
+    from care_companion.tasks import get_task
+
+    models = {}
+    for value in values:
+        task, sep, ref = value.partition("=")
+        if not sep or not ref.strip():
+            raise ConfigError(f"--model {value!r}: give TASK=REF, e.g. chest=models:/chest@staging")
+        models[get_task(task.strip()).name] = ref.strip()
+    return models

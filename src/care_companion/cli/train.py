@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from care_companion.cli.common import EXIT_GATE, console, err_console, friendly_errors, given, settings
+from care_companion.cli.common import EXIT_GATE, TaskArg, console, err_console, friendly_errors, given, settings
 
 if TYPE_CHECKING:
     from care_companion.workflows.training import TrainOutcome
@@ -45,7 +45,7 @@ def report_outcome(outcome: TrainOutcome) -> None:
 
 
 def train_cmd(
-    task: Annotated[str, typer.Argument(help="The task: chest or wrist.")],
+    task: TaskArg,
     backbone: Annotated[
         str | None,
         typer.Option(

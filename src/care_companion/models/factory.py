@@ -101,11 +101,11 @@ def create_classifier(
 def backbone_names(task: TaskSpec, backbone: str) -> list[str]:
     """Split a backbone option: one name (shared by every view) or a comma-separated name per view."""
     names = [name.strip() for name in backbone.split(",")]
-    if len(names) == 1 or (len(task.views) > 1 and len(names) == len(task.views)):
+    if len(names) == 1 or (task.multiview and len(names) == len(task.views)):
         return names
     raise ConfigError(
         f"task {task.name} has views {', '.join(task.views)}: give one backbone"
-        + (" (shared by all views) or one per view, comma-separated" if len(task.views) > 1 else "")
+        + (" (shared by all views) or one per view, comma-separated" if task.multiview else "")
         + f", not {backbone!r}"
     )
 

@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from care_companion.errors import DataError
-from care_companion.tasks import TaskSpec, all_tasks, get_task
 from care_companion.records.models import (
     ApiKey,
     AuditLog,
@@ -42,6 +41,7 @@ from care_companion.records.schemas import (
     UserCreate,
     UserUpdate,
 )
+from care_companion.tasks import TaskSpec, all_tasks, get_task
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import FormData, UploadFile
 
 from care_companion.errors import ConfigError, RequestError
-from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.records.models import User
 from care_companion.security import Permission
-from care_companion.serving.auth import AUTH_ERRORS, Uploader, require_briefly
+from care_companion.serving.deps import MetricsDep, ModelsDep, PredictorDep, RecordsDep, Uploader, require_briefly
 from care_companion.serving.engine import ServedModel
-from care_companion.serving.manager import ModelManager
 from care_companion.serving.persistence import RecordKeeper
 from care_companion.serving.predict import Predictor, Upload
 from care_companion.serving.schemas import (
+    AUTH_ERRORS,
     BatchResponse,
     ErrorBody,
     Health,
@@ -32,25 +31,6 @@ from care_companion.tasks import TaskSpec, all_tasks, get_task, task_names
 
 IMAGE_TYPES = ("image/", "application/dicom", "application/octet-stream")
 
-
-def get_predictor(request: Request) -> Predictor:
-    """The app's predictor."""
-    return request.app.state.predictor
-
-
-def get_models(request: Request) -> ModelManager:
-    """The app's model manager."""
-    return request.app.state.models
-
-
-def get_records(request: Request) -> RecordKeeper:
-    """The app's record keeper."""
-    return request.app.state.records
-
-
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
-ModelsDep = Annotated[ModelManager, Depends(get_models)]
-RecordsDep = Annotated[RecordKeeper, Depends(get_records)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
@@ -149,8 +129,16 @@ def _upload_body(batch: bool = False) -> dict[str, Any]:
         properties: dict[str, Any] = {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images."}
         }
-        return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "properties": properties, "required": ["files"]}}}}}
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {"type": "object", "properties": properties, "required": ["files"]}
+                    }
+                },
+            }
+        }
     properties = {
         "file": {"type": "string", "format": "binary", "description": "The image of a one-view task."},
         "study_id": {"type": "integer", "description": "Store the images and result with this study."},
@@ -162,8 +150,12 @@ def _upload_body(batch: bool = False) -> dict[str, Any]:
                 "format": "binary",
                 "description": f"{spec.name}: {spec.serving.upload_help}",
             }
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "properties": properties}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": {"type": "object", "properties": properties}}},
+        }
+    }
 
 
 PREDICT_DOC = """Classify one image (one-view task, field ``file``) or one study (multi-view task: one field per
@@ -206,7 +198,9 @@ def predict_router() -> APIRouter:
         (logged anonymously). Multi-view tasks have no batch route (404)."""
         spec = served_task(task)
         if spec.multiview or not spec.serving.batch:
-            raise RequestError(f"task {spec.name!r} has no batch route; send one study at a time", code="not_found", status=404)
+            raise RequestError(
+                f"task {spec.name!r} has no batch route; send one study at a time", code="not_found", status=404
+            )
         request_id, started = _request_meta(request)
         caller = await records.authorise(user, None, spec.name)
         form = await _form(request, spec, files=predictor.settings.batch_max_images + 1)
@@ -303,9 +297,8 @@ async def list_tasks() -> list[TaskInfo]:
 
 
 @ops.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
+async def metrics(registry: MetricsDep) -> Response:
     """Prometheus text exposition."""
-    registry: ServiceMetrics = request.app.state.metrics
     return Response(registry.render(), media_type=registry.content_type)
 
 

@@ -115,7 +115,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             return
     train, val = ray.get(config["train"]), ray.get(config["val"])
     task = TaskSpec.model_validate(config["task"])
-    world = RayWorld(find_unused_parameters=len(task.views) > 1)
+    world = RayWorld(find_unused_parameters=task.multiview)
     model, result = train_classifier(
         train, val, task, TrainConfig.model_validate(config["config"]), on_epoch=config["on_epoch"], world=world
     )

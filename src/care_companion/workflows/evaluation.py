@@ -32,6 +32,7 @@ class EvaluationRun(BaseModel):
     bundle_dir: Path
     data_dir: Path
     skipped: list[dict[str, str]]
+    multiview: bool = False
     json_path: Path | None = None
     plots: dict[str, Path] = {}
 
@@ -142,7 +143,14 @@ def evaluate_model(
     load = _load_studies if meta.multiview else _load_images
     probs, y, groups, skipped = load(predictor, Path(data_dir), settings, workers)
     report = evaluate_predictions(y, probs, spec, meta.thresholds, groups=groups, n_boot=n_boot, seed=settings.seed)
-    run = EvaluationRun(report=report, model=model, bundle_dir=bundle_dir, data_dir=Path(data_dir), skipped=skipped)
+    run = EvaluationRun(
+        report=report,
+        model=model,
+        bundle_dir=bundle_dir,
+        data_dir=Path(data_dir),
+        skipped=skipped,
+        multiview=meta.multiview,
+    )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = report.model_dump(mode="json") | {
