@@ -306,3 +306,32 @@ def test_refusals_reach_drift_monitoring_as_rejected(served: tuple[TaskSpec, Tes
     status, _ = post(task, client, natural_images(np.random.default_rng(3), 1, IMAGE)[0])
     assert status == 422
     assert sum(item.rejected for item in model.drift.snapshot()) == before + 1
+
+
+# ---------------------------------------------------------------------------------------- the chest import
+
+
+def test_chest_import_adds_other_tasks_radiographs_to_unknown_by_default(tmp_path: Path) -> None:
+    from care_companion.data.chest import import_chest
+    from care_companion.data.manifest import load_manifest as manifest_of
+    from care_companion.data.synthetic_chest import write_synthetic_chest_tree
+    from care_companion.data.synthetic_wrist import write_wrist_studies
+    from care_companion.data.wrist import import_wrist
+    from care_companion.storage import open_store
+
+    store = open_store(str(tmp_path / "store"))
+    chest_src = tmp_path / "chest"
+    write_synthetic_chest_tree(chest_src, 6, seed=1, size=96, include_unknown=False)
+    alone = import_chest([chest_src], store, seed=1, non_xray=0, workers=1)
+    assert not any(s.startswith("other-task:") for s in alone.counts)  # no other task's data set yet
+
+    write_wrist_studies(synthetic_wrist_studies(12, seed=2, size=96), tmp_path / "wrist", seed=2)
+    wrist = import_wrist(tmp_path / "wrist", store, seed=1, workers=1)
+    with_wrist = import_chest([chest_src], store, seed=1, non_xray=0, workers=1, other_tasks_max=10)
+    assert with_wrist.counts["other-task:wrist"] == {"unknown": 10}
+    frame = manifest_of(store, "chest", with_wrist.version).frame
+    assert set(frame.loc[frame["source"] == "other-task:wrist", "label"]) == {"unknown"}
+    assert wrist.n_images > 10
+
+    without = import_chest([chest_src], store, seed=1, non_xray=0, workers=1, other_tasks=False)
+    assert "other-task:wrist" not in without.counts
