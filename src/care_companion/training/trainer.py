@@ -258,6 +258,252 @@ def _train_epoch(
     return tally
 
 
+@dataclass
+class _Run:
+    """What the stages of one training run share: data, options, the model and the resumable state."""
+
+    train: ArrayData
+    val: ArrayData
+    task: TaskSpec
+    config: TrainConfig
+    world: World
+    on_epoch: EpochCallback | None
+    model: BackboneClassifier
+    init: str
+    bf16: bool
+    weights: torch.Tensor | None
+    augment: Augment | None
+    state: TrainState
+    best_weights: dict[str, Any]
+    started: float
+    per_epoch: int
+    draw: np.ndarray | None
+    steps: int
+    local_batch: int
+
+
+def _build_model(task: TaskSpec, config: TrainConfig) -> tuple[BackboneClassifier, str, bool]:
+    """The seeded model in channels-last layout, how it was initialised, and whether to train in bfloat16."""
+    torch.manual_seed(config.seed)
+    model, init = create_model(task, config.backbone, pretrained=config.pretrained, init_weights=config.init_weights)
+    log.info("backbone %s: %s", config.backbone, init)
+    model = model.to(memory_format=torch.channels_last)
+    bf16 = use_bf16(config.precision)
+    log.info("training arithmetic: %s", "bfloat16 autocast" if bf16 else "float32")
+    return model, init, bf16
+
+
+def _start_run(
+    train: ArrayData,
+    val: ArrayData,
+    task: TaskSpec,
+    config: TrainConfig,
+    world: World,
+    on_epoch: EpochCallback | None,
+) -> _Run:
+    """Build the model, restore the world's checkpoint if any, and size each epoch's draw of training items."""
+    model, init, bf16 = _build_model(task, config)
+    weights = class_weights(train.labels, len(task.classes)) if config.class_weighted else None
+    augment = Augment() if config.augment else None
+    state = world.restored() or TrainState()
+    if state.weights is not None:
+        model.load_state_dict(state.weights)
+        log.info("resuming at stage %d, epoch %d", state.stage_index + 1, state.epoch + 1)
+    best_weights = state.best_weights or copy.deepcopy(model.state_dict())
+    started = time.perf_counter() - state.train_seconds
+    per_epoch = config.samples_per_epoch or len(train)
+    sources = train.groups.get("source") if train.groups and config.balance_sources else None
+    draw = sampling_weights(train.labels, sources)
+    if draw is not None:
+        log.info("sampling balanced over sources within each class")
+    steps = math.ceil(per_epoch / config.batch_size)
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    return _Run(
+        train=train,
+        val=val,
+        task=task,
+        config=config,
+        world=world,
+        on_epoch=on_epoch,
+        model=model,
+        init=init,
+        bf16=bf16,
+        weights=weights,
+        augment=augment,
+        state=state,
+        best_weights=best_weights,
+        started=started,
+        per_epoch=per_epoch,
+        draw=draw,
+        steps=steps,
+        local_batch=max(1, config.batch_size // world.size),  # the global batch is the recipe's
+    )
+
+
+def _optimiser(
+    run: _Run, stage: str, epochs: int, lr: float
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The stage's trained network (wrapped by the world), AdamW and its warm-up/cosine schedule, restored from
+    the checkpoint when resuming mid-stage."""
+    run.model.freeze_backbone(stage == "head")
+    net = run.world.wrap(run.model)  # after freezing: DDP fixes the trained parameters when it wraps
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=run.config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(epochs * run.steps, run.config.warmup_fraction))
+    if run.state.optimiser is not None and run.state.scheduler is not None:
+        optimiser.load_state_dict(run.state.optimiser)
+        scheduler.load_state_dict(run.state.scheduler)
+    return net, optimiser, scheduler
+
+
+def _fit_epoch(
+    run: _Run,
+    bar: Progress,
+    net: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    stage_index: int,
+    stage: str,
+    epoch: int,
+    epochs: int,
+) -> _EpochTally:
+    """One epoch of this process's shard of the seeded draw; the tally summed over all processes."""
+    config, world = run.config, run.world
+    run.model.train()
+    run.model.freeze_backbone(stage == "head")  # a frozen backbone stays in eval mode
+    draw_seed = (config.seed, stage_index, epoch)
+    order = _epoch_order(len(run.train), run.per_epoch, run.steps, config.batch_size, run.draw, draw_seed)
+    order = order[world.rank :: world.size]
+    generator = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([*draw_seed, world.rank]).generate_state(1)[0])
+    )
+    job = bar.add_task(f"{stage} epoch {epoch}/{epochs}", total=math.ceil(len(order) / run.local_batch))
+    tally = _train_epoch(
+        net,
+        batches(
+            run.train,
+            run.local_batch,
+            mean=config.mean,
+            std=config.std,
+            order=order,
+            augment=run.augment,
+            generator=generator,
+        ),
+        optimiser,
+        scheduler,
+        run.weights,
+        len(run.task.classes),
+        bf16=run.bf16,
+        advance=_Ticker(bar, job, log_every=None if bar.console.is_terminal else PROGRESS_LOG_SECONDS),
+    )
+    bar.remove_task(job)
+    return _EpochTally(world.sum(tally.totals), world.sum(tally.hits), world.sum(tally.per_class), tally.seconds)
+
+
+def _epoch_metrics(
+    run: _Run, tally: _EpochTally, optimiser: torch.optim.Optimizer, *, stage: str, epoch: int
+) -> dict[str, Any]:
+    """The epoch's training and validation metrics, computed on rank 0 and shared with every rank."""
+    metrics: dict[str, Any] | None = None
+    if run.world.is_chief:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
+            val_logits = predict_logits(run.model, run.val, batch_size=64, mean=run.config.mean, std=run.config.std)
+        metrics = {
+            "stage": stage,
+            "epoch": epoch,
+            "step": len(run.state.history) + 1,
+            "lr": optimiser.param_groups[0]["lr"],
+            **tally.metrics(),
+            **_val_metrics(val_logits, run.val.labels, run.weights, run.task),
+        }
+    metrics = run.world.broadcast(metrics)  # every rank takes the same early-stopping decision
+    assert metrics is not None
+    return metrics
+
+
+def _record_epoch(run: _Run, metrics: dict[str, Any], *, epoch: int, epochs: int) -> None:
+    """Log the epoch, keep the best weights so far, count epochs without progress and mark the stage done."""
+    state = run.state
+    state.history.append(metrics)
+    log.info(
+        "%s epoch %d/%d: train loss %.4f, val loss %.4f, val recall %.3f",
+        metrics["stage"],
+        epoch,
+        epochs,
+        metrics["train_loss"],
+        metrics["val_loss"],
+        metrics["val_recall"],
+    )
+    if run.on_epoch and run.world.is_chief:
+        run.on_epoch(metrics)
+    if _is_better(metrics, state.best):
+        keys = ("val_recall", "val_loss", "stage", "epoch")
+        state.best = dict(zip(("score", *keys[1:]), (metrics[k] for k in keys), strict=True))
+        run.best_weights = copy.deepcopy(run.model.state_dict())
+        state.stale = 0
+    else:
+        state.stale += 1
+    state.epoch = epoch
+    state.stage_done = epoch == epochs or state.stale >= run.config.patience
+
+
+def _checkpoint(run: _Run, optimiser: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Save the resumable state (rank 0 writes; every rank takes part)."""
+    snapshot = {
+        "weights": run.model.state_dict(),
+        "best_weights": run.best_weights,
+        "optimiser": optimiser.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
+    run.world.save(run.state.model_copy(update=snapshot) if run.world.is_chief else None)
+
+
+def _run_stage(run: _Run, bar: Progress, stage_index: int, stage: str, epochs: int, lr: float) -> None:
+    """Train one stage (head or finetune) from where the state left it, until its epochs or patience run out."""
+    state = run.state
+    if stage_index < state.stage_index or (stage_index == state.stage_index and state.stage_done):
+        return
+    if stage_index > state.stage_index:
+        run.state = state = state.model_copy(update={"stage_index": stage_index, "epoch": 0, "stale": 0})
+        state.optimiser = state.scheduler = None
+    net, optimiser, scheduler = _optimiser(run, stage, epochs, lr)
+    for epoch in range(state.epoch + 1, epochs + 1):
+        tally = _fit_epoch(
+            run, bar, net, optimiser, scheduler, stage_index=stage_index, stage=stage, epoch=epoch, epochs=epochs
+        )
+        state.train_seconds += tally.seconds
+        state.seen += int(tally.totals[2])
+        metrics = _epoch_metrics(run, tally, optimiser, stage=stage, epoch=epoch)
+        _record_epoch(run, metrics, epoch=epoch, epochs=epochs)
+        _checkpoint(run, optimiser, scheduler)
+        if state.stale >= run.config.patience:
+            log.info("early stop in %s after epoch %d (no better val recall for %d)", stage, epoch, state.stale)
+            break
+    state.optimiser = state.scheduler = None
+
+
+def _best_model(run: _Run) -> BackboneClassifier:
+    """The model with the best weights seen, in eval mode."""
+    run.model.load_state_dict(run.best_weights)
+    run.model.eval()
+    return run.model
+
+
+def _result(run: _Run) -> TrainResult:
+    """History, best epoch, timing and throughput of the run."""
+    state = run.state
+    return TrainResult(
+        history=state.history,
+        best=state.best,
+        init=run.init,
+        seconds=time.perf_counter() - run.started,
+        train_images=state.seen,
+        images_per_second=state.seen / max(state.train_seconds, 1e-9),
+    )
+
+
 def train_classifier(
     train: ArrayData,
     val: ArrayData,
@@ -279,133 +525,9 @@ def train_classifier(
             averages gradients, and saves and restores :class:`TrainState` checkpoints.
     """
     world = world or LocalWorld()
-    torch.manual_seed(config.seed)
-    model, init = create_model(task, config.backbone, pretrained=config.pretrained, init_weights=config.init_weights)
-    log.info("backbone %s: %s", config.backbone, init)
-    model = model.to(memory_format=torch.channels_last)
-    bf16 = use_bf16(config.precision)
-    log.info("training arithmetic: %s", "bfloat16 autocast" if bf16 else "float32")
-    weights = class_weights(train.labels, len(task.classes)) if config.class_weighted else None
-    augment = Augment() if config.augment else None
-    state = world.restored() or TrainState()
-    if state.weights is not None:
-        model.load_state_dict(state.weights)
-        log.info("resuming at stage %d, epoch %d", state.stage_index + 1, state.epoch + 1)
-    best_weights = state.best_weights or copy.deepcopy(model.state_dict())
-    started = time.perf_counter() - state.train_seconds
-    per_epoch = config.samples_per_epoch or len(train)
-    sources = train.groups.get("source") if train.groups and config.balance_sources else None
-    draw = sampling_weights(train.labels, sources)
-    if draw is not None:
-        log.info("sampling balanced over sources within each class")
-    steps = math.ceil(per_epoch / config.batch_size)
-    if config.max_steps_per_epoch:
-        steps = min(steps, config.max_steps_per_epoch)
-    local_batch = max(1, config.batch_size // world.size)  # the global batch is the recipe's
-
+    run = _start_run(train, val, task, config, world, on_epoch)
     with progress_bar(disable=not world.is_chief) as bar:
-        for stage_index, (stage, epochs, lr) in enumerate(_stages(config, init)):
-            if stage_index < state.stage_index or (stage_index == state.stage_index and state.stage_done):
-                continue
-            if stage_index > state.stage_index:
-                state = state.model_copy(update={"stage_index": stage_index, "epoch": 0, "stale": 0})
-                state.optimiser = state.scheduler = None
-            model.freeze_backbone(stage == "head")
-            net = world.wrap(model)  # after freezing: DDP fixes the trained parameters when it wraps
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(epochs * steps, config.warmup_fraction))
-            if state.optimiser is not None and state.scheduler is not None:
-                optimiser.load_state_dict(state.optimiser)
-                scheduler.load_state_dict(state.scheduler)
-            for epoch in range(state.epoch + 1, epochs + 1):
-                model.train()
-                model.freeze_backbone(stage == "head")  # a frozen backbone stays in eval mode
-                draw_seed = (config.seed, stage_index, epoch)
-                order = _epoch_order(len(train), per_epoch, steps, config.batch_size, draw, draw_seed)
-                order = order[world.rank :: world.size]
-                generator = torch.Generator().manual_seed(
-                    int(np.random.SeedSequence([*draw_seed, world.rank]).generate_state(1)[0])
-                )
-                job = bar.add_task(f"{stage} epoch {epoch}/{epochs}", total=math.ceil(len(order) / local_batch))
-                tally = _train_epoch(
-                    net,
-                    batches(
-                        train,
-                        local_batch,
-                        mean=config.mean,
-                        std=config.std,
-                        order=order,
-                        augment=augment,
-                        generator=generator,
-                    ),
-                    optimiser,
-                    scheduler,
-                    weights,
-                    len(task.classes),
-                    bf16=bf16,
-                    advance=_Ticker(bar, job, log_every=None if bar.console.is_terminal else PROGRESS_LOG_SECONDS),
-                )
-                bar.remove_task(job)
-                tally = _EpochTally(
-                    world.sum(tally.totals), world.sum(tally.hits), world.sum(tally.per_class), tally.seconds
-                )
-                state.train_seconds += tally.seconds
-                state.seen += int(tally.totals[2])
-                metrics: dict[str, Any] | None = None
-                if world.is_chief:
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        val_logits = predict_logits(model, val, batch_size=64, mean=config.mean, std=config.std)
-                    metrics = {
-                        "stage": stage,
-                        "epoch": epoch,
-                        "step": len(state.history) + 1,
-                        "lr": optimiser.param_groups[0]["lr"],
-                        **tally.metrics(),
-                        **_val_metrics(val_logits, val.labels, weights, task),
-                    }
-                metrics = world.broadcast(metrics)  # every rank takes the same early-stopping decision
-                assert metrics is not None
-                state.history.append(metrics)
-                log.info(
-                    "%s epoch %d/%d: train loss %.4f, val loss %.4f, val recall %.3f",
-                    stage,
-                    epoch,
-                    epochs,
-                    metrics["train_loss"],
-                    metrics["val_loss"],
-                    metrics["val_recall"],
-                )
-                if on_epoch and world.is_chief:
-                    on_epoch(metrics)
-                if _is_better(metrics, state.best):
-                    keys = ("val_recall", "val_loss", "stage", "epoch")
-                    state.best = dict(zip(("score", *keys[1:]), (metrics[k] for k in keys), strict=True))
-                    best_weights = copy.deepcopy(model.state_dict())
-                    state.stale = 0
-                else:
-                    state.stale += 1
-                state.epoch = epoch
-                state.stage_done = epoch == epochs or state.stale >= config.patience
-                snapshot = {
-                    "weights": model.state_dict(),
-                    "best_weights": best_weights,
-                    "optimiser": optimiser.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                }
-                world.save(state.model_copy(update=snapshot) if world.is_chief else None)
-                if state.stale >= config.patience:
-                    log.info("early stop in %s after epoch %d (no better val recall for %d)", stage, epoch, state.stale)
-                    break
-            state.optimiser = state.scheduler = None
-    model.load_state_dict(best_weights)
-    model.eval()
-    result = TrainResult(
-        history=state.history,
-        best=state.best,
-        init=init,
-        seconds=time.perf_counter() - started,
-        train_images=state.seen,
-        images_per_second=state.seen / max(state.train_seconds, 1e-9),
-    )
-    return model, result
+        for stage_index, (stage, epochs, lr) in enumerate(_stages(config, run.init)):
+            _run_stage(run, bar, stage_index, stage, epochs, lr)
+    model = _best_model(run)
+    return model, _result(run)
