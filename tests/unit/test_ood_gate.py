@@ -335,3 +335,28 @@ def test_chest_import_adds_other_tasks_radiographs_to_unknown_by_default(tmp_pat
 
     without = import_chest([chest_src], store, seed=1, non_xray=0, workers=1, other_tasks=False)
     assert "other-task:wrist" not in without.counts
+
+
+def test_offline_evaluation_reports_what_the_gate_refuses(tmp_path: Path, gated: tuple[TaskSpec, Path]) -> None:
+    from care_companion.config import Settings
+    from care_companion.data.synthetic_chest import write_synthetic_chest_tree
+    from care_companion.workflows.evaluation import evaluate_model
+
+    task, bundle = gated
+    if task.multiview:
+        pytest.skip("the class-folder evaluation is the one-view path; studies go through the same helper")
+    write_synthetic_chest_tree(tmp_path / "tree", 20, seed=8, size=IMAGE, include_unknown=True)
+    run = evaluate_model(
+        str(bundle),
+        tmp_path / "tree",
+        settings=Settings(data_dir=tmp_path / "d"),
+        n_boot=10,
+        workers=1,
+        json_out=tmp_path / "evaluation.json",
+    )
+    gate = run.ood_gate
+    assert gate is not None and gate["n"] == run.report.n
+    clinical = sum(gate["per_class"][c]["refused"] for c in task.clinical_classes)
+    assert clinical <= 3  # at most a few of 60 real films
+    assert gate["per_class"]["unknown"]["refused"] >= 0.8 * gate["per_class"]["unknown"]["n"]
+    assert json.loads((tmp_path / "evaluation.json").read_text())["ood_gate"] == gate

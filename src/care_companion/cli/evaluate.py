@@ -64,6 +64,12 @@ def evaluate_cmd(
         console.print(
             f"  {cls}: sensitivity {fmt(m.sensitivity)}, specificity {fmt(m.specificity)}, AUC {fmt(m.auc)} (n={m.n})"
         )
+    if run.ood_gate is not None:
+        g = run.ood_gate
+        console.print(
+            f"out-of-distribution gate: refuses {g['refused']} of {g['n']} ({g['share']:.1%}); the service answers "
+            "those 'not a radiograph of this task' (422) instead of a finding (figures above score every film)"
+        )
     if run.json_path:
         console.print(f"evaluation JSON: {run.json_path}")
     console.print(f"[yellow]{REVIEW_WARNING}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ from care_companion.models.predictor import BundlePredictor
 from care_companion.parallel import parallel_map
 from care_companion.registry.models import resolve_bundle
 from care_companion.tasks import get_task
+from care_companion.workflows.ood_gate import GATE_GROUP, gate_summary, gated_probabilities
 
 
 class EvaluationRun(BaseModel):
@@ -35,6 +37,7 @@ class EvaluationRun(BaseModel):
     multiview: bool = False
     json_path: Path | None = None
     plots: dict[str, Path] = {}
+    ood_gate: dict[str, Any] | None = None  # films the bundle's out-of-distribution gate refuses; None: no gate
 
 
 def _load(args: tuple[Path, int, DecodeLimits]) -> np.ndarray | InvalidImageError:
@@ -77,10 +80,10 @@ def _load_images(predictor: BundlePredictor, data_dir: Path, settings: Settings,
     kept = [(f, image) for f, image in zip(files, images, strict=True) if image is not None]
     if not kept:
         raise DataError(f"{data_dir}: none of the images could be decoded")
-    probs = predictor.predict_proba([image for _, image in kept])
+    probs, refused = gated_probabilities(predictor, predictor.preprocess([image for _, image in kept]))
     y = np.asarray([task.index(f.label) for f, _ in kept])
     origins = np.asarray([origin_and_patient(Path(f.relative).stem)[0] for f, _ in kept])
-    return probs, y, {"origin": origins}, skipped
+    return probs, y, {"origin": origins, **_gate_group(refused)}, skipped
 
 
 def _load_studies(predictor: BundlePredictor, data_dir: Path, settings: Settings, workers: int) -> Scored:
@@ -104,10 +107,16 @@ def _load_studies(predictor: BundlePredictor, data_dir: Path, settings: Settings
     if not studies:
         raise DataError(f"{data_dir}: none of the images could be decoded")
     keys = list(studies)
-    probs = predictor.predict_studies([studies[k] for k in keys])
+    probs, refused = gated_probabilities(predictor, predictor.preprocess_studies([studies[k] for k in keys]))
     y = np.asarray([task.index(labels[k]) for k in keys])
     kinds = np.asarray(["+".join(v for v in task.views if v in studies[k]) for k in keys])
-    return probs, y, {"views": kinds, "source": np.asarray([sources[k] for k in keys])}, skipped
+    groups = {"views": kinds, "source": np.asarray([sources[k] for k in keys]), **_gate_group(refused)}
+    return probs, y, groups, skipped
+
+
+def _gate_group(refused: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The gate's decision as a breakdown group ("refused" / "accepted"), when the bundle has a gate."""
+    return {} if refused is None else {GATE_GROUP: np.where(refused, "refused", "accepted")}
 
 
 def evaluate_model(
@@ -150,6 +159,7 @@ def evaluate_model(
         data_dir=Path(data_dir),
         skipped=skipped,
         multiview=meta.multiview,
+        ood_gate=gate_summary(groups[GATE_GROUP] == "refused", y, spec) if GATE_GROUP in groups else None,
     )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +169,7 @@ def evaluate_model(
             "dataset_version": meta.dataset_version,
             "data_dir": str(data_dir),
             "skipped": skipped,
+            "ood_gate": run.ood_gate,
         }
         json_out.write_text(json.dumps(payload, indent=2))
         run.json_path = json_out

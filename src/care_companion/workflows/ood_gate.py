@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from care_companion.data.datasets import ArrayData
 from care_companion.models.bundle import INT8_FILE, load_meta, save_meta
-from care_companion.models.ood import DEFAULT_MAX_REFUSAL, OOD_FILE, OodGate, OodModel, choose_threshold
-from care_companion.models.predictor import BundlePredictor
+from care_companion.models.ood import DEFAULT_MAX_REFUSAL, OOD_FILE, OodGate, OodModel, choose_threshold, load_gate
+from care_companion.models.predictor import BundlePredictor, Feed, softmax
 from care_companion.tasks import TaskSpec
 from care_companion.workflows.scoring import model_feed
 
@@ -92,3 +93,27 @@ def build_ood_gate(
         len(held),
     )
     return gate
+
+
+GATE_GROUP = "ood_gate"
+
+
+def gated_probabilities(predictor: BundlePredictor, feed: np.ndarray | Feed) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated probabilities ``[N, C]`` of a preprocessed batch and, when the bundle has an out-of-distribution
+    gate, which items it refuses ``[N]`` (the service's rule at the engine's precision; None without a gate)."""
+    gate = load_gate(predictor.directory, predictor.meta.ood) if predictor.has_embedding else None
+    if gate is None:
+        return softmax(predictor.logits(feed), predictor.temperature), None
+    logits, embeddings = predictor.logits_and_embeddings(feed)
+    refused = gate.model.score(embeddings) > gate.gate.threshold_for(predictor.precision)
+    return softmax(logits, predictor.temperature), refused
+
+
+def gate_summary(refused: np.ndarray, labels: np.ndarray, task: TaskSpec) -> dict[str, Any]:
+    """How many items the gate refused, overall and per true class."""
+    per_class = {
+        cls: {"refused": int(refused[labels == i].sum()), "n": int((labels == i).sum())}
+        for i, cls in enumerate(task.classes)
+        if (labels == i).any()
+    }
+    return {"refused": int(refused.sum()), "n": len(refused), "share": float(refused.mean()), "per_class": per_class}
