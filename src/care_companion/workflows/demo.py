@@ -7,8 +7,13 @@ clinical use.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from care_companion.config import Settings
@@ -100,3 +105,38 @@ def write_examples(settings: Settings) -> dict[str, Path]:
         paths[name] = folder / f"{name}.png"
         Image.fromarray(pixels).save(paths[name])
     return paths
+
+
+DEMO_POLL_SECONDS = 3.0  # how often the demo's service looks for a newly registered model (the wrist one)
+
+
+def start_service(settings: Settings, *, log_level: str = "warning") -> subprocess.Popen[bytes]:
+    """Start ``care-companion serve`` on the demo's settings in a child process that follows the registry every
+    few seconds, so a model registered while it runs (the wrist model) joins without a restart."""
+    env = os.environ | {
+        "CARE_DATA_DIR": str(Path(settings.data_dir).resolve()),
+        "CARE_HOST": settings.host,
+        "CARE_PORT": str(settings.port),
+        "CARE_MODEL_POLL_SECONDS": str(DEMO_POLL_SECONDS),
+    }
+    command = [sys.executable, "-m", "care_companion", "serve", "--log-level", log_level]
+    return subprocess.Popen(command, env=env)
+
+
+def wait_until_served(
+    settings: Settings, task: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> bool:
+    """Wait until the service at ``settings.host:port`` serves ``task`` (its ``/ready`` lists it); False when
+    ``timeout`` seconds pass or the service process exits first."""
+    url = f"http://{settings.host}:{settings.port}/ready"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            if task in httpx.get(url, timeout=2.0).json().get("models", {}):
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.5)
+    return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from care_companion.data.manifest import Manifest, load_manifest, study_kinds, s
 from care_companion.errors import DataError
 from care_companion.evaluation.metrics import EvaluationReport, evaluate_predictions
 from care_companion.evaluation.plots import write_plots
+from care_companion.models.base import BackboneClassifier
 from care_companion.models.bundle import CHECKPOINT_FILE, ONNX_FILE, BundleMeta, Int8Report, Normalisation, save_meta
 from care_companion.models.export import export_onnx
 from care_companion.models.predictor import BundlePredictor, softmax
@@ -33,7 +35,7 @@ from care_companion.tasks import TaskSpec
 from care_companion.training.calibration import fit_temperature
 from care_companion.training.distributed import train_on_ray
 from care_companion.training.operating_point import choose_operating_point
-from care_companion.training.trainer import TrainConfig, predict_logits, train_classifier
+from care_companion.training.trainer import TrainConfig, TrainResult, predict_logits, train_classifier
 from care_companion.training.world import LocalWorld
 from care_companion.workflows.ood_gate import build_ood_gate
 from care_companion.workflows.profiling import build_profile
@@ -76,7 +78,7 @@ def split_arrays(manifest: Manifest, images: np.ndarray, task: TaskSpec) -> dict
     Multi-view tasks get one item per study (its views index the shared image cache) and a ``views`` group
     (``pa+lateral``, ``pa``, ``lateral``) so results are also broken down by the views a study had.
     """
-    if len(task.views) == 1:
+    if not task.multiview:
         frame = manifest.frame
         labels = np.array([task.index(c) for c in frame["label"]], dtype=np.int64)
         out = {}
@@ -125,6 +127,30 @@ def summary_metrics(report: EvaluationReport, task: TaskSpec) -> dict[str, float
     return flat
 
 
+@dataclass
+class _Splits:
+    """The data a run trains, calibrates and is tested on."""
+
+    manifest: Manifest
+    train: ArrayData
+    val: ArrayData
+    test: ArrayData
+    sizes: dict[str, int]
+
+
+@dataclass
+class _Scored:
+    """An exported, calibrated bundle scored on the test split."""
+
+    meta: BundleMeta
+    report: EvaluationReport
+    metrics: dict[str, float]
+    plots: dict[str, Path]
+    temperature: float
+    thresholds: dict[str, float]
+    warnings: list[str]
+
+
 def train_task(
     task: TaskSpec,
     config: TrainConfig,
@@ -139,6 +165,9 @@ def train_task(
     resume: str | None = None,
 ) -> TrainOutcome:
     """Run the whole training pipeline for ``task`` and leave a model bundle behind, registered or not.
+
+    The stages: load the splits, fit, calibrate and export, score the bundle on test, add its INT8 model,
+    out-of-distribution gate and drift profile, gate and register.
 
     Args:
         task: the clinical task.
@@ -157,132 +186,50 @@ def train_task(
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     store = store_from_settings(settings)
-    manifest = load_manifest(store, task.name, dataset_version)
-    version = manifest.version
-    images = build_cache(store, manifest, config.image_size, settings.cache_dir)
-    splits = split_arrays(manifest, images, task)
-    for needed in ("train", "val", "test"):
-        if needed not in splits:
-            raise DataError(f"data set {version} has no {needed} split; import more images")
-    train = cap_per_class(splits["train"], config.max_train_per_class, config.seed)
-    val, test = splits["val"], splits["test"]
-
+    data = load_splits(task, config, settings, dataset_version)
+    version = data.manifest.version
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = resume or f"{task.name}-{stamp}"
     tags = {"task": task.name, "dataset_version": version, "demo": str(demo).lower(), "checkpoint_name": name}
+    checkpoints = settings.data_dir.resolve() / "checkpoints" / name
     with start_run(settings, experiment=task.name, run_name=f"{task.name}-{stamp}", tags=tags) as run:
         bundle_dir = settings.runs_dir / f"{task.name}-{stamp}-{run.run_id[:8]}"
         bundle_dir.mkdir(parents=True, exist_ok=True)
         params = config.model_dump(mode="json") | {
             "dataset_version": version,
-            **{f"n_{name}": len(data) for name, data in splits.items()},
-            "n_train_used": len(train),
+            **{f"n_{split}": n for split, n in data.sizes.items()},
+            "n_train_used": len(data.train),
             "workers": workers,
         }
         run.log_params(params)
         log.info("training run %s (continue it with --resume %s)", name, name)
-
-        def on_epoch(metrics: dict[str, Any]) -> None:
-            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "step"}
-            run.log_metrics(numeric, step=int(metrics["step"]))
-
-        checkpoints = settings.data_dir.resolve() / "checkpoints" / name
-        if workers:
-            model, result = train_on_ray(
-                train,
-                val,
-                task,
-                config,
-                workers=workers,
-                storage=settings.ray_storage_uri,
-                name=name,
-                on_epoch=on_epoch,
-                address=ray_address,
-            )
-        else:
-            world = LocalWorld(checkpoints)
-            model, result = train_classifier(train, val, task, config, on_epoch=on_epoch, world=world)
-        torch.save(model.state_dict(), bundle_dir / CHECKPOINT_FILE)
-
-        val_logits = predict_logits(model, val, batch_size=64, mean=config.mean, std=config.std)
-        temperature = fit_temperature(val_logits, val.labels)
-        operating = choose_operating_point(
-            softmax(val_logits, temperature), val.labels, task, target_sensitivity=settings.target_sensitivity
-        )
-        onnx_diff = export_onnx(model, bundle_dir / ONNX_FILE, input_size=config.image_size)
-        meta = BundleMeta.for_task(
+        model, result = fit(
             task,
-            backbone=config.backbone,
-            input_size=config.image_size,
-            normalisation=Normalisation(mean=config.mean, std=config.std),
-            temperature=temperature,
-            thresholds=operating.thresholds,
-            target_sensitivity=settings.target_sensitivity,
-            dataset_version=version,
-            demo=demo,
-            git_commit=git_commit(),
-            run_id=run.run_id,
-            training=params | {"init": result.init, "best": result.best, "onnx_max_abs_diff": onnx_diff},
+            config,
+            data,
+            run,
+            checkpoints=checkpoints,
+            workers=workers,
+            address=ray_address,
+            ray_storage=settings.ray_storage_uri,
         )
-        save_meta(bundle_dir, meta)
-
-        # the test split is scored by the exported ONNX bundle: the artifact that will be served
-        probs = item_probabilities(BundlePredictor(bundle_dir), test)
-        report = evaluate_predictions(
-            test.labels, probs, task, operating.thresholds, groups=test.groups, seed=config.seed
+        torch.save(model.state_dict(), bundle_dir / CHECKPOINT_FILE)
+        training = params | {"init": result.init, "best": result.best}
+        scored = export_and_score(
+            model, task, config, data, settings, bundle_dir, demo=demo, run_id=run.run_id, training=training
         )
-        (bundle_dir / EVALUATION_FILE).write_text(report.model_dump_json(indent=2))
-        plots = write_plots(test.labels, probs, task, report, bundle_dir / "plots")
-        metrics = summary_metrics(report, task)
-        meta.metrics = metrics
-        save_meta(bundle_dir, meta)
-        quantized = None
-        if int8:
-            try:
-                quantized = add_int8(bundle_dir, val, test, task, seed=config.seed)
-                run.log_metrics({f"int8_test_{k}": v for k, v in quantized.test["int8"].items()})
-                run.set_tags({"int8_preferred": str(quantized.preferred).lower()})
-            except Exception as exc:  # INT8 is an option: its failure must not lose the trained model
-                log.warning("INT8 quantisation failed, the bundle keeps only float32: %s", exc)
-        try:  # stage: the out-of-distribution gate, fitted on the exported model's embeddings
-            build_ood_gate(bundle_dir, task, train=train, val=val, seed=config.seed)
-        except Exception as exc:  # the reject class still refuses; the service serves the bundle without the gate
-            log.warning("no out-of-distribution gate: %s", exc)
-        try:
-            build_profile(bundle_dir, task, store=store, manifest=manifest, train=train, val=val, seed=config.seed)
-        except Exception as exc:  # monitoring must not lose the trained model; the service reports it unavailable
-            log.warning("no reference profile for drift monitoring: %s", exc)
-
+        quantized = add_extras(bundle_dir, task, config, data, store, run, int8=int8)
         run.log_metrics(
-            {f"test_{k}": v for k, v in metrics.items()}
+            {f"test_{k}": v for k, v in scored.metrics.items()}
             | {
-                "temperature": temperature,
+                "temperature": scored.temperature,
                 "train_seconds": result.seconds,
                 "images_per_second": result.images_per_second,
             }
-            | {f"threshold_{k}": v for k, v in operating.thresholds.items()},
+            | {f"threshold_{k}": v for k, v in scored.thresholds.items()},
             step=len(result.history) + 1,
         )
-        gate = check_gate(
-            report.model_dump(mode="json"),
-            positives=task.positives,
-            min_sensitivity=settings.gate_min_sensitivity,
-            min_auc=settings.gate_min_auc,
-        )
-        run.set_tags({"gate": "passed" if gate.passed else "refused"})
-        registered = None
-        if gate.passed and register:
-            registered = register_bundle(bundle_dir, task=task.name, run_id=run.run_id, settings=settings)
-        else:
-            run.set_tags(
-                {"needs_retraining": str(not gate.passed).lower(), "gate_shortfalls": "; ".join(gate.shortfalls)}
-            )
-            run.log_artifact(bundle_dir, artifact_path="bundle")
-        for path in plots.values():
-            run.log_artifact(path, artifact_path="plots")
-        for warning in operating.warnings:
-            log.warning("operating point: %s", warning)
-
+        gate, registered = gate_and_register(bundle_dir, task, scored, settings, run, register=register)
     shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     return TrainOutcome(
         task=task.name,
@@ -291,8 +238,166 @@ def train_task(
         dataset_version=version,
         registered_version=registered,
         gate=gate,
-        metrics=metrics,
+        metrics=scored.metrics,
         train_seconds=result.seconds,
         images_per_second=result.images_per_second,
         int8=quantized,
     )
+
+
+def load_splits(task: TaskSpec, config: TrainConfig, settings: Settings, dataset_version: str | None) -> _Splits:
+    """Stage 1: the data set's cached images as train (capped per class), validation and test arrays.
+
+    Raises:
+        DataError: a split is missing.
+    """
+    store = store_from_settings(settings)
+    manifest = load_manifest(store, task.name, dataset_version)
+    images = build_cache(store, manifest, config.image_size, settings.cache_dir)
+    splits = split_arrays(manifest, images, task)
+    for needed in ("train", "val", "test"):
+        if needed not in splits:
+            raise DataError(f"data set {manifest.version} has no {needed} split; import more images")
+    train = cap_per_class(splits["train"], config.max_train_per_class, config.seed)
+    sizes = {split: len(part) for split, part in splits.items()}
+    return _Splits(manifest=manifest, train=train, val=splits["val"], test=splits["test"], sizes=sizes)
+
+
+def fit(
+    task: TaskSpec,
+    config: TrainConfig,
+    data: _Splits,
+    run: Any,
+    *,
+    checkpoints: Path,
+    workers: int,
+    address: str | None,
+    ray_storage: str,
+) -> tuple[BackboneClassifier, TrainResult]:
+    """Stage 2: train in this process (checkpoints under ``checkpoints``) or on ``workers`` Ray Train workers
+    (checkpoints in ``ray_storage``); every epoch's validation metrics go to the MLflow run."""
+
+    def on_epoch(metrics: dict[str, Any]) -> None:
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "step"}
+        run.log_metrics(numeric, step=int(metrics["step"]))
+
+    if workers:
+        return train_on_ray(
+            data.train,
+            data.val,
+            task,
+            config,
+            workers=workers,
+            storage=ray_storage,
+            name=checkpoints.name,
+            on_epoch=on_epoch,
+            address=address,
+        )
+    return train_classifier(data.train, data.val, task, config, on_epoch=on_epoch, world=LocalWorld(checkpoints))
+
+
+def export_and_score(
+    model: BackboneClassifier,
+    task: TaskSpec,
+    config: TrainConfig,
+    data: _Splits,
+    settings: Settings,
+    bundle_dir: Path,
+    *,
+    demo: bool,
+    run_id: str,
+    training: dict[str, Any],
+) -> _Scored:
+    """Stage 3: fit the temperature and choose the operating point on validation, export the ONNX bundle, and
+    score the exported bundle (the artifact that will be served) on the test split, with plots."""
+    val_logits = predict_logits(model, data.val, batch_size=64, mean=config.mean, std=config.std)
+    temperature = fit_temperature(val_logits, data.val.labels)
+    operating = choose_operating_point(
+        softmax(val_logits, temperature), data.val.labels, task, target_sensitivity=settings.target_sensitivity
+    )
+    onnx_diff = export_onnx(model, bundle_dir / ONNX_FILE, input_size=config.image_size)
+    meta = BundleMeta.for_task(
+        task,
+        backbone=config.backbone,
+        input_size=config.image_size,
+        normalisation=Normalisation(mean=config.mean, std=config.std),
+        temperature=temperature,
+        thresholds=operating.thresholds,
+        target_sensitivity=settings.target_sensitivity,
+        dataset_version=data.manifest.version,
+        demo=demo,
+        git_commit=git_commit(),
+        run_id=run_id,
+        training=training | {"onnx_max_abs_diff": onnx_diff},
+    )
+    save_meta(bundle_dir, meta)
+    test = data.test
+    probs = item_probabilities(BundlePredictor(bundle_dir), test)
+    report = evaluate_predictions(test.labels, probs, task, operating.thresholds, groups=test.groups, seed=config.seed)
+    (bundle_dir / EVALUATION_FILE).write_text(report.model_dump_json(indent=2))
+    plots = write_plots(test.labels, probs, task, report, bundle_dir / "plots")
+    meta.metrics = summary_metrics(report, task)
+    save_meta(bundle_dir, meta)
+    return _Scored(
+        meta=meta,
+        report=report,
+        metrics=meta.metrics,
+        plots=plots,
+        temperature=temperature,
+        thresholds=operating.thresholds,
+        warnings=list(operating.warnings),
+    )
+
+
+def add_extras(
+    bundle_dir: Path, task: TaskSpec, config: TrainConfig, data: _Splits, store: Any, run: Any, *, int8: bool
+) -> Int8Report | None:
+    """Stage 4: the bundle's INT8 model (when asked), out-of-distribution gate and drift reference profile.
+
+    Each is optional for serving: a failure is logged and the trained model is kept (without INT8 the service
+    runs float32; without the gate the reject class still refuses; without a profile drift monitoring is off).
+    """
+    quantized = None
+    if int8:
+        try:
+            quantized = add_int8(bundle_dir, data.val, data.test, task, seed=config.seed)
+            run.log_metrics({f"int8_test_{k}": v for k, v in quantized.test["int8"].items()})
+            run.set_tags({"int8_preferred": str(quantized.preferred).lower()})
+        except Exception as exc:
+            log.warning("INT8 quantisation failed, the bundle keeps only float32: %s", exc)
+    try:
+        build_ood_gate(bundle_dir, task, train=data.train, val=data.val, seed=config.seed)
+    except Exception as exc:
+        log.warning("no out-of-distribution gate: %s", exc)
+    try:
+        build_profile(
+            bundle_dir, task, store=store, manifest=data.manifest, train=data.train, val=data.val, seed=config.seed
+        )
+    except Exception as exc:
+        log.warning("no reference profile for drift monitoring: %s", exc)
+    return quantized
+
+
+def gate_and_register(
+    bundle_dir: Path, task: TaskSpec, scored: _Scored, settings: Settings, run: Any, *, register: bool
+) -> tuple[GateResult, int | None]:
+    """Stage 5: the registry gate on the test report; a passing bundle is registered (alias staging), a refused
+    one is kept as a run artifact and the run tagged for retraining."""
+    gate = check_gate(
+        scored.report.model_dump(mode="json"),
+        positives=task.positives,
+        min_sensitivity=settings.gate_min_sensitivity,
+        min_auc=settings.gate_min_auc,
+    )
+    run.set_tags({"gate": "passed" if gate.passed else "refused"})
+    registered = None
+    if gate.passed and register:
+        registered = register_bundle(bundle_dir, task=task.name, run_id=run.run_id, settings=settings)
+    else:
+        run.set_tags({"needs_retraining": str(not gate.passed).lower(), "gate_shortfalls": "; ".join(gate.shortfalls)})
+        run.log_artifact(bundle_dir, artifact_path="bundle")
+    for path in scored.plots.values():
+        run.log_artifact(path, artifact_path="plots")
+    for warning in scored.warnings:
+        log.warning("operating point: %s", warning)
+    return gate, registered
