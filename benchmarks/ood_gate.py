@@ -1,0 +1,365 @@
+"""Does every task refuse what is not its body part? The reject class, the out-of-distribution gate, and both.
+
+Trains (or reuses, ``--wrist-bundle`` / ``--chest-bundle``) a wrist model on FracAtlas's hand/wrist films and a
+chest model on cxr-real + kermany-train imported with the chest import's defaults (which add the wrist data
+set's films, already in the store, to the 'unknown' class), each with its task's recipe. Then builds held-out
+sets that no training, calibration or threshold saw:
+
+* other body parts: FracAtlas leg/hip/shoulder films (not hand: the wrist model trained on the hand region and
+  the chest 'unknown' class got hand films) for both tasks, and cxr-real/kermany chest films for the wrist model;
+* real photos: crops of the photographs that installed packages ship (scikit-learn's sample images,
+  matplotlib's sample data, and scikit-image samples the chest 'unknown' class does not use);
+* screenshots: user-interface-like images rendered with PIL (windows, text, buttons, tables);
+
+and reports, per task and served precision, the share of non-task images that get a finding (target <= 1%) and
+the share of the task's real test-split films refused (target <= 1%), for the reject class alone, the gate
+alone and both. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from benchmarks.common import OUT, SHARED_DATA, write_result
+from care_companion.config import Settings
+from care_companion.data.cache import build_cache
+from care_companion.data.manifest import load_manifest
+from care_companion.data.synthetic_chest import OFFLINE_SAMPLES
+from care_companion.imaging.decode import decode_image
+from care_companion.models.bundle import load_meta
+from care_companion.models.ood import load_gate
+from care_companion.models.predictor import BundlePredictor, softmax
+from care_companion.serving.results import interpret
+from care_companion.storage import store_from_settings
+from care_companion.tasks import CHEST, WRIST, TaskSpec
+from care_companion.training.trainer import TrainConfig
+from care_companion.workflows.scoring import model_feed
+from care_companion.workflows.training import split_arrays, train_task
+
+HELD_OUT_PER_KIND = 300
+PHOTO_CROPS = 120
+SCREENSHOTS = 120
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def recipe(task: TaskSpec, settings: Settings, overrides: dict[str, Any]) -> TrainConfig:
+    """The task's recipe with the benchmark's overrides (a shorter schedule on a busy machine)."""
+    return TrainConfig(**(task.recipe.model_dump() | overrides), seed=settings.seed)
+
+
+def train_wrist(settings: Settings, overrides: dict[str, Any]) -> tuple[Path, float]:
+    """Import FracAtlas's hand/wrist films as the wrist data set and train the wrist recipe; (bundle, seconds)."""
+    from care_companion.data.wrist import import_fracatlas
+
+    started = time.perf_counter()
+    imported = import_fracatlas(
+        SHARED_DATA / "fracatlas", store_from_settings(settings), seed=settings.seed, region="hand"
+    )
+    config = recipe(WRIST, settings, overrides)
+    outcome = train_task(WRIST, config, settings=settings, dataset_version=imported.version)
+    return outcome.bundle_dir, time.perf_counter() - started
+
+
+def train_chest(settings: Settings, overrides: dict[str, Any]) -> tuple[Path, float, int]:
+    """Import the chest sets with the import's defaults (other tasks' films in the store join 'unknown') and train
+    the chest recipe; (bundle, seconds, other-task films added)."""
+    from care_companion.data.chest import import_chest
+
+    started = time.perf_counter()
+    sources = [SHARED_DATA / "cxr-real", SHARED_DATA / "kermany-train"]
+    imported = import_chest(sources, store_from_settings(settings), seed=settings.seed)
+    frame = load_manifest(store_from_settings(settings), "chest", imported.version).frame
+    added = int(frame["source"].astype(str).str.startswith("other-task:").sum())
+    config = recipe(CHEST, settings, overrides)
+    outcome = train_task(CHEST, config, settings=settings, dataset_version=imported.version)
+    return outcome.bundle_dir, time.perf_counter() - started, added
+
+
+# ------------------------------------------------------------------------------------------- held-out sets
+
+
+def _read(path: Path) -> np.ndarray | None:
+    try:
+        return decode_image(path.read_bytes(), name=path.name)
+    except Exception:
+        return None
+
+
+def other_body_parts(rng: np.random.Generator) -> list[np.ndarray]:
+    """FracAtlas films without the hand region (leg, hip, shoulder), a seeded sample."""
+    table = SHARED_DATA / "fracatlas" / "dataset.csv"
+    with table.open() as handle:
+        ids = [row["image_id"] for row in csv.DictReader(handle) if row["hand"] == "0"]
+    paths = {p.name: p for p in (SHARED_DATA / "fracatlas" / "images").rglob("*.jpg")}
+    chosen = [paths[i] for i in ids if i in paths]
+    chosen = [chosen[int(i)] for i in rng.permutation(len(chosen))[:HELD_OUT_PER_KIND]]
+    return [image for image in map(_read, chosen) if image is not None]
+
+
+def chest_films(rng: np.random.Generator) -> list[np.ndarray]:
+    """cxr-real and kermany-train chest films, a seeded sample (for the wrist model)."""
+    paths = sorted((SHARED_DATA / "cxr-real").rglob("*.jpg")) + sorted((SHARED_DATA / "kermany-train").rglob("*.jpeg"))
+    paths += sorted((SHARED_DATA / "kermany-train").rglob("*.jpg"))
+    chosen = [paths[int(i)] for i in rng.permutation(len(paths))[:HELD_OUT_PER_KIND]]
+    return [image for image in map(_read, chosen) if image is not None]
+
+
+def photo_sources() -> dict[str, np.ndarray]:
+    """Real photographs shipped by installed packages, as 8-bit grayscale, by name (the chest 'unknown' class's
+    scikit-image samples left out)."""
+    found: dict[str, np.ndarray] = {}
+
+    def gray(pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(np.asarray(pixels).astype(np.uint8)).convert("L"))
+
+    try:
+        from sklearn.datasets import load_sample_images
+
+        bunch = load_sample_images()
+        for name, pixels in zip(bunch.filenames, bunch.images, strict=True):
+            found[f"sklearn:{Path(name).name}"] = gray(pixels)
+    except Exception:
+        pass
+    try:
+        import matplotlib
+
+        sample = Path(matplotlib.get_data_path()) / "sample_data"
+        for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"):
+            if (sample / name).is_file():
+                found[f"matplotlib:{name}"] = np.asarray(Image.open(sample / name).convert("L"))
+    except Exception:
+        pass
+    try:
+        from skimage import data
+
+        for name in ("coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "motorcycle_left"):
+            if name in OFFLINE_SAMPLES or not hasattr(data, name):
+                continue
+            try:
+                pixels = getattr(data, name)()
+            except Exception:
+                continue
+            pixels = pixels[0] if isinstance(pixels, tuple) else pixels
+            found[f"skimage:{name}"] = gray(pixels[..., :3] if pixels.ndim == 3 else pixels)
+    except Exception:
+        pass
+    return found
+
+
+def photos(rng: np.random.Generator, sources: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Random crops (30-100% of each side, whole photo included) of the shipped photographs."""
+    images, names = [], sorted(sources)
+    for k in range(PHOTO_CROPS):
+        image = sources[names[k % len(names)]]
+        h, w = image.shape
+        if k < len(names):
+            images.append(image)
+            continue
+        ch, cw = int(h * rng.uniform(0.3, 1.0)), int(w * rng.uniform(0.3, 1.0))
+        r, c = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        images.append(np.ascontiguousarray(image[r : r + ch, c : c + cw]))
+    return images
+
+
+def screenshot(rng: np.random.Generator) -> np.ndarray:
+    """A user-interface-like image: a window with a title bar, text lines, buttons, a table or a chart."""
+    w, h = int(rng.integers(480, 1280)), int(rng.integers(360, 900))
+    light = rng.random() < 0.7
+    image = Image.new("L", (w, h), int(rng.integers(225, 255)) if light else int(rng.integers(20, 60)))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    ink = 20 if light else 220
+    draw.rectangle([0, 0, w, int(rng.integers(24, 48))], fill=int(rng.integers(60, 200)))
+    draw.text((10, 6), "Care Companion - Worklist" if rng.random() < 0.5 else "Report viewer", fill=255, font=font)
+    y = 60
+    while y < h - 30:
+        kind = rng.random()
+        if kind < 0.5:
+            words = " ".join(
+                "".join(chr(int(rng.integers(97, 123))) for _ in range(int(rng.integers(2, 9))))
+                for _ in range(int(rng.integers(3, 12)))
+            )
+            draw.text((int(rng.integers(10, 60)), y), words, fill=ink, font=font)
+            y += int(rng.integers(14, 24))
+        elif kind < 0.7:
+            x = int(rng.integers(10, 200))
+            draw.rectangle([x, y, x + int(rng.integers(60, 160)), y + 26], fill=int(rng.integers(80, 200)), outline=ink)
+            draw.text((x + 8, y + 7), "Submit" if rng.random() < 0.5 else "Cancel", fill=255, font=font)
+            y += 40
+        elif kind < 0.85:
+            rows, cols = int(rng.integers(3, 8)), int(rng.integers(2, 6))
+            cw = (w - 40) // cols
+            for r in range(rows):
+                for c in range(cols):
+                    draw.rectangle([20 + c * cw, y + r * 20, 20 + (c + 1) * cw, y + (r + 1) * 20], outline=ink)
+                    draw.text((24 + c * cw, y + r * 20 + 4), str(int(rng.integers(0, 9999))), fill=ink, font=font)
+            y += rows * 20 + 20
+        else:
+            bars = int(rng.integers(4, 12))
+            bw = (w - 60) // bars
+            for b in range(bars):
+                bh = int(rng.integers(10, 120))
+                draw.rectangle(
+                    [30 + b * bw, y + 120 - bh, 30 + b * bw + bw - 6, y + 120], fill=int(rng.integers(40, 200))
+                )
+            y += 140
+    return np.asarray(image)
+
+
+# --------------------------------------------------------------------------------------------------- scoring
+
+
+def decisions(predictor: BundlePredictor, feed: Any, task: TaskSpec, margin: float) -> dict[str, np.ndarray]:
+    """Per item: refused by the reject class, by the gate, and the gate's score (the service's rules)."""
+    logits, embeddings = predictor.logits_and_embeddings(feed)
+    probs = softmax(logits, predictor.temperature)
+    reject = np.array([interpret(p, task, predictor.thresholds, margin=margin).rejected for p in probs])
+    gate = load_gate(predictor.directory, predictor.meta.ood)
+    if gate is None:
+        return {"reject": reject, "gate": np.zeros(len(reject), bool), "score": np.zeros(len(reject))}
+    scores = gate.model.score(embeddings)
+    return {"reject": reject, "gate": scores > gate.gate.threshold_for(predictor.precision), "score": scores}
+
+
+def shares(d: dict[str, np.ndarray], *, task_films: bool) -> dict[str, float]:
+    """Share refused (task films) or share given a finding (non-task images) for each rule."""
+    refused = {"reject class": d["reject"], "gate": d["gate"], "both": d["reject"] | d["gate"]}
+    return {k: float(v.mean() if task_films else (~v).mean()) for k, v in refused.items()}
+
+
+def evaluate(bundle: Path, held_out: dict[str, list[np.ndarray]], settings: Settings) -> dict[str, Any]:
+    """Score the bundle's test split and the held-out non-task sets at each precision the bundle has."""
+    meta = load_meta(bundle)
+    task = meta.task_spec()
+    store = store_from_settings(settings)
+    manifest = load_manifest(store, task.name, meta.dataset_version)
+    test = split_arrays(manifest, build_cache(store, manifest, meta.input_size, settings.cache_dir), task)["test"]
+    if task.reject is not None:
+        test = test.subset(np.flatnonzero(test.labels != task.index(task.reject)))
+    out: dict[str, Any] = {"task": task.name, "ood": meta.ood.model_dump() if meta.ood else None, "precisions": {}}
+    for precision in ["fp32", *(["int8"] if meta.int8 is not None else [])]:
+        predictor = BundlePredictor(bundle, precision=precision)
+        margin = settings.confidence_margin
+        result: dict[str, Any] = {"test_films": len(test)}
+        result["test_refused"] = shares(
+            decisions(predictor, model_feed(predictor, test), task, margin), task_films=True
+        )
+        for kind, images in held_out.items():
+            if task.multiview:
+                feeds = [predictor.preprocess_studies([{view: image} for image in images]) for view in task.views]
+                parts = [decisions(predictor, feed, task, margin) for feed in feeds]
+                d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            else:
+                d = decisions(predictor, predictor.preprocess(images), task, margin)
+            result[kind] = {"n": len(d["gate"]), "finding": shares(d, task_films=False)}
+        out["precisions"][precision] = result
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=OUT / "ood-gate")
+    parser.add_argument("--wrist-bundle", type=Path, default=None, help="Reuse this wrist bundle (its data dir).")
+    parser.add_argument("--chest-bundle", type=Path, default=None, help="Reuse this chest bundle (its data dir).")
+    parser.add_argument("--only", choices=["wrist", "chest"], default=None, help="Train/measure one task only.")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="Override the recipes' fine-tune epochs.")
+    parser.add_argument("--samples-per-epoch", type=int, default=None, help="Override the recipes' epoch size.")
+    args = parser.parse_args()
+    overrides = {
+        k: v
+        for k, v in {"finetune_epochs": args.finetune_epochs, "samples_per_epoch": args.samples_per_epoch}.items()
+        if v is not None
+    }
+    needed = [SHARED_DATA / "fracatlas", SHARED_DATA / "cxr-real", SHARED_DATA / "kermany-train"]
+    if not all(p.is_dir() for p in needed):
+        print(f"skipped: real data not found under {SHARED_DATA} (needs fracatlas, cxr-real, kermany-train)")
+        return
+    settings = Settings(data_dir=args.data_dir)
+    timing: dict[str, float] = {}
+    bundles: dict[str, Path] = {}
+    added = None
+    if args.only != "chest":  # the wrist data set first: the chest import's defaults then find its films
+        if args.wrist_bundle:
+            bundles["wrist"] = args.wrist_bundle
+        else:
+            bundles["wrist"], timing["wrist_import_and_train_s"] = train_wrist(settings, overrides)
+    if args.only != "wrist":
+        if args.chest_bundle:
+            bundles["chest"] = args.chest_bundle
+        else:
+            bundles["chest"], timing["chest_import_and_train_s"], added = train_chest(settings, overrides)
+
+    rng = np.random.default_rng(2024)
+    sources = photo_sources()
+    common = {
+        "other body parts (FracAtlas leg/hip/shoulder)": other_body_parts(rng),
+        "photos": photos(rng, sources),
+        "screenshots": [screenshot(rng) for _ in range(SCREENSHOTS)],
+    }
+    results = {}
+    for name, bundle in bundles.items():
+        held_out = dict(common)
+        if name == "wrist":
+            held_out = {"chest films (cxr-real, kermany)": chest_films(rng), **held_out}
+        started = time.perf_counter()
+        results[name] = evaluate(bundle, held_out, settings)
+        timing[f"{name}_evaluation_s"] = time.perf_counter() - started
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f}%"
+
+    rows = []
+    for name, r in results.items():
+        for precision, p in r["precisions"].items():
+            t = p["test_refused"]
+            rows.append(
+                f"| {name} {precision} | real {name} test films refused (n={p['test_films']}) | "
+                f"{pct(t['reject class'])} | {pct(t['gate'])} | {pct(t['both'])} |"
+            )
+            for kind, v in p.items():
+                if isinstance(v, dict) and "finding" in v:
+                    f = v["finding"]
+                    rows.append(
+                        f"| {name} {precision} | {kind} given a finding (n={v['n']}) | {pct(f['reject class'])} | "
+                        f"{pct(f['gate'])} | {pct(f['both'])} |"
+                    )
+    gates = "; ".join(
+        f"{n}: {r['ood']['method']}, thresholds {r['ood']['thresholds']}, validation refused "
+        f"{r['ood']['validation_refused']} of {r['ood']['counts']['validation_items']}"
+        for n, r in results.items()
+        if r["ood"]
+    )
+    md = (
+        "## Refusing what is not the task's body part: reject class, out-of-distribution gate, both\n\n"
+        "Wrist model: FracAtlas hand/wrist films (`import_fracatlas(region='hand')`), wrist recipe. Chest model: "
+        "cxr-real + kermany-train with the chest import's defaults (400 generated non-X-rays; the wrist data set's "
+        f"films in the store added to 'unknown': {added if added is not None else 'n/a (reused bundle)'}), chest "
+        f"recipe{f' with {overrides}' if overrides else ''}. Gates: {gates}.\n"
+        f"Held-out sets no training or threshold saw; photos are crops of {len(sources)} shipped photographs "
+        f"({', '.join(sorted(sources))}); screenshots are rendered UI images; a multi-view model gets each image "
+        "as each view (one trial per view). Targets: at most 1% of non-task images get a finding, at most 1% of "
+        "real task films refused.\n"
+        f"Time: {', '.join(f'{k} {v:.0f}' for k, v in timing.items())}.\n\n"
+        "| model | measure | reject class alone | gate alone | both (served) |\n|---|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
+    write_result(
+        "ood_gate",
+        {"results": results, "timing": timing, "photo_sources": sorted(sources), "bundles": bundles},
+        command="python -m benchmarks.ood_gate",
+        markdown=md,
+    )
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
