@@ -8,6 +8,9 @@ write at all) are checked by the caller, before these functions run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from sqlalchemy.orm import Session
 
 from care_companion.access.audit import audit, ids
@@ -30,6 +33,8 @@ from care_companion.records.repos import (
 from care_companion.records.schemas import PatientBase, PatientCreate, PatientUpdate, StudyCreate
 
 NOT_NULL_FIELDS = ("mrn", "name", "sex", "medical_history", "department")
+
+_Row = TypeVar("_Row", Prediction, Feedback)
 
 
 # -- the rules -----------------------------------------------------------------------------------------------
@@ -235,6 +240,35 @@ def study_images(*, session: Session, user: User, study_id: int, request_id: str
     return images
 
 
+def _study_rows(
+    session: Session,
+    user: User,
+    study_id: int,
+    action: str,
+    lister: Callable[..., tuple[list[_Row], int]],
+    *,
+    offset: int,
+    limit: int,
+    request_id: str | None,
+) -> tuple[list[_Row], int]:
+    """A page of a visible study's rows from ``lister`` (called with ``session``, ``study_id``, ``offset`` and
+    ``limit``), audited as ``action`` with the count and the ids listed."""
+    study = visible_study(session, user, study_id)
+    items, count = lister(session=session, study_id=study.id, offset=offset, limit=limit)
+    audit(
+        session,
+        user,
+        action,
+        "study",
+        study.id,
+        request_id=request_id,
+        patient_id=study.patient_id,
+        count=count,
+        ids=ids(items),
+    )
+    return items, count
+
+
 def study_predictions(
     *,
     session: Session,
@@ -245,20 +279,16 @@ def study_predictions(
     request_id: str | None = None,
 ) -> tuple[list[Prediction], int]:
     """The model's answers for a visible study, newest first."""
-    study = visible_study(session, user, study_id)
-    items, count = list_predictions(session=session, study_id=study.id, offset=offset, limit=limit)
-    audit(
+    return _study_rows(
         session,
         user,
+        study_id,
         "study.predictions",
-        "study",
-        study.id,
+        list_predictions,
+        offset=offset,
+        limit=limit,
         request_id=request_id,
-        patient_id=study.patient_id,
-        count=count,
-        ids=ids(items),
     )
-    return items, count
 
 
 def study_feedback(
@@ -271,17 +301,6 @@ def study_feedback(
     request_id: str | None = None,
 ) -> tuple[list[Feedback], int]:
     """Radiologists' verdicts on a visible study, oldest first."""
-    study = visible_study(session, user, study_id)
-    items, count = list_feedback(session=session, study_id=study.id, offset=offset, limit=limit)
-    audit(
-        session,
-        user,
-        "study.feedback",
-        "study",
-        study.id,
-        request_id=request_id,
-        patient_id=study.patient_id,
-        count=count,
-        ids=ids(items),
+    return _study_rows(
+        session, user, study_id, "study.feedback", list_feedback, offset=offset, limit=limit, request_id=request_id
     )
-    return items, count

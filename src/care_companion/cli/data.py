@@ -20,6 +20,13 @@ fetch_app = typer.Typer(help="Download public data sets (needs credentials).", n
 app.add_typer(import_app, name="import")
 app.add_typer(fetch_app, name="fetch")
 
+Seed = Annotated[int | None, typer.Option(help="Split seed (default: CARE_SEED).")]
+Workers = Annotated[int, typer.Option(help="Decoding processes.")]
+Names = Annotated[
+    list[str] | None,
+    typer.Option("--name", help="Source name recorded per image, one per SRC (default: the folder name)."),
+]
+
 
 @import_app.command("chest")
 def import_chest_cmd(
@@ -32,10 +39,7 @@ def import_chest_cmd(
             file_okay=False,
         ),
     ],
-    name: Annotated[
-        list[str] | None,
-        typer.Option("--name", help="Source name recorded per image, one per SRC (default: the folder name)."),
-    ] = None,
+    name: Names = None,
     non_xray: Annotated[
         int, typer.Option(help="Generated non-X-ray images (photos, screenshots) added to the 'unknown' class.")
     ] = 400,
@@ -59,8 +63,8 @@ def import_chest_cmd(
     other_tasks_max: Annotated[
         int, typer.Option(help="At most this many images from each other task's data set (a seeded sample).")
     ] = 300,
-    seed: Annotated[int | None, typer.Option(help="Split seed (default: CARE_SEED).")] = None,
-    workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
+    seed: Seed = None,
+    workers: Workers = 2,
 ) -> None:
     """Decode, validate, deduplicate and split chest X-rays into a new data-set version; by default the 'unknown'
     class also gets generated non-X-rays and other tasks' radiographs already in the store."""
@@ -103,8 +107,6 @@ def fetch_chest_cmd(
     console.print(f"downloaded to {path}; now run: care-companion data import chest {path}")
 
 
-Seed = Annotated[int | None, typer.Option(help="Split seed (default: CARE_SEED).")]
-Workers = Annotated[int, typer.Option(help="Decoding processes.")]
 Region = Annotated[
     str | None, typer.Option(help="FracAtlas region: 'hand' keeps hand/wrist films (not whole-arm 'mixed' films).")
 ]
@@ -197,10 +199,7 @@ def import_folders_cmd(
             file_okay=False,
         ),
     ],
-    name: Annotated[
-        list[str] | None,
-        typer.Option("--name", help="Source name recorded per image, one per SRC (default: the folder name)."),
-    ] = None,
+    name: Names = None,
     seed: Seed = None,
     workers: Workers = 2,
 ) -> None:

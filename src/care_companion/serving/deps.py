@@ -155,41 +155,23 @@ Watcher = Annotated[User, Depends(require_briefly(Permission.MONITOR))]
 # -- the app's parts -----------------------------------------------------------------------------------------
 
 
-def get_predictor(request: Request) -> Predictor:
-    """The app's predictor."""
-    predictor: Predictor = request.app.state.predictor
-    return predictor
+def _app_part(name: str, what: str) -> Callable[[Request], Any]:
+    """A dependency that returns ``app.state.<name>`` (``what``: its docstring's words)."""
+
+    def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    dependency.__name__ = f"get_{name}"
+    dependency.__doc__ = f"The app's {what}."
+    return dependency
 
 
-def get_models(request: Request) -> ModelManager:
-    """The app's model manager."""
-    models: ModelManager = request.app.state.models
-    return models
-
-
-def get_records(request: Request) -> RecordKeeper:
-    """The app's record keeper."""
-    records: RecordKeeper = request.app.state.records
-    return records
-
-
-def get_monitor(request: Request) -> Monitor:
-    """The app's drift and model-health monitor."""
-    monitor: Monitor = request.app.state.monitor
-    return monitor
-
-
-def get_store(request: Request) -> ObjectStore:
-    """The app's object store (images, feedback copies)."""
-    store: ObjectStore = request.app.state.store
-    return store
-
-
-def get_metrics(request: Request) -> ServiceMetrics:
-    """The app's service metrics (Prometheus)."""
-    metrics: ServiceMetrics = request.app.state.metrics
-    return metrics
-
+get_predictor: Callable[[Request], Predictor] = _app_part("predictor", "predictor")
+get_models: Callable[[Request], ModelManager] = _app_part("models", "model manager")
+get_records: Callable[[Request], RecordKeeper] = _app_part("records", "record keeper")
+get_monitor: Callable[[Request], Monitor] = _app_part("monitor", "drift and model-health monitor")
+get_store: Callable[[Request], ObjectStore] = _app_part("store", "object store (images, feedback copies)")
+get_metrics: Callable[[Request], ServiceMetrics] = _app_part("metrics", "service metrics (Prometheus)")
 
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 ModelsDep = Annotated[ModelManager, Depends(get_models)]

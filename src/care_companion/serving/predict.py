@@ -9,6 +9,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
@@ -94,6 +95,23 @@ class Predictor:
                 model, prepared, probs, embedding, upload.name, list(model.meta.views), request_id, started
             )
 
+    def _refuse(self, model: ServedModel, what: str, why: str) -> NoReturn:
+        """Refuse ``what`` as not a radiograph of the model's task (``why``: the score that says so), counting the
+        rejection.
+
+        Raises:
+            NotForTask: always, with the task's refusal code.
+        """
+        spec = model.task
+        error = NotForTask(
+            f"{what}: this does not look like a {spec.body_part} radiograph ({why}); no finding was made. "
+            f"Upload a {spec.body_part} radiograph.",
+            task=spec.name,
+            code=spec.refusal_code,
+        )
+        self.metrics.observe_rejection(spec.name, error.code)
+        raise error
+
     def _result(
         self,
         model: ServedModel,
@@ -122,26 +140,11 @@ class Predictor:
             latency_s=time.perf_counter() - started,
         )
         if gate is not None and gate[0]:
-            spec = model.task
-            error = NotForTask(
-                f"{what}: this does not look like a {spec.body_part} radiograph (out-of-distribution score "
-                f"{gate[1]:.2f} above the model's threshold {gate[2]:.2f}); no finding was made. "
-                f"Upload a {spec.body_part} radiograph.",
-                task=task,
-                code=spec.refusal_code,
+            self._refuse(
+                model, what, f"out-of-distribution score {gate[1]:.2f} above the model's threshold {gate[2]:.2f}"
             )
-            self.metrics.observe_rejection(task, error.code)
-            raise error
         if found.rejected:
-            spec = model.task
-            error = NotForTask(
-                f"{what}: this does not look like a {spec.body_part} radiograph (P({found.label}) = "
-                f"{found.probabilities[found.label]:.2f}); no finding was made. Upload a {spec.body_part} radiograph.",
-                task=task,
-                code=spec.refusal_code,
-            )
-            self.metrics.observe_rejection(task, error.code)
-            raise error
+            self._refuse(model, what, f"P({found.label}) = {found.probabilities[found.label]:.2f}")
         missing = [view for view in model.meta.views if view not in views_used]
         confidence, reasons = found.confidence, list(found.confidence_reasons)
         if missing:

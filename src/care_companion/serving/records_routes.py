@@ -8,9 +8,10 @@ action, which resource, and ids and counts only, never names, MRNs or search tex
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from care_companion.access import patients
 from care_companion.records.models import Image, Patient, Study
@@ -131,40 +132,47 @@ def read_study_images(study_id: int, session: SessionDep, user: Reader, request_
     return patients.study_images(session=session, user=user, study_id=study_id, request_id=request_id)
 
 
+@dataclass(frozen=True)
+class StudyRows:
+    """A page of one study's rows, as the path and query ask for it."""
+
+    study_id: int
+    offset: int
+    limit: int
+
+
+def study_rows(study_id: int, offset: Offset = 0, limit: Limit = DEFAULT_LIMIT) -> StudyRows:
+    """The study of the path and the page (``offset``, ``limit``) of the query."""
+    return StudyRows(study_id=study_id, offset=offset, limit=limit)
+
+
+StudyRowsQuery = Annotated[StudyRows, Depends(study_rows)]
+
+
 @records_router.get(
     "/v1/studies/{study_id}/predictions", response_model=Page[PredictionPublic], summary="A study's predictions"
 )
 def read_study_predictions(
-    study_id: int,
-    session: SessionDep,
-    user: Reader,
-    request_id: RequestId,
-    offset: Offset = 0,
-    limit: Limit = DEFAULT_LIMIT,
+    rows: StudyRowsQuery, session: SessionDep, user: Reader, request_id: RequestId
 ) -> Page[PredictionPublic]:
     """The model's answers for the study, newest first."""
     items, count = patients.study_predictions(
-        session=session, user=user, study_id=study_id, offset=offset, limit=limit, request_id=request_id
+        session=session, user=user, study_id=rows.study_id, offset=rows.offset, limit=rows.limit, request_id=request_id
     )
-    return Page[PredictionPublic].of(items, count, offset=offset, limit=limit)
+    return Page[PredictionPublic].of(items, count, offset=rows.offset, limit=rows.limit)
 
 
 @records_router.get(
     "/v1/studies/{study_id}/feedback", response_model=Page[FeedbackPublic], summary="Radiologists' verdicts"
 )
 def read_study_feedback(
-    study_id: int,
-    session: SessionDep,
-    user: Reader,
-    request_id: RequestId,
-    offset: Offset = 0,
-    limit: Limit = DEFAULT_LIMIT,
+    rows: StudyRowsQuery, session: SessionDep, user: Reader, request_id: RequestId
 ) -> Page[FeedbackPublic]:
     """Radiologists' verdicts on the study, oldest first."""
     items, count = patients.study_feedback(
-        session=session, user=user, study_id=study_id, offset=offset, limit=limit, request_id=request_id
+        session=session, user=user, study_id=rows.study_id, offset=rows.offset, limit=rows.limit, request_id=request_id
     )
-    return Page[FeedbackPublic].of(items, count, offset=offset, limit=limit)
+    return Page[FeedbackPublic].of(items, count, offset=rows.offset, limit=rows.limit)
 
 
 # -- audit log -----------------------------------------------------------------------------------------------
