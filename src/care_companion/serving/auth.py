@@ -23,7 +23,7 @@ from care_companion.records.schemas import UserPublic
 from care_companion.security import Role, create_access_token
 
 # Kept here for ``serving.routes`` until it imports them from ``serving.deps`` / ``serving.schemas``.
-from care_companion.serving.deps import CurrentUser, RequestId, SessionDep, SettingsDep, Uploader, require_briefly  # noqa: F401
+from care_companion.serving.deps import CurrentUser, RequestId, SessionDep, SettingsDep
 from care_companion.serving.http_errors import error_response
 from care_companion.serving.schemas import AUTH_ERRORS, ErrorBody, Token
 
