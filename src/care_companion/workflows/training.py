@@ -35,6 +35,7 @@ from care_companion.tasks import TaskSpec
 from care_companion.training.calibration import fit_temperature
 from care_companion.training.distributed import train_on_ray
 from care_companion.training.operating_point import choose_operating_point
+from care_companion.training.threads import training_threads
 from care_companion.training.trainer import TrainConfig, TrainResult, predict_logits, train_classifier
 from care_companion.training.world import LocalWorld
 from care_companion.workflows.ood_gate import build_ood_gate
@@ -183,8 +184,7 @@ def train_task(
         resume: the name of an interrupted training run to continue from its last checkpoint (printed, and
             tagged ``checkpoint_name`` in MLflow, when a run starts).
     """
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
+    torch.set_num_threads(training_threads(settings.num_threads))
     store = store_from_settings(settings)
     data = load_splits(task, config, settings, dataset_version)
     version = data.manifest.version
