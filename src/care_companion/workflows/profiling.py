@@ -15,6 +15,7 @@ from care_companion.data.cache import load_stored_image
 from care_companion.data.datasets import ArrayData
 from care_companion.data.manifest import Manifest
 from care_companion.models.bundle import INT8_FILE, PROFILE_FILE, load_meta
+from care_companion.models.ood import load_gate
 from care_companion.models.predictor import BundlePredictor
 from care_companion.monitoring.features import FEATURE_NAMES, HISTOGRAM_BINS, describe
 from care_companion.monitoring.profile import ReferenceProfile, decided_confidences, fit_pca, pca_project
@@ -110,10 +111,16 @@ def profile_from_arrays(
     reject = task.index(task.reject) if task.reject is not None else -1
     scores = score_feed(fp32, model_feed(fp32, val), task)  # the model has embeddings: the PCA needed them
     decided, probs = scores.decided, scores.probabilities
-    kept = decided != reject
     assert scores.embeddings is not None
-    projected = {"fp32": pca_project(scores.embeddings[kept], mean, components)}
     meta = load_meta(bundle_dir)
+    gate = load_gate(bundle_dir, meta.ood)  # built before the profile: its refusals are rejections, as served
+    refused = (
+        gate.model.score(scores.embeddings) > gate.gate.threshold_for("fp32")
+        if gate is not None
+        else np.zeros(len(decided), dtype=bool)
+    )
+    kept = (decided != reject) & ~refused
+    projected = {"fp32": pca_project(scores.embeddings[kept], mean, components)}
     if meta.int8 is not None and (bundle_dir / (meta.int8.file or INT8_FILE)).is_file():
         engine = BundlePredictor(bundle_dir, precision="int8")
         int8 = score_feed(engine, model_feed(engine, val), task)
