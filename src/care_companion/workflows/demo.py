@@ -41,17 +41,32 @@ DEMO_RECIPE = TrainConfig(  # both demo models: small, 128 px, from scratch
     samples_per_epoch=None,
 )
 
+# side of the generated chest films; at 160 px generating was 3x faster, but that one run's model missed TB
+# films and was refused by the gate
+DEMO_CHEST_SIZE = 256
 DEMO_WRIST_SIZE = 128  # side of the generated wrist films
+DEMO_TARGET_SENSITIVITY = 0.99  # the demo's operating point: a margin over the gate's 0.95 on a small test split
 DEMO_WRIST_SEVERITY = 0.7  # fractures from clear to obvious: subtle ones need far more than minutes of CPU
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The settings the demo trains with: its operating point aims at sensitivity 0.99 on validation.
+
+    With the operating point at the gate's own 0.95, test sensitivity on the demo's ~20 test films per disease
+    class lands on either side of 0.95 by chance (one run of this demo was refused at 0.90); aiming higher
+    trades specificity for a pass that does not depend on the draw.
+    """
+    target = max(settings.target_sensitivity, DEMO_TARGET_SENSITIVITY)
+    return settings.model_copy(update={"target_sensitivity": target})
 
 
 def run_demo(
     settings: Settings, *, per_class: int = 200, non_xray: int = 100, config: TrainConfig | None = None
 ) -> tuple[ImportResult, TrainOutcome]:
     """Generate, import and train on a synthetic chest data set; returns the import and training results."""
-    source = Path(settings.data_dir) / "demo-source" / "synthetic-chest"
+    source = Path(settings.data_dir) / "demo-source" / f"synthetic-chest-{per_class}-{DEMO_CHEST_SIZE}px"
     if not (source / "normal").is_dir():
-        write_synthetic_chest_tree(source, per_class, seed=settings.seed, include_unknown=False)
+        write_synthetic_chest_tree(source, per_class, seed=settings.seed, size=DEMO_CHEST_SIZE, include_unknown=False)
     imported = import_chest(
         [source],
         store_from_settings(settings),
@@ -60,7 +75,7 @@ def run_demo(
         limits=DecodeLimits.from_settings(settings),
     )
     recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})
-    outcome = train_task(CHEST, recipe, settings=settings, dataset_version=imported.version, demo=True)
+    outcome = train_task(CHEST, recipe, settings=demo_settings(settings), dataset_version=imported.version, demo=True)
     return imported, outcome
 
 
@@ -82,7 +97,7 @@ def run_wrist_demo(
         limits=DecodeLimits.from_settings(settings),
     )
     recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})  # the chest demo's recipe fits
-    outcome = train_task(WRIST, recipe, settings=settings, dataset_version=imported.version, demo=True)
+    outcome = train_task(WRIST, recipe, settings=demo_settings(settings), dataset_version=imported.version, demo=True)
     return imported, outcome
 
 
