@@ -78,7 +78,6 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
     Training is replaced by a ready bundle (the demo's training is covered by the end-to-end CLI tests)."""
     from fastapi.testclient import TestClient
 
-    from care_companion.cli import serve as serve_module
     from care_companion.registry.gate import GateResult
     from care_companion.serving.app import create_app
     from care_companion.workflows import demo
@@ -101,12 +100,30 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
     monkeypatch.setattr(demo, "run_wrist_demo", lambda *a, **k: (imported, wrist_outcome))
     served: dict[str, object] = {}
 
-    def fake_serve(cfg: object) -> None:
-        served["settings"] = cfg
+    class Service:  # stands in for the child `care-companion serve` the demo starts
+        def poll(self) -> None:
+            return None
 
-    monkeypatch.setattr(serve_module, "run_service", fake_serve)
+        def wait(self, timeout: float | None = None) -> int:
+            served["waited"] = True
+            return 0
+
+        def terminate(self) -> None:
+            served["stopped"] = True
+
+    def fake_start(cfg: object, **_: object) -> Service:
+        served["settings"] = cfg
+        return Service()
+
+    announced: list[str] = []
+    monkeypatch.setattr(demo, "start_service", fake_start)
+    monkeypatch.setattr(demo, "wait_until_served", lambda cfg, task, **_: announced.append(task) or True)
     result = runner.invoke(app, ["demo", "--serve"])
     assert result.exit_code == 0, result.output
+    assert announced == ["chest", "wrist"] and served.get("waited") and served.get("stopped")
+    assert (
+        "the service answers chest requests" in result.output and "the service answers wrist requests" in result.output
+    )
     fields = {
         line.split(":", 1)[0].strip(): line.split(":", 1)[1].split()
         for line in result.output.splitlines()
