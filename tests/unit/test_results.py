@@ -27,7 +27,8 @@ def test_task_of_rebuilds_the_task_from_bundle_metadata() -> None:
     assert task.classes == ["normal", "pneumonia", "tuberculosis", "unknown"]
     assert task.negative == "normal" and task.positives == ["pneumonia", "tuberculosis"]
     assert task.reject == "unknown" and task.views == ["frontal"]
-    other = meta.model_copy(update={"classes": ["normal", "fracture"], "positives": ["fracture"], "reject": None})
+    spec = CHEST.model_copy(update={"classes": ["normal", "fracture"], "positives": ["fracture"], "reject": None})
+    other = meta.model_copy(update={"spec": spec})
     assert other.task_spec().positive_indices == [1] and other.task_spec().reject is None
 
 
