@@ -149,11 +149,24 @@ class LoadedGate:
     gate: OodGate
     model: OodModel
 
-    def check(self, embedding: np.ndarray, precision: str) -> tuple[bool, float, float]:
-        """(refused, score, threshold) of one embedding ``[D]`` for an engine of ``precision``."""
+    def refuses(self, embeddings: np.ndarray, precision: str) -> np.ndarray:
+        """Which of the embeddings ``[N, D]`` an engine of ``precision`` refuses ``[N]`` (the service's rule)."""
+        return self.model.score(embeddings) > self.gate.threshold_for(precision)
+
+    def check(self, embedding: np.ndarray, precision: str) -> GateCheck:
+        """The gate's verdict on one embedding ``[D]`` for an engine of ``precision``."""
         score = float(self.model.score(np.asarray(embedding)[None, :])[0])
         threshold = self.gate.threshold_for(precision)
-        return score > threshold, score, threshold
+        return GateCheck(refused=score > threshold, score=score, threshold=threshold)
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """The gate's verdict on one input: refused when its score is above the threshold."""
+
+    refused: bool
+    score: float
+    threshold: float
 
 
 def load_gate(directory: Path, gate: OodGate | None) -> LoadedGate | None:

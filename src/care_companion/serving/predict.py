@@ -54,6 +54,7 @@ class Predictor:
         self.metrics = metrics
         self.monitor = monitor
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
+        self.limits = DecodeLimits.from_settings(settings)
 
     def close(self) -> None:
         """Stop the decoding pool."""
@@ -66,7 +67,7 @@ class Predictor:
             lambda: model.preprocess_bytes(
                 upload.data,
                 name=upload.name,
-                limits=DecodeLimits.from_settings(self.settings),
+                limits=self.limits,
             ),
         )
 
@@ -136,12 +137,14 @@ class Predictor:
             probs,
             embedding,
             label=found.label,
-            rejected=found.rejected or bool(gate and gate[0]),
+            rejected=found.rejected or (gate is not None and gate.refused),
             latency_s=time.perf_counter() - started,
         )
-        if gate is not None and gate[0]:
+        if gate is not None and gate.refused:
             self._refuse(
-                model, what, f"out-of-distribution score {gate[1]:.2f} above the model's threshold {gate[2]:.2f}"
+                model,
+                what,
+                f"out-of-distribution score {gate.score:.2f} above the model's threshold {gate.threshold:.2f}",
             )
         if found.rejected:
             self._refuse(model, what, f"P({found.label}) = {found.probabilities[found.label]:.2f}")
@@ -233,7 +236,7 @@ class Predictor:
                     self.pool,
                     lambda: model.preprocess_study(
                         {view: (upload.data, upload.name) for view, upload in given.items()},
-                        limits=DecodeLimits.from_settings(self.settings),
+                        limits=self.limits,
                     ),
                 )
             except InvalidImageError as exc:

@@ -105,7 +105,7 @@ def gated_probabilities(predictor: BundlePredictor, feed: np.ndarray | Feed) -> 
     if gate is None:
         return softmax(predictor.logits(feed), predictor.temperature), None
     logits, embeddings = predictor.logits_and_embeddings(feed)
-    refused = gate.model.score(embeddings) > gate.gate.threshold_for(predictor.precision)
+    refused = gate.refuses(embeddings, predictor.precision)
     return softmax(logits, predictor.temperature), refused
 
 

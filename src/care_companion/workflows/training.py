@@ -30,7 +30,7 @@ from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.registry.gate import GateResult, check_gate
 from care_companion.registry.models import register_bundle
 from care_companion.registry.tracking import git_commit, start_run
-from care_companion.storage import store_from_settings
+from care_companion.storage import ObjectStore, store_from_settings
 from care_companion.tasks import TaskSpec
 from care_companion.training.calibration import fit_temperature
 from care_companion.training.distributed import train_on_ray
@@ -186,7 +186,7 @@ def train_task(
     """
     torch.set_num_threads(training_threads(settings.num_threads))
     store = store_from_settings(settings)
-    data = load_splits(task, config, settings, dataset_version)
+    data = load_splits(task, config, settings, dataset_version, store=store)
     version = data.manifest.version
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = resume or f"{task.name}-{stamp}"
@@ -245,13 +245,14 @@ def train_task(
     )
 
 
-def load_splits(task: TaskSpec, config: TrainConfig, settings: Settings, dataset_version: str | None) -> _Splits:
+def load_splits(
+    task: TaskSpec, config: TrainConfig, settings: Settings, dataset_version: str | None, *, store: ObjectStore
+) -> _Splits:
     """Stage 1: the data set's cached images as train (capped per class), validation and test arrays.
 
     Raises:
         DataError: a split is missing.
     """
-    store = store_from_settings(settings)
     manifest = load_manifest(store, task.name, dataset_version)
     images = build_cache(store, manifest, config.image_size, settings.cache_dir)
     splits = split_arrays(manifest, images, task)
