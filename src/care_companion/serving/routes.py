@@ -123,39 +123,26 @@ async def _predict_task(
     return await records.keep(caller, kept, result)
 
 
+def _multipart(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """An OpenAPI ``openapi_extra`` declaring a multipart body with these fields."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties} | ({"required": required} if required else {})
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
 def _upload_body(batch: bool = False) -> dict[str, Any]:
-    """The OpenAPI request body of the prediction routes, per registered task."""
+    """The OpenAPI request body of the prediction routes: ``files`` for a batch, else ``file``, ``study_id`` and
+    every registered multi-view task's view fields."""
+    binary = {"type": "string", "format": "binary"}
     if batch:
-        properties: dict[str, Any] = {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images."}
-        }
-        return {
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {"type": "object", "properties": properties, "required": ["files"]}
-                    }
-                },
-            }
-        }
-    properties = {
-        "file": {"type": "string", "format": "binary", "description": "The image of a one-view task."},
+        return _multipart({"files": {"type": "array", "items": binary, "description": "Images."}}, ["files"])
+    properties: dict[str, Any] = {
+        "file": binary | {"description": "The image of a one-view task."},
         "study_id": {"type": "integer", "description": "Store the images and result with this study."},
     }
     for spec in all_tasks():
         for view in spec.views if spec.multiview else []:
-            properties[view] = {
-                "type": "string",
-                "format": "binary",
-                "description": f"{spec.name}: {spec.serving.upload_help}",
-            }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": {"type": "object", "properties": properties}}},
-        }
-    }
+            properties[view] = binary | {"description": f"{spec.name}: {spec.serving.upload_help}"}
+    return _multipart(properties)
 
 
 PREDICT_DOC = """Classify one image (one-view task, field ``file``) or one study (multi-view task: one field per
@@ -175,6 +162,7 @@ def predict_router() -> APIRouter:
     """The prediction routes: ``POST /v1/predict/{task}`` and ``/v1/predict/{task}/batch`` for every
     registered task, plus the tasks' older paths as deprecated aliases."""
     router = APIRouter(tags=["predict"], responses={**ERRORS, **AUTH_ERRORS})
+    body = _upload_body()
 
     async def predict_task(
         request: Request, task: str, predictor: PredictorDep, records: RecordsDep, user: Uploader
@@ -188,7 +176,7 @@ def predict_router() -> APIRouter:
         methods=["POST"],
         response_model=PredictionResult,
         summary="Predict: one image or one study of a task",
-        openapi_extra=_upload_body(),
+        openapi_extra=body,
     )
 
     async def predict_batch(
@@ -231,7 +219,7 @@ def predict_router() -> APIRouter:
                 response_model=PredictionResult,
                 deprecated=True,
                 summary=f"Alias of /v1/predict/{spec.name}",
-                openapi_extra=_upload_body(),
+                openapi_extra=body,
             )
     return router
 
