@@ -16,6 +16,7 @@ from benchmarks.common import ci as _ci
 from benchmarks.common import fmt as _fmt
 from care_companion.config import Settings
 from care_companion.data.chest import import_chest
+from care_companion.data.rejects import RejectSources
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST
 from care_companion.training.trainer import TrainConfig
@@ -35,7 +36,9 @@ def main() -> None:
     # Other body parts' radiographs (FracAtlas: hand, leg, hip, shoulder) teach the "not a chest X-ray" class
     # what a non-chest radiograph looks like, so the service answers 422 for them instead of a finding.
     non_chest = [p for p in [SHARED_DATA / "fracatlas" / "images"] if p.is_dir()]
-    imported = import_chest(sources, store_from_settings(settings), seed=settings.seed, non_chest=non_chest)
+    imported = import_chest(
+        sources, store_from_settings(settings), seed=settings.seed, rejects=RejectSources(folders=tuple(non_chest))
+    )
     import_s = time.perf_counter() - started
     config = TrainConfig(**CHEST.recipe.model_dump(), seed=settings.seed)
     started = time.perf_counter()

@@ -29,6 +29,7 @@ from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.data.folders import image_files
 from care_companion.data.manifest import load_manifest
+from care_companion.data.rejects import RejectSources
 from care_companion.imaging.decode import decode_image
 from care_companion.models.bundle import load_meta
 from care_companion.models.predictor import BundlePredictor
@@ -107,7 +108,10 @@ def sensor_bundle(settings: Settings, *, retrain: bool) -> tuple[Path, float]:
     started = time.perf_counter()
     non_chest = [p for p in [SHARED_DATA / "fracatlas" / "images"] if p.is_dir()]
     imported = import_chest(
-        [SHARED_DATA / "kermany-train"], store_from_settings(settings), seed=settings.seed, non_chest=non_chest
+        [SHARED_DATA / "kermany-train"],
+        store_from_settings(settings),
+        seed=settings.seed,
+        rejects=RejectSources(folders=tuple(non_chest)),
     )
     config = TrainConfig(**(CHEST.recipe.model_dump() | RECIPE), seed=settings.seed)
     outcome = train_task(CHEST, config, settings=settings, dataset_version=imported.version, int8=False, register=False)

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from benchmarks.common import OUT, SHARED_DATA, write_result
 from care_companion.config import Settings
 from care_companion.data.cache import build_cache
+from care_companion.data.importer import prepare
 from care_companion.data.manifest import load_manifest
 from care_companion.data.synthetic_chest import OFFLINE_SAMPLES
 from care_companion.imaging.decode import decode_image
@@ -56,17 +57,35 @@ def recipe(task: TaskSpec, settings: Settings, overrides: dict[str, Any]) -> Tra
     return TrainConfig(**(task.recipe.model_dump() | overrides), seed=settings.seed)
 
 
-def train_wrist(settings: Settings, overrides: dict[str, Any]) -> tuple[Path, float]:
-    """Import FracAtlas's hand/wrist films as the wrist data set and train the wrist recipe; (bundle, seconds)."""
+HELD_OUT_REGIONS = ("hip", "shoulder")  # FracAtlas regions no model trains on; leg films teach the wrist 'unknown'
+
+
+def import_wrist_set(settings: Settings) -> str:
+    """Import FracAtlas's hand/wrist films as the wrist data set with the import's defaults except the other
+    regions: only leg films join 'unknown' (hip and shoulder stay held out); returns the version."""
     from care_companion.data.wrist import import_fracatlas
 
-    started = time.perf_counter()
     imported = import_fracatlas(
-        SHARED_DATA / "fracatlas", store_from_settings(settings), seed=settings.seed, region="hand"
-    )
+        SHARED_DATA / "fracatlas", store_from_settings(settings), seed=settings.seed, region="hand",
+        other_regions=["leg"],
+    )  # fmt: skip
+    return imported.version
+
+
+def train_wrist(settings: Settings, overrides: dict[str, Any]) -> tuple[Path, float, dict[str, int]]:
+    """Import the wrist data set again (now the chest films in the store join 'unknown') and train the wrist
+    recipe; (bundle, seconds, reject-class images by source)."""
+    started = time.perf_counter()
+    version = import_wrist_set(settings)
+    frame = load_manifest(store_from_settings(settings), "wrist", version).frame
+    unknown = frame[frame["label"] == WRIST.reject]
     config = recipe(WRIST, settings, overrides)
-    outcome = train_task(WRIST, config, settings=settings, dataset_version=imported.version)
-    return outcome.bundle_dir, time.perf_counter() - started
+    outcome = train_task(WRIST, config, settings=settings, dataset_version=version)
+    return (
+        outcome.bundle_dir,
+        time.perf_counter() - started,
+        {k: int(v) for k, v in unknown["source"].value_counts().items()},
+    )
 
 
 def train_chest(settings: Settings, overrides: dict[str, Any]) -> tuple[Path, float, int]:
@@ -94,23 +113,59 @@ def _read(path: Path) -> np.ndarray | None:
         return None
 
 
-def other_body_parts(rng: np.random.Generator) -> list[np.ndarray]:
-    """FracAtlas films without the hand region (leg, hip, shoulder), a seeded sample."""
+def seen_wrist(settings: Settings) -> set[str]:
+    """Pixel hashes of the latest wrist data set's images."""
+    return set(load_manifest(store_from_settings(settings), "wrist").frame["pixel_sha256"])
+
+
+def trained_on(settings: Settings) -> set[str]:
+    """Pixel hashes of every image in the latest wrist and chest data sets (held-out sets leave them out)."""
+    store = store_from_settings(settings)
+    seen: set[str] = set()
+    for task in ("wrist", "chest"):
+        try:
+            seen |= set(load_manifest(store, task).frame["pixel_sha256"])
+        except Exception:
+            continue
+    return seen
+
+
+def _unseen(paths: list[Path], seen: set[str], rng: np.random.Generator) -> list[np.ndarray]:
+    """Up to HELD_OUT_PER_KIND decoded images of ``paths`` (a seeded order) that no data set holds."""
+    out = []
+    for i in rng.permutation(len(paths)):
+        image = _read(paths[int(i)])
+        if image is not None and prepare(image, b"").pixel_sha256 not in seen:
+            out.append(image)
+        if len(out) == HELD_OUT_PER_KIND:
+            break
+    return out
+
+
+def other_body_parts(rng: np.random.Generator, seen: set[str]) -> dict[str, list[np.ndarray]]:
+    """FracAtlas films showing no hand: of regions no model trains on (hip, shoulder), and leg films that are
+    in no data set (the wrist 'unknown' class learns from other leg films)."""
     table = SHARED_DATA / "fracatlas" / "dataset.csv"
     with table.open() as handle:
-        ids = [row["image_id"] for row in csv.DictReader(handle) if row["hand"] == "0"]
+        rows = [row for row in csv.DictReader(handle) if row["hand"] == "0"]
     paths = {p.name: p for p in (SHARED_DATA / "fracatlas" / "images").rglob("*.jpg")}
-    chosen = [paths[i] for i in ids if i in paths]
-    chosen = [chosen[int(i)] for i in rng.permutation(len(chosen))[:HELD_OUT_PER_KIND]]
-    return [image for image in map(_read, chosen) if image is not None]
+    unseen_regions = [r for r in rows if r["leg"] == "0" and any(r[k] == "1" for k in HELD_OUT_REGIONS)]
+    legs = [r for r in rows if r["leg"] == "1"]
+    return {
+        "other regions (FracAtlas hip/shoulder, no leg)": _unseen(
+            [paths[r["image_id"]] for r in unseen_regions if r["image_id"] in paths], seen, rng
+        ),
+        "leg films in no data set (FracAtlas)": _unseen(
+            [paths[r["image_id"]] for r in legs if r["image_id"] in paths], seen, rng
+        ),
+    }
 
 
-def chest_films(rng: np.random.Generator) -> list[np.ndarray]:
-    """cxr-real and kermany-train chest films, a seeded sample (for the wrist model)."""
+def chest_films(rng: np.random.Generator, seen_by_wrist: set[str]) -> list[np.ndarray]:
+    """cxr-real and kermany-train chest films the wrist data set does not hold, a seeded sample."""
     paths = sorted((SHARED_DATA / "cxr-real").rglob("*.jpg")) + sorted((SHARED_DATA / "kermany-train").rglob("*.jpeg"))
     paths += sorted((SHARED_DATA / "kermany-train").rglob("*.jpg"))
-    chosen = [paths[int(i)] for i in rng.permutation(len(paths))[:HELD_OUT_PER_KIND]]
-    return [image for image in map(_read, chosen) if image is not None]
+    return _unseen(paths, seen_by_wrist, rng)
 
 
 def photo_sources() -> dict[str, np.ndarray]:
@@ -286,22 +341,27 @@ def main() -> None:
     settings = Settings(data_dir=args.data_dir)
     timing: dict[str, float] = {}
     bundles: dict[str, Path] = {}
-    added = None
-    if args.only != "chest":  # the wrist data set first: the chest import's defaults then find its films
-        if args.wrist_bundle:
-            bundles["wrist"] = args.wrist_bundle
-        else:
-            bundles["wrist"], timing["wrist_import_and_train_s"] = train_wrist(settings, overrides)
+    added, wrist_rejects = None, None
+    # the order a user would take: wrist films first, so the chest import's defaults find them; then the wrist
+    # set again, so its import finds the chest films
+    if not args.wrist_bundle and args.only != "chest":
+        import_wrist_set(settings)
     if args.only != "wrist":
         if args.chest_bundle:
             bundles["chest"] = args.chest_bundle
         else:
             bundles["chest"], timing["chest_import_and_train_s"], added = train_chest(settings, overrides)
+    if args.only != "chest":
+        if args.wrist_bundle:
+            bundles["wrist"] = args.wrist_bundle
+        else:
+            bundles["wrist"], timing["wrist_import_and_train_s"], wrist_rejects = train_wrist(settings, overrides)
 
     rng = np.random.default_rng(2024)
     sources = photo_sources()
+    seen = trained_on(settings)
     common = {
-        "other body parts (FracAtlas leg/hip/shoulder)": other_body_parts(rng),
+        **other_body_parts(rng, seen),
         "photos": photos(rng, sources),
         "screenshots": [screenshot(rng) for _ in range(SCREENSHOTS)],
     }
@@ -309,7 +369,10 @@ def main() -> None:
     for name, bundle in bundles.items():
         held_out = dict(common)
         if name == "wrist":
-            held_out = {"chest films (cxr-real, kermany)": chest_films(rng), **held_out}
+            held_out = {
+                "chest films in no wrist data set (cxr-real, kermany)": chest_films(rng, seen_wrist(settings)),
+                **held_out,
+            }
         started = time.perf_counter()
         results[name] = evaluate(bundle, held_out, settings)
         timing[f"{name}_evaluation_s"] = time.perf_counter() - started
@@ -340,10 +403,13 @@ def main() -> None:
     )
     md = (
         "## Refusing what is not the task's body part: reject class, out-of-distribution gate, both\n\n"
-        "Wrist model: FracAtlas hand/wrist films (`import_fracatlas(region='hand')`), wrist recipe. Chest model: "
-        "cxr-real + kermany-train with the chest import's defaults (400 generated non-X-rays; the wrist data set's "
-        f"films in the store added to 'unknown': {added if added is not None else 'n/a (reused bundle)'}), chest "
-        f"recipe{f' with {overrides}' if overrides else ''}. Gates: {gates}.\n"
+        "Wrist model: FracAtlas hand/wrist films (`import_fracatlas(region='hand', other_regions=['leg'])`: the "
+        "import's defaults but hip and shoulder held out; 'unknown' by source: "
+        f"{wrist_rejects or 'n/a (reused bundle)'}"
+        "), wrist recipe. Chest model: cxr-real + kermany-train with the chest import's defaults (400 generated "
+        "non-X-rays; the wrist data set's films in the store added to 'unknown': "
+        f"{added if added is not None else 'n/a (reused bundle)'}), chest recipe. Overrides of both recipes: "
+        f"{overrides or 'none'}. Gates: {gates}.\n"
         f"Held-out sets no training or threshold saw; photos are crops of {len(sources)} shipped photographs "
         f"({', '.join(sorted(sources))}); screenshots are rendered UI images; a multi-view model gets each image "
         "as each view (one trial per view). Targets: at most 1% of non-task images get a finding, at most 1% of "

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from care_companion.config import Settings
 from care_companion.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 # Progress bars stay quiet in tests (read through Settings.no_progress); tests/unit/test_progress.py renders them.
 os.environ.setdefault("CARE_NO_PROGRESS", "1")
@@ -53,18 +58,22 @@ def write_bundle(
     thresholds: dict | None = None,
     task: TaskSpec | None = None,
     backbone: str = "resnet18",
+    fit: tuple[list[dict[str, np.ndarray | None]], list[int]] | None = None,
 ) -> Path:
     """A real model bundle (random ``backbone`` exported to ONNX) for serving tests; a chest bundle by default.
 
     With ``logits`` the head ignores the image and always answers those logits, so a test can choose the
-    outcome (e.g. the "unknown" class for the 422 path); without, the weights are random. Another ``task``
-    (e.g. ``WRIST``) gives that task's model: multi-view for a task with several views.
+    outcome (e.g. the "unknown" class for the 422 path); without, the weights are random. With ``fit`` (studies,
+    class indices) the model takes a few gradient steps on them first, so its answers differ from study to study
+    (an untrained model answers every image nearly alike). Another ``task`` (e.g. ``WRIST``) gives that task's
+    model: multi-view for a task with several views.
     """
     import torch
 
     from care_companion.models.bundle import ONNX_FILE, BundleMeta, save_meta
     from care_companion.models.export import export_onnx
     from care_companion.models.factory import create_model
+    from care_companion.models.predictor import BundlePredictor
     from care_companion.tasks import CHEST
 
     task = task or CHEST
@@ -75,7 +84,6 @@ def write_bundle(
         with torch.no_grad():
             linear.weight.zero_()
             linear.bias.copy_(torch.tensor(logits))
-    export_onnx(model, directory / ONNX_FILE, input_size=input_size)
     meta = BundleMeta.for_task(
         task,
         backbone=backbone,
@@ -84,7 +92,32 @@ def write_bundle(
         dataset_version="v-test",
     )
     save_meta(directory, meta)
+    if fit is not None:
+        export_onnx(model, directory / ONNX_FILE, input_size=input_size)
+        feed = BundlePredictor(directory).preprocess_studies(fit[0])
+        inputs = [torch.from_numpy(feed[name]) for name in model.input_names]
+        fit_briefly(model, inputs, torch.tensor(fit[1]))
+    export_onnx(model.eval(), directory / ONNX_FILE, input_size=input_size)
     return directory
+
+
+def fit_briefly(
+    model: torch.nn.Module, inputs: list[torch.Tensor], labels: torch.Tensor, steps: int = 12
+) -> list[float]:
+    """``steps`` AdamW steps of ``model`` on one batch; the losses."""
+    import torch
+    import torch.nn.functional as F
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = F.cross_entropy(model(*inputs), labels)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses
 
 
 def add_profile(directory: Path, *, per_class: int = 30, size: int = 96, seed: int = 0) -> Path:

@@ -16,6 +16,7 @@ from care_companion.cli.main import app
 from care_companion.config import Settings, get_settings
 from care_companion.data.chest import import_chest
 from care_companion.data.manifest import load_manifest
+from care_companion.data.rejects import RejectSources
 from care_companion.data.synthetic_chest import synth_chest, write_synthetic_chest_tree
 from care_companion.records.db import make_engine, session_factory, upgrade
 from care_companion.records.repos import add_feedback, create_patient, create_study, create_user
@@ -76,7 +77,7 @@ def loop(cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict
     settings = get_settings()
     src = tmp_path / "synthetic"
     write_synthetic_chest_tree(src, 12, seed=3, size=96, include_unknown=False)
-    imported = import_chest([src], store_from_settings(settings), seed=3, non_xray=10, workers=1)
+    imported = import_chest([src], store_from_settings(settings), seed=3, rejects=RejectSources(non_xray=10), workers=1)
     upgrade(settings.db_url)
     return {"settings": settings, "base": imported.version}
 

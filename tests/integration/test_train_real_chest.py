@@ -14,6 +14,7 @@ from PIL import Image
 from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.data.manifest import load_manifest
+from care_companion.data.rejects import RejectSources
 from care_companion.data.synthetic_chest import natural_images
 from care_companion.errors import ModelError
 from care_companion.models.bundle import load_meta
@@ -50,9 +51,7 @@ def real_chest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str]
         [cxr],
         store_from_settings(settings),
         seed=3,
-        non_xray=60,
-        non_chest=[shared_path("fracatlas", "images")],
-        non_chest_max=80,
+        rejects=RejectSources(non_xray=60, folders=(shared_path("fracatlas", "images"),), folders_max=80),
         workers=2,
     )
     assert result.counts["cxr-real"] == {"normal": 262, "pneumonia": 196, "tuberculosis": 189}

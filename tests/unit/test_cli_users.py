@@ -95,7 +95,7 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: (imported, outcome))
     from care_companion.tasks import WRIST
 
-    wrist_bundle = write_bundle(cli_env.parent / "wrist-bundle", task=WRIST)
+    wrist_bundle = write_bundle(cli_env.parent / "wrist-bundle", task=WRIST, logits=[0.0, 1.0, -3.0])
     wrist_outcome = outcome.model_copy(update={"task": "wrist", "bundle_dir": wrist_bundle})
     monkeypatch.setattr(demo, "run_wrist_demo", lambda *a, **k: (imported, wrist_outcome))
     served: dict[str, object] = {}

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from care_companion.cli.common import EXIT_DRIFT, EXIT_ERROR
 from care_companion.cli.main import app
 from care_companion.config import Settings
+from care_companion.data.rejects import RejectSources
 from care_companion.data.synthetic_chest import synth_chest
 from care_companion.errors import ConfigError, DataError, ModelError
 from care_companion.models.bundle import PROFILE_FILE
@@ -143,7 +144,9 @@ def test_profile_rebuilt_from_the_store(cli_env: Path, tmp_path: Path) -> None:
 
     source = tmp_path / "source"
     write_synthetic_chest_tree(source, 12, seed=3, size=96, include_unknown=False)
-    imported = import_chest([source], store_from_settings(get_settings()), seed=3, non_xray=6, workers=1)
+    imported = import_chest(
+        [source], store_from_settings(get_settings()), seed=3, rejects=RejectSources(non_xray=6), workers=1
+    )
     bare = write_bundle(tmp_path / "bare")
     meta = load_meta(bare)
     save_meta(bare, meta.model_copy(update={"dataset_version": imported.version}))
@@ -187,7 +190,7 @@ def test_wrist_images_are_one_view_studies(settings: Settings, tmp_path: Path) -
         Image.fromarray(study.views["lateral"]).save(folder / f"study{k}.png")
     found = drift_report(str(bundle), folder, "wrist", settings, tmp_path / "r.html", view="lateral")
     assert found.window_inputs == 16 and found.drifted is not None
-    assert found.raw_p_values["rejections"] is None  # the wrist task has no reject class
+    assert 0.0 <= found.raw_p_values["rejections"] <= 1.0  # the wrist task's reject class is watched too
     assert "each image taken as view" in found.report.read_text()
     with pytest.raises(ConfigError, match="use one of pa, lateral"):
         drift_report(str(bundle), folder, "wrist", settings, tmp_path / "r.html", view="ap")

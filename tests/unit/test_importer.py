@@ -10,6 +10,7 @@ from PIL import Image
 from care_companion.data.chest import import_chest
 from care_companion.data.importer import ImportItem, import_images
 from care_companion.data.manifest import load_manifest, study_table
+from care_companion.data.rejects import RejectSources
 from care_companion.errors import DataError
 from care_companion.storage import open_store
 from care_companion.tasks import WRIST
@@ -46,7 +47,7 @@ def test_import_validates_dedups_splits_and_versions(tmp_path: Path):
     src = tmp_path / "src"
     _tree(src)
     store = open_store(str(tmp_path / "store"))
-    result = import_chest([src], store, seed=1, non_xray=10, workers=1)
+    result = import_chest([src], store, seed=1, rejects=RejectSources(non_xray=10), workers=1)
     assert result.n_images == 3 * 24 + 10
     reasons = {s.path: s.reason for s in result.skipped}
     assert reasons == {
@@ -69,9 +70,13 @@ def test_import_validates_dedups_splits_and_versions(tmp_path: Path):
     assert (patients == 1).all() and len(patients) == 36
     assert all(store.exists(k) for k in frame["key"])
 
-    again = import_chest([src], open_store(str(tmp_path / "store2")), seed=1, non_xray=10, workers=2)
+    again = import_chest(
+        [src], open_store(str(tmp_path / "store2")), seed=1, rejects=RejectSources(non_xray=10), workers=2
+    )
     assert again.version == result.version
-    other_seed = import_chest([src], open_store(str(tmp_path / "store3")), seed=2, non_xray=10, workers=1)
+    other_seed = import_chest(
+        [src], open_store(str(tmp_path / "store3")), seed=2, rejects=RejectSources(non_xray=10), workers=1
+    )
     assert other_seed.version != result.version
 
 
@@ -83,7 +88,9 @@ def test_import_bad_inputs_are_all_reported(tmp_path: Path):
     for f in files:
         (src / f.name).write_bytes(f.read_bytes())
     _write(src / "good.png", np.random.default_rng(0).integers(0, 255, (128, 128), dtype=np.uint8))
-    result = import_chest([tmp_path / "src"], open_store(str(tmp_path / "store")), seed=0, non_xray=0, workers=1)
+    result = import_chest(
+        [tmp_path / "src"], open_store(str(tmp_path / "store")), seed=0, rejects=RejectSources(non_xray=0), workers=1
+    )
     assert result.n_images == 1
     assert len(result.skipped) == len(files)
     assert {s.reason for s in result.skipped} == {"truncated"}
@@ -97,10 +104,16 @@ def test_non_chest_folders_become_the_unknown_class(tmp_path: Path):
     for i in range(7):
         _write(hands / f"IMG{i:04d}.jpg", rng.integers(0, 255, (100, 90), dtype=np.uint8), fmt="JPEG")
     store = open_store(str(tmp_path / "store"))
-    result = import_chest([src], store, seed=1, non_xray=0, non_chest=[hands], non_chest_max=5, workers=1)
+    result = import_chest(
+        [src], store, seed=1, rejects=RejectSources(non_xray=0, folders=(hands,), folders_max=5), workers=1
+    )
     assert result.counts["non-chest:images"] == {"unknown": 5}
     again = import_chest(
-        [src], open_store(str(tmp_path / "s2")), seed=1, non_xray=0, non_chest=[hands], non_chest_max=5, workers=1
+        [src],
+        open_store(str(tmp_path / "s2")),
+        seed=1,
+        rejects=RejectSources(non_xray=0, folders=(hands,), folders_max=5),
+        workers=1,
     )
     assert again.version == result.version
 

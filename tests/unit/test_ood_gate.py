@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from care_companion.data.datasets import ArrayData
+from care_companion.data.rejects import RejectSources
 from care_companion.data.synthetic_chest import natural_images, synth_chest, synth_non_radiograph
 from care_companion.data.synthetic_wrist import WRIST_VIEWS, synthetic_wrist_studies
 from care_companion.models.bundle import BUNDLE_FILE, ONNX_FILE, BundleMeta, load_meta, save_meta
@@ -322,18 +323,20 @@ def test_chest_import_adds_other_tasks_radiographs_to_unknown_by_default(tmp_pat
     store = open_store(str(tmp_path / "store"))
     chest_src = tmp_path / "chest"
     write_synthetic_chest_tree(chest_src, 6, seed=1, size=96, include_unknown=False)
-    alone = import_chest([chest_src], store, seed=1, non_xray=0, workers=1)
+    alone = import_chest([chest_src], store, seed=1, rejects=RejectSources(non_xray=0), workers=1)
     assert not any(s.startswith("other-task:") for s in alone.counts)  # no other task's data set yet
 
     write_wrist_studies(synthetic_wrist_studies(12, seed=2, size=96), tmp_path / "wrist", seed=2)
     wrist = import_wrist(tmp_path / "wrist", store, seed=1, workers=1)
-    with_wrist = import_chest([chest_src], store, seed=1, non_xray=0, workers=1, other_tasks_max=10)
+    with_wrist = import_chest(
+        [chest_src], store, seed=1, rejects=RejectSources(non_xray=0, other_tasks_max=10), workers=1
+    )
     assert with_wrist.counts["other-task:wrist"] == {"unknown": 10}
     frame = manifest_of(store, "chest", with_wrist.version).frame
     assert set(frame.loc[frame["source"] == "other-task:wrist", "label"]) == {"unknown"}
     assert wrist.n_images > 10
 
-    without = import_chest([chest_src], store, seed=1, non_xray=0, workers=1, other_tasks=False)
+    without = import_chest([chest_src], store, seed=1, rejects=RejectSources(non_xray=0, other_tasks=False), workers=1)
     assert "other-task:wrist" not in without.counts
 
 

@@ -26,7 +26,9 @@ def _data(n: int, seed: int) -> ArrayData:
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bundle = write_bundle(tmp_path_factory.mktemp("int8") / "bundle")
+    train = _data(24, 4)
+    fit = ([{"frontal": image} for image in train.images], [int(label) for label in train.labels])
+    bundle = write_bundle(tmp_path_factory.mktemp("int8") / "bundle", fit=fit)
     add_int8(bundle, _data(24, 1), _data(18, 2), CHEST, max_calibration=16)
     return bundle
 

@@ -15,9 +15,12 @@ from typer.testing import CliRunner
 
 from care_companion.cli.main import app
 from care_companion.config import Settings, get_settings
+from care_companion.data.chest import import_chest
 from care_companion.data.figshare import FIGSHARE_API
 from care_companion.data.manifest import load_manifest, study_kinds, study_table, view_column
+from care_companion.data.rejects import NO_REJECTS, RejectSources
 from care_companion.data.splits import grouped_stratified_split
+from care_companion.data.synthetic_chest import write_synthetic_chest_tree
 from care_companion.data.wrist import (
     FIGSHARE_ARTICLE_ID,
     FRACATLAS_COLUMNS,
@@ -143,7 +146,7 @@ def _expected_kinds(graz_table: pd.DataFrame) -> dict[str, str]:
 
 def test_import_wrist_with_stand_in_images(graz_src: Path, graz_table: pd.DataFrame, tmp_path: Path):
     store = open_store(str(tmp_path / "store"))
-    result = import_wrist(graz_src, store, seed=5, workers=1)
+    result = import_wrist(graz_src, store, seed=5, rejects=NO_REJECTS, workers=1)
     notes = result.details["grazpedwri-dx"]
     images, _ = graz_studies(graz_table)
     on_disk = images["filestem"].str[:4].isin(STAND_IN_PATIENTS) & (images["filestem"] != WITHHELD)
@@ -180,7 +183,9 @@ def test_import_wrist_with_stand_in_images(graz_src: Path, graz_table: pd.DataFr
 def test_import_wrist_adds_fracatlas_and_needs_images(graz_src: Path, tmp_path: Path):
     fracatlas = shared_path("fracatlas")
     store = open_store(str(tmp_path / "store"))
-    result = import_wrist(graz_src, store, seed=5, fracatlas=fracatlas, region="hand", limit=20, workers=1)
+    result = import_wrist(
+        graz_src, store, seed=5, fracatlas=fracatlas, region="hand", limit=20, rejects=NO_REJECTS, other_regions=[]
+    )
     assert set(result.counts) == {"grazpedwri-dx", "fracatlas"}
     assert result.details["fracatlas"]["kept"] == 20
     table = study_table(load_manifest(store, "wrist").frame, WRIST.views)
@@ -199,7 +204,7 @@ def test_import_fracatlas_hand_subset(tmp_path: Path):
     src = shared_path("fracatlas")
     table = read_table(src / "dataset.csv", FRACATLAS_COLUMNS).set_index("image_id")
     store = open_store(str(tmp_path / "store"))
-    result = import_fracatlas(src, store, seed=0, region="hand", limit=40, workers=1)
+    result = import_fracatlas(src, store, seed=0, region="hand", limit=40, rejects=NO_REJECTS, other_regions=[])
     assert result.n_images + len(result.skipped) + len(result.duplicates) == 40
     notes = result.details["fracatlas"]
     assert (
@@ -218,6 +223,50 @@ def test_import_fracatlas_hand_subset(tmp_path: Path):
         import_fracatlas(src, store, seed=0, region="elbow")
 
 
+def test_wrist_import_teaches_unknown_other_regions_chest_films_and_photos(tmp_path: Path):
+    """By default the wrist data set's reject class gets FracAtlas's other regions, the chest films already in the
+    store and generated non-X-rays, as one- and two-view studies that keep their images in one split."""
+    src = shared_path("fracatlas")
+    table = read_table(src / "dataset.csv", FRACATLAS_COLUMNS).set_index("image_id")
+    store = open_store(str(tmp_path / "store"))
+    chest_src = tmp_path / "chest"
+    write_synthetic_chest_tree(chest_src, 4, seed=1, size=96, include_unknown=False)
+    import_chest([chest_src], store, seed=1, rejects=NO_REJECTS, workers=1)
+
+    result = import_fracatlas(
+        src, store, seed=0, region="hand", limit=30, other_regions_max=6, rejects=RejectSources(non_xray=9), workers=1
+    )
+    assert result.counts["generated-non-xray"] == {"unknown": 9}
+    assert result.counts["other-task:chest"] == {"unknown": 12}
+    for region in ("leg", "hip", "shoulder"):
+        assert result.counts[f"fracatlas-{region}"] == {"unknown": 6}
+    assert result.details["fracatlas_other_regions"]["regions"] == {"leg": 6, "hip": 6, "shoulder": 6}
+    frame = load_manifest(store, "wrist").frame
+    unknown = frame[frame["label"] == "unknown"]
+    shown = table.loc[[Path(p).name for p in unknown.loc[unknown["source"].str.startswith("fracatlas-"), "path"]]]
+    assert (shown["hand"] == "0").all(), "an other-region film shows a hand"
+    studies = study_table(unknown, WRIST.views)
+    kinds = study_kinds(studies, WRIST.views)
+    assert {"pa+lateral", "pa", "lateral"} <= set(kinds)
+    assert (unknown.groupby("study_id")["split"].nunique() == 1).all()
+    assert set(frame.loc[frame["label"] != "unknown", "source"]) == {"fracatlas"}
+
+    only_leg = import_fracatlas(
+        src,
+        open_store(str(tmp_path / "s2")),
+        seed=0,
+        region="hand",
+        limit=10,
+        other_regions=["leg"],
+        other_regions_max=4,
+        rejects=NO_REJECTS,
+        workers=1,
+    )
+    assert {k for k in only_leg.counts if k.startswith("fracatlas-")} == {"fracatlas-leg"}
+    with pytest.raises(ConfigError, match="unknown FracAtlas regions"):
+        import_fracatlas(src, store, seed=0, region="hand", other_regions=["elbow"])
+
+
 def test_cli_imports_and_shows_fracatlas(cli_env: Path, monkeypatch: pytest.MonkeyPatch):
     src = shared_path("fracatlas")
     runner = CliRunner()
@@ -225,6 +274,9 @@ def test_cli_imports_and_shows_fracatlas(cli_env: Path, monkeypatch: pytest.Monk
     imported = runner.invoke(app, args, catch_exceptions=False)
     assert imported.exit_code == 0, imported.output
     assert "wrist data set v-" in imported.output and "lateral only" in imported.output
+    said = " ".join(imported.output.split())
+    assert "reject class 'unknown' (not a wrist radiograph): " in said
+    assert "from fracatlas-leg" in said and "from generated-non-xray" in said
     shown = runner.invoke(app, ["data", "show", "wrist"], catch_exceptions=False)
     assert shown.exit_code == 0 and "pa only" in shown.output and "fracture" in shown.output
     for name in ("CARE_FIGSHARE_TOKEN", "FIGSHARE_TOKEN"):

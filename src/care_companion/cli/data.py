@@ -13,6 +13,7 @@ from care_companion.tasks import TaskSpec, get_task
 
 if TYPE_CHECKING:
     from care_companion.data.importer import ImportResult
+    from care_companion.data.rejects import RejectSources
 
 app = typer.Typer(help="Import, fetch and inspect versioned data sets.", no_args_is_help=True)
 import_app = typer.Typer(help="Import labelled images into a task's data set.", no_args_is_help=True)
@@ -21,6 +22,39 @@ app.add_typer(import_app, name="import")
 app.add_typer(fetch_app, name="fetch")
 
 Seed = Annotated[int | None, typer.Option(help="Split seed (default: CARE_SEED).")]
+NonXray = Annotated[
+    int, typer.Option(help="Generated non-X-ray images (photos, synthetic scenes) added to the reject class 'unknown'.")
+]
+NonTaskMax = Annotated[int, typer.Option(help="At most this many images from each folder of non-task images.")]
+OtherTasks = Annotated[
+    bool,
+    typer.Option(
+        help="Add radiographs of the other tasks' latest data sets already imported (e.g. wrist films to chest, "
+        "chest films to wrist) to the reject class 'unknown', so other body parts are refused (on by default)."
+    ),
+]
+OtherTasksMax = Annotated[
+    int, typer.Option(help="At most this many images from each other task's data set (a seeded sample).")
+]
+OtherRegions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--other-region",
+        help="With --region, FracAtlas films of this other region join 'unknown' (repeatable; default: every other "
+        "region; 'none' for none).",
+    ),
+]
+OtherRegionsMax = Annotated[int, typer.Option(help="At most this many FracAtlas films of each other region.")]
+NonWrist = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--non-wrist",
+        "--non-task",
+        help="A folder of images that are not wrist radiographs; every image in it goes to 'unknown'. Repeatable.",
+        exists=True,
+        file_okay=False,
+    ),
+]
 Workers = Annotated[int, typer.Option(help="Decoding processes.")]
 Names = Annotated[
     list[str] | None,
@@ -40,29 +74,21 @@ def import_chest_cmd(
         ),
     ],
     name: Names = None,
-    non_xray: Annotated[
-        int, typer.Option(help="Generated non-X-ray images (photos, screenshots) added to the 'unknown' class.")
-    ] = 400,
+    non_xray: NonXray = 400,
     non_chest: Annotated[
         list[Path] | None,
         typer.Option(
+            "--non-chest",
+            "--non-task",
             help="A folder of images that are not chest X-rays (e.g. hand or leg radiographs); every image in it "
             "goes to the 'unknown' class. Repeatable.",
             exists=True,
             file_okay=False,
         ),
     ] = None,
-    non_chest_max: Annotated[int, typer.Option(help="At most this many images from each --non-chest folder.")] = 300,
-    other_tasks: Annotated[
-        bool,
-        typer.Option(
-            help="Add radiographs of the other tasks' latest data sets already imported (e.g. wrist films) to the "
-            "'unknown' class, so other body parts are refused (on by default)."
-        ),
-    ] = True,
-    other_tasks_max: Annotated[
-        int, typer.Option(help="At most this many images from each other task's data set (a seeded sample).")
-    ] = 300,
+    non_chest_max: NonTaskMax = 300,
+    other_tasks: OtherTasks = True,
+    other_tasks_max: OtherTasksMax = 300,
     seed: Seed = None,
     workers: Workers = 2,
 ) -> None:
@@ -79,20 +105,11 @@ def import_chest_cmd(
             store_from_settings(cfg),
             seed=cfg.seed if seed is None else seed,
             names=name or None,
-            non_xray=non_xray,
-            non_chest=non_chest or None,
-            non_chest_max=non_chest_max,
-            other_tasks=other_tasks,
-            other_tasks_max=other_tasks_max,
+            rejects=reject_sources(non_xray, other_tasks, other_tasks_max, non_chest, non_chest_max),
             limits=DecodeLimits.from_settings(cfg),
             workers=workers,
         )
     print_import(result, get_task("chest"))
-    added = {s: sum(c.values()) for s, c in result.counts.items() if s.startswith(("other-task:", "non-chest:"))}
-    console.print(
-        "other body parts' radiographs added to 'unknown': "
-        + (", ".join(f"{n} from {s}" for s, n in added.items()) if added else "none (no other task's data set yet)")
-    )
 
 
 @fetch_app.command("chest")
@@ -133,6 +150,13 @@ def import_wrist_cmd(
     drop_uncertain: Annotated[
         bool, typer.Option(help="Leave out studies whose diagnosis the table marks uncertain (kept by default).")
     ] = False,
+    other_region: OtherRegions = None,
+    other_regions_max: OtherRegionsMax = 300,
+    non_xray: NonXray = 400,
+    non_wrist: NonWrist = None,
+    non_wrist_max: NonTaskMax = 300,
+    other_tasks: OtherTasks = True,
+    other_tasks_max: OtherTasksMax = 300,
     seed: Seed = None,
     workers: Workers = 2,
 ) -> None:
@@ -151,6 +175,9 @@ def import_wrist_cmd(
             region=region,
             limit=limit,
             drop_uncertain=drop_uncertain,
+            rejects=reject_sources(non_xray, other_tasks, other_tasks_max, non_wrist, non_wrist_max),
+            other_regions=_regions(other_region),
+            other_regions_max=other_regions_max,
             limits=DecodeLimits.from_settings(cfg),
             workers=workers,
         )
@@ -165,6 +192,13 @@ def import_fracatlas_cmd(
     ],
     region: Region = None,
     limit: Limit = None,
+    other_region: OtherRegions = None,
+    other_regions_max: OtherRegionsMax = 300,
+    non_xray: NonXray = 400,
+    non_wrist: NonWrist = None,
+    non_wrist_max: NonTaskMax = 300,
+    other_tasks: OtherTasks = True,
+    other_tasks_max: OtherTasksMax = 300,
     seed: Seed = None,
     workers: Workers = 2,
 ) -> None:
@@ -182,10 +216,35 @@ def import_fracatlas_cmd(
             seed=cfg.seed if seed is None else seed,
             region=region,
             limit=limit,
+            rejects=reject_sources(non_xray, other_tasks, other_tasks_max, non_wrist, non_wrist_max),
+            other_regions=_regions(other_region),
+            other_regions_max=other_regions_max,
             limits=DecodeLimits.from_settings(cfg),
             workers=workers,
         )
     print_import(result, get_task("wrist"))
+
+
+def reject_sources(
+    non_xray: int, other_tasks: bool, other_tasks_max: int, folders: list[Path] | None, folders_max: int
+) -> RejectSources:
+    """The reject-class sources the import options name."""
+    from care_companion.data.rejects import RejectSources
+
+    return RejectSources(
+        non_xray=non_xray,
+        other_tasks=other_tasks,
+        other_tasks_max=other_tasks_max,
+        folders=tuple(folders or ()),
+        folders_max=folders_max,
+    )
+
+
+def _regions(given: list[str] | None) -> list[str] | None:
+    """``--other-region`` values: None (every other region) when not given, [] for 'none'."""
+    if not given:
+        return None
+    return [] if [g.lower() for g in given] == ["none"] else given
 
 
 @import_app.command("folders")
@@ -254,15 +313,16 @@ def show_cmd(
         manifest = load_manifest(store_from_settings(settings()), task, version)
         counts = study_counts(manifest.frame, spec.views)
     frame = manifest.frame
-    console.print(split_table(f"{task} data set {manifest.version}: {len(frame)} images", counts, spec))
+    console.print(*split_tables(f"{task} data set {manifest.version}: {len(frame)} images", counts, spec))
     console.print(frame.groupby(["source", "label"]).size().unstack(fill_value=0).to_string())
 
 
-def split_table(title: str, counts: dict[str, dict[str, int]], task: TaskSpec) -> Table:
-    """Studies per split and class (and per view combination for a multi-view task), and images per split.
+def split_tables(title: str, counts: dict[str, dict[str, int]], task: TaskSpec) -> list[Table]:
+    """Studies per split and class with images per split; for a multi-view task a second table of studies per
+    split and view combination (two narrow tables fit a terminal where one wide one wraps its headers).
 
     Args:
-        title: the table's title.
+        title: the first table's title.
         counts: split -> count, as ``data.manifest.study_counts`` gives them.
         task: the task (its classes and views choose the columns).
     """
@@ -273,25 +333,30 @@ def split_table(title: str, counts: dict[str, dict[str, int]], task: TaskSpec) -
         {k.removeprefix("views:") for row in counts.values() for k in row if k.startswith("views:")},
         key=lambda kind: (-kind.count("+"), [task.views.index(v) for v in kind.split("+")]),
     )
+    splits = [*SPLITS, *sorted(set(counts) - set(SPLITS))]
+
+    def table(title: str, columns: dict[str, str], caption: str | None = None) -> Table:
+        out = Table(title=title, caption=caption)
+        out.add_column("split", no_wrap=True)
+        for header in columns:
+            out.add_column(header, justify="right", no_wrap=True)
+        for split in splits:
+            out.add_row(split, *[str(counts.get(split, {}).get(key, 0)) for key in columns.values()])
+        return out
+
+    by_class = {label: f"label:{label}" for label in labels} | {"images": "images"}
     multi = task.multiview
-    table = Table(title=title, caption="class and view columns count studies" if multi else None)
-    table.add_column("split")
-    for label in labels:
-        table.add_column(label, justify="right")
+    tables = [table(title, by_class, "class columns count studies" if multi else None)]
     if multi:
-        for kind in kinds:
-            table.add_column(kind if "+" in kind else f"{kind} only", justify="right")
-    table.add_column("images", justify="right")
-    columns = [f"label:{c}" for c in labels] + ([f"views:{k}" for k in kinds] if multi else [])
-    for split in [*SPLITS, *sorted(set(counts) - set(SPLITS))]:
-        row = counts.get(split, {})
-        table.add_row(split, *[str(row.get(c, 0)) for c in [*columns, "images"]])
-    return table
+        by_views = {(k if "+" in k else f"{k} only"): f"views:{k}" for k in kinds}
+        tables.append(table(f"{task.name} studies by views", by_views))
+    return tables
 
 
 def print_import(result: ImportResult, task: TaskSpec) -> None:
     """What an import produced: the split table, images per source, skipped files, report and version."""
-    console.print(split_table(f"{task.name} data set {result.version}: {result.n_images} images", result.studies, task))
+    title = f"{task.name} data set {result.version}: {result.n_images} images"
+    console.print(*split_tables(title, result.studies, task))
     for source, counts in result.counts.items():
         console.print(f"  source {source}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for source, notes in result.details.items():
@@ -299,6 +364,13 @@ def print_import(result: ImportResult, task: TaskSpec) -> None:
         if missing:
             examples = ", ".join(notes.get("missing_examples", [])[:5])
             console.print(f"  [yellow]{source}: {missing} images named in its table not found[/] (e.g. {examples})")
+    if task.reject is not None:
+        rejects = {s: c[task.reject] for s, c in result.counts.items() if c.get(task.reject)}
+        console.print(
+            f"reject class '{task.reject}' (not a {task.body_part} radiograph): "
+            + (", ".join(f"{n} from {s}" for s, n in rejects.items()) or "none")
+            + ("" if any(s.startswith("other-task:") for s in rejects) else " (no other task's films imported yet)")
+        )
     console.print(f"skipped {len(result.skipped)} files, dropped {len(result.duplicates)} duplicates")
     for s in result.skipped[:20]:
         console.print(f"  [yellow]skipped[/] {s.source}/{s.path}: {s.reason}")

@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from care_companion.data.folders import image_files, scan_class_folders
+from care_companion.data.folders import scan_class_folders
 from care_companion.data.manifest import COLUMNS, Manifest, dataset_prefix, save_manifest, study_counts
 from care_companion.data.patients import origin_and_patient
 from care_companion.data.splits import grouped_stratified_split
@@ -172,23 +172,18 @@ def import_images(
     store: ObjectStore,
     *,
     seed: int,
-    extra: list[tuple[str, str, str, np.ndarray]] | None = None,
-    labelled_folders: list[tuple[str, Path, str, int | None]] | None = None,
     items: Sequence[ImportItem] | None = None,
     details: dict[str, Any] | None = None,
     limits: DecodeLimits = DEFAULT_LIMITS,
     workers: int = 2,
 ) -> ImportResult:
-    """Import class-folder trees, labelled items and in-memory images as the task's new data set version.
+    """Import class-folder trees and labelled items (files or generated pixels) as the task's new data set version.
 
     Args:
         task: the task whose class names the folders must use.
         sources: (source name, root folder) pairs; the source name is recorded for every image.
         store: object store receiving images, manifest and import report.
         seed: seed of the patient-grouped split.
-        extra: generated images as (source, relative name, label, pixels) tuples.
-        labelled_folders: (source name, folder, label, at most N) for folders whose every image has one label
-            (for example other body parts' radiographs as "not a chest X-ray"); a seeded sample when capped.
         items: already-labelled images, possibly with patient, study and view (kept in this order, so the
             first of two duplicates is the one earlier in the list).
         details: source-specific notes stored in the import report and the result.
@@ -207,17 +202,7 @@ def import_images(
             )
         todo += [ImportItem(source=name, relative=f.relative, label=f.label, path=f.path) for f in found]
         unlabelled += [f"{name}/{rel}" for rel in loose]
-    for name, root, label, cap in labelled_folders or []:
-        if not Path(root).is_dir():
-            raise DataError(f"{root}: source folder not found")
-        paths = image_files(Path(root))
-        if cap is not None and len(paths) > cap:
-            picked = np.random.default_rng(seed).choice(len(paths), size=cap, replace=False)
-            paths = [paths[i] for i in sorted(picked)]
-        todo += [ImportItem(source=name, relative=p.relative_to(root).as_posix(), label=label, path=p) for p in paths]
     todo += list(items or [])
-    for source, relative, label, pixels in extra or []:
-        todo.append(ImportItem(source=source, relative=relative, label=label, pixels=pixels))
     return _import(
         task,
         todo,

@@ -29,12 +29,16 @@ by side, which are mostly multi-scan composites). The set has no patient ids, so
 patient: films of one patient may land in different splits, a limitation of the source. ``region="hand"``
 keeps hand films (``hand`` = 1) that are not ``mixed``: the 174 mixed hand films are whole-arm or trunk
 films whose fracture may be at the shoulder, leaving 813 hand films (249 fractured).
+
+The wrist task's reject class ``unknown`` ("not a wrist radiograph") gets, by default, FracAtlas films of the
+other regions (leg, hip, shoulder) when a region is kept, the chest films already imported, and generated
+photos and scenes (:mod:`care_companion.data.rejects`), as one- and two-view studies.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ from care_companion.config import Settings
 from care_companion.data.figshare import fetch_article
 from care_companion.data.folders import image_files
 from care_companion.data.importer import ImportItem, ImportResult, import_images
+from care_companion.data.rejects import RejectSources, as_studies, reject_items
 from care_companion.errors import ConfigError, DataError
 from care_companion.imaging.decode import DEFAULT_LIMITS, DecodeLimits
 from care_companion.storage.base import ObjectStore
@@ -363,6 +368,54 @@ def fracatlas_items(
     return items, {**summary.model_dump(), **notes}
 
 
+def fracatlas_other_regions(
+    src: Path, region: str, *, regions: Sequence[str] | None = None, cap: int | None = 300, seed: int = 0
+) -> tuple[list[ImportItem], dict[str, Any]]:
+    """FracAtlas films of other body regions than ``region`` (none of them showing it) as reject-class items of
+    the wrist task, at most ``cap`` of each region (a seeded sample), and their counts by region.
+
+    Args:
+        src: the FracAtlas folder.
+        region: the region the wrist data set keeps (``hand``).
+        regions: the other regions to take (default: every region but ``region``).
+        cap: at most this many films per region.
+        seed: seed of the samples.
+    """
+    src = Path(src)
+    table = read_table(src / TABLE_FILE, FRACATLAS_COLUMNS)
+    wanted = [r for r in (regions if regions is not None else REGIONS) if r != region]
+    unknown = sorted(set(wanted) - set(REGIONS))
+    if unknown:
+        raise ConfigError(f"unknown FracAtlas regions {unknown}; choose from {', '.join(REGIONS)}")
+    rows = table[~_flag(table[region])] if region in table.columns else table
+    first = pd.Series("", index=rows.index)
+    for name in reversed([r for r in REGIONS if r in rows.columns and r != region]):
+        first = first.mask(_flag(rows[name]), name)
+    chosen: list[pd.DataFrame] = []
+    for name in wanted:
+        group = rows[first == name]
+        picked = np.arange(len(group))
+        if cap is not None and len(group) > cap:
+            picked = np.sort(np.random.default_rng(seed).choice(len(group), size=cap, replace=False))
+        chosen.append(group.iloc[picked].assign(region=name))
+    picked_rows = pd.concat(chosen) if chosen else rows.iloc[:0].assign(region="")
+    stems = picked_rows["image_id"].map(lambda name: Path(name).stem)
+    found, _ = images_by_stem(src)
+    paths = [found.get(stem) for stem in stems]
+    items = [
+        ImportItem(
+            source=f"{FRACATLAS_SOURCE}-{name}",
+            relative=path.relative_to(src).as_posix(),
+            label=WRIST.reject or "unknown",
+            path=path,
+        )
+        for name, path in zip(picked_rows["region"], paths, strict=True)
+        if path is not None
+    ]
+    counts = {name: int((picked_rows["region"] == name).sum()) for name in wanted}
+    return as_studies(WRIST, items), {"regions": counts, "missing_images": sum(p is None for p in paths)}
+
+
 def import_wrist(
     src: Path,
     store: ObjectStore,
@@ -372,6 +425,9 @@ def import_wrist(
     region: str | None = None,
     limit: int | None = None,
     drop_uncertain: bool = False,
+    rejects: RejectSources = RejectSources(),
+    other_regions: Sequence[str] | None = None,
+    other_regions_max: int | None = 300,
     limits: DecodeLimits = DEFAULT_LIMITS,
     workers: int = 2,
 ) -> ImportResult:
@@ -387,6 +443,11 @@ def import_wrist(
         region: FracAtlas region filter (see :func:`fracatlas_images`).
         limit: at most this many FracAtlas images.
         drop_uncertain: leave out GRAZPEDWRI-DX studies with an uncertain diagnosis.
+        rejects: what the 'unknown' class learns from: by default generated non-X-rays and the other tasks'
+            radiographs already in ``store`` (chest films), so a chest film or a photo is refused.
+        other_regions: with ``fracatlas`` and a ``region``, FracAtlas films of these other regions join
+            'unknown' (default: every other region; empty: none).
+        other_regions_max: at most this many films of each other region (a seeded sample).
         limits: the image sizes accepted; other images are skipped (too small, decompression bomb).
         workers: decoding processes.
     """
@@ -394,7 +455,8 @@ def import_wrist(
     details: dict[str, Any] = {GRAZ_SOURCE: notes}
     if fracatlas is not None:
         more, details[FRACATLAS_SOURCE] = fracatlas_items(fracatlas, region=region, limit=limit, seed=seed)
-        items += more
+        items += more + _other_regions(fracatlas, region, other_regions, other_regions_max, seed, details)
+    items += reject_items(WRIST, store, rejects, seed=seed)
     return import_images(
         WRIST,
         [],
@@ -414,6 +476,9 @@ def import_fracatlas(
     seed: int,
     region: str | None = None,
     limit: int | None = None,
+    rejects: RejectSources = RejectSources(),
+    other_regions: Sequence[str] | None = None,
+    other_regions_max: int | None = 300,
     limits: DecodeLimits = DEFAULT_LIMITS,
     workers: int = 2,
 ) -> ImportResult:
@@ -425,20 +490,44 @@ def import_fracatlas(
         seed: split seed (and seed of the ``limit`` sample).
         region: ``hand`` keeps hand/wrist films (see :func:`fracatlas_images`).
         limit: at most this many images, a seeded sample.
+        rejects: what the 'unknown' class learns from besides other regions (see :func:`import_wrist`).
+        other_regions: with a ``region``, films of these other regions join 'unknown' (default: every other
+            region; empty: none).
+        other_regions_max: at most this many films of each other region (a seeded sample).
         limits: the image sizes accepted; other images are skipped (too small, decompression bomb).
         workers: decoding processes.
     """
     items, notes = fracatlas_items(src, region=region, limit=limit, seed=seed)
+    details: dict[str, Any] = {FRACATLAS_SOURCE: notes}
+    items += _other_regions(src, region, other_regions, other_regions_max, seed, details)
+    items += reject_items(WRIST, store, rejects, seed=seed)
     return import_images(
         WRIST,
         [],
         store,
         seed=seed,
         items=items,
-        details={FRACATLAS_SOURCE: notes},
+        details=details,
         limits=limits,
         workers=workers,
     )
+
+
+def _other_regions(
+    src: Path,
+    region: str | None,
+    regions: Sequence[str] | None,
+    cap: int | None,
+    seed: int,
+    details: dict[str, Any],
+) -> list[ImportItem]:
+    """Other-region FracAtlas films as 'unknown' when a region is kept (their counts go into ``details``)."""
+    if region is None or (regions is not None and not regions):
+        return []
+    items, details["fracatlas_other_regions"] = fracatlas_other_regions(
+        src, region, regions=regions, cap=cap, seed=seed
+    )
+    return items
 
 
 # --- download from Figshare ---------------------------------------------------------------------------------

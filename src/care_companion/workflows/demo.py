@@ -19,6 +19,7 @@ import numpy as np
 from care_companion.config import Settings
 from care_companion.data.chest import import_chest
 from care_companion.data.importer import ImportResult
+from care_companion.data.rejects import RejectSources
 from care_companion.data.synthetic_chest import write_synthetic_chest_tree
 from care_companion.data.synthetic_wrist import synthetic_wrist_studies, synthetic_wrist_study, write_wrist_studies
 from care_companion.data.wrist import import_wrist
@@ -46,6 +47,7 @@ DEMO_RECIPE = TrainConfig(  # both demo models: small, 128 px, from scratch
 DEMO_CHEST_SIZE = 256
 DEMO_WRIST_SIZE = 128  # side of the generated wrist films
 DEMO_TARGET_SENSITIVITY = 0.99  # the demo's operating point: a margin over the gate's 0.95 on a small test split
+DEMO_OTHER_TASK_FILMS = 150  # chest demo films in the wrist 'unknown' class (and wrist films in chest's)
 DEMO_WRIST_SEVERITY = 0.7  # fractures from clear to obvious: subtle ones need far more than minutes of CPU
 
 
@@ -71,7 +73,7 @@ def run_demo(
         [source],
         store_from_settings(settings),
         seed=settings.seed,
-        non_xray=non_xray,
+        rejects=RejectSources(non_xray=non_xray, other_tasks_max=DEMO_OTHER_TASK_FILMS),
         limits=DecodeLimits.from_settings(settings),
     )
     recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})
@@ -80,10 +82,11 @@ def run_demo(
 
 
 def run_wrist_demo(
-    settings: Settings, *, studies: int = 1500, config: TrainConfig | None = None
+    settings: Settings, *, studies: int = 1500, non_xray: int = 100, config: TrainConfig | None = None
 ) -> tuple[ImportResult, TrainOutcome]:
-    """Generate synthetic two-view wrist studies in the GRAZPEDWRI-DX layout, import them and train the two-view
-    demo model on them; returns the import and training results."""
+    """Generate synthetic two-view wrist studies in the GRAZPEDWRI-DX layout, import them (with generated
+    non-X-rays and the chest demo's films as 'unknown') and train the two-view demo model on them; returns the
+    import and training results."""
     source = Path(settings.data_dir) / "demo-source" / f"synthetic-wrist-{studies}"
     if not (source / "dataset.csv").is_file():
         generated = synthetic_wrist_studies(
@@ -94,6 +97,7 @@ def run_wrist_demo(
         source,
         store_from_settings(settings),
         seed=settings.seed,
+        rejects=RejectSources(non_xray=non_xray, other_tasks_max=DEMO_OTHER_TASK_FILMS, size=DEMO_WRIST_SIZE),
         limits=DecodeLimits.from_settings(settings),
     )
     recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})  # the chest demo's recipe fits
