@@ -239,3 +239,15 @@ def test_bundle_embeds_the_task_and_still_reads_schema_version_1(tmp_path: Path)
     (tmp_path / "bundle.json").write_text(json.dumps({**old, "backbone": "resnet18", "input_size": 64}))
     read = load_meta(tmp_path)
     assert read.views == ["frontal"] and read.task == "chest" and read.spec.refusal_code == CHEST.refusal_code
+
+
+@pytest.mark.parametrize("backbone", ["lcnet_050", BACKBONE])
+def test_backbones_with_a_head_layer_after_pooling_fit_the_view_projection(backbone: str) -> None:
+    """LCNet (like MobileNetV3) puts a 1x1 conv after the pooling, so its output is wider than num_features."""
+    net = _model(backbone).eval()
+    images, present = net.example_inputs(2, SIZE)
+    with torch.inference_mode():
+        assert net(images, present).shape == (2, len(WRIST.classes))
+    chest, _ = create_model(CHEST, backbone)
+    with torch.inference_mode():
+        assert chest.eval()(*chest.example_inputs(2, SIZE)).shape == (2, len(CHEST.classes))

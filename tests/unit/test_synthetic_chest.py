@@ -129,6 +129,8 @@ def test_write_synthetic_chest_tree(tmp_path: Path) -> None:
     assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "a") != {}
     write_synthetic_chest_tree(tmp_path / "b", 5, seed=9, size=64)
     assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
+    one, two = (write_synthetic_chest_tree(tmp_path / f"w{w}", 40, seed=9, size=64, workers=w) for w in (1, 2))
+    assert one == two and _tree_digest(tmp_path / "w1") == _tree_digest(tmp_path / "w2")  # > 64 patients: a pool
 
     counts = write_synthetic_chest_tree(tmp_path / "c", 2, seed=1, size=64, include_unknown=False)
     assert counts == {"normal": 2, "pneumonia": 2, "tuberculosis": 2}

@@ -132,7 +132,8 @@ def test_studies_have_exact_shares_and_all_kinds() -> None:
     assert {s.laterality for s in studies} == {"L", "R"}
     casts = {label: np.mean([s.cast for s in studies if s.label == label]) for label in ("normal", "fracture")}
     assert all(0.08 < rate < 0.45 for rate in casts.values()), casts  # a confounder in both classes
-    again = synthetic_wrist_studies(120, seed=2, size=32, fracture_rate=0.4, one_view_rate=0.15)
+    again = synthetic_wrist_studies(120, seed=2, size=32, fracture_rate=0.4, one_view_rate=0.15, workers=2)
+    assert [a.views.keys() for a in studies] == [b.views.keys() for b in again]  # two processes, the same studies
     assert all(np.array_equal(a.views[v], b.views[v]) for a, b in zip(studies, again, strict=True) for v in a.views)
 
 

@@ -14,7 +14,6 @@ from care_companion.config import Settings
 
 DEMO_PER_CLASS = 200
 DEMO_NON_XRAY = 100
-DEMO_EPOCHS = 12
 DEMO_WRIST_STUDIES = 1500
 SERVE_WAIT_SECONDS = 90.0
 
@@ -50,7 +49,9 @@ def _summarise(imported: ImportResult, outcome: TrainOutcome, *, disease: str, i
 def demo_cmd(
     per_class: Annotated[int, typer.Option(help="Synthetic chest X-rays per class.")] = DEMO_PER_CLASS,
     non_xray: Annotated[int, typer.Option(help="Generated non-X-ray images.")] = DEMO_NON_XRAY,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs of the small demo models.")] = DEMO_EPOCHS,
+    epochs: Annotated[
+        int | None, typer.Option(help="Fine-tuning epochs of both demo models (default: each demo recipe's own).")
+    ] = None,
     wrist: Annotated[
         bool, typer.Option(help="Also build synthetic wrist studies and train the two-view model.")
     ] = True,
@@ -64,14 +65,15 @@ def demo_cmd(
     ] = False,
 ) -> None:
     """Build synthetic chest and wrist data sets, train small DEMO models, evaluate, gate and register them."""
-    from care_companion.workflows.demo import DEMO_RECIPE, run_demo, run_wrist_demo
+    from care_companion.workflows.demo import DEMO_CHEST_RECIPE, DEMO_WRIST_RECIPE, run_demo, run_wrist_demo
 
     started = time.monotonic()
     cfg = settings()
-    recipe = DEMO_RECIPE.model_copy(update={"finetune_epochs": epochs})
+    epochs_set = {} if epochs is None else {"finetune_epochs": epochs}
+    chest_recipe, wrist_recipe = (r.model_copy(update=epochs_set) for r in (DEMO_CHEST_RECIPE, DEMO_WRIST_RECIPE))
     console.rule("[bold]Care Companion demo: synthetic data, DEMO MODEL, NOT FOR CLINICAL USE")
     with friendly_errors():
-        imported, outcome = run_demo(cfg, per_class=per_class, non_xray=non_xray, config=recipe)
+        imported, outcome = run_demo(cfg, per_class=per_class, non_xray=non_xray, config=chest_recipe)
     _summarise(imported, outcome, disease="abnormal")
     console.print(f"chest model bundle: {outcome.bundle_dir}  (evaluation.json, plots/)")
     if not outcome.gate.passed:
@@ -81,7 +83,7 @@ def demo_cmd(
         if wrist:
             console.rule("[bold]Wrist: synthetic two-view studies (PA + lateral), DEMO MODEL")
             with friendly_errors():
-                wrist_imported, wrist_outcome = run_wrist_demo(cfg, studies=wrist_studies, config=recipe)
+                wrist_imported, wrist_outcome = run_wrist_demo(cfg, studies=wrist_studies, config=wrist_recipe)
             _summarise(
                 wrist_imported,
                 wrist_outcome,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -27,6 +28,7 @@ from care_companion.data.synthetic_common import (
     soft,
     to_u8,
 )
+from care_companion.parallel import parallel_map
 
 CHEST_LABELS = ("normal", "pneumonia", "tuberculosis")
 UNKNOWN_LABEL = "unknown"
@@ -471,8 +473,39 @@ def make_unknown_images(rng: np.random.Generator, n: int, size: int = 256) -> li
 # ----------------------------------------------------------------------------------------------- tree
 
 
+@dataclass(frozen=True)
+class _PatientFilms:
+    """One synthetic patient's films to render: everything random already drawn, so any process renders the
+    same bytes."""
+
+    root: Path
+    label: str
+    patient: int
+    size: int
+    unknown_rng: np.random.Generator | None = None
+    anatomy_rng: np.random.Generator | None = None
+    disease_seed: int = 0
+    film_rngs: tuple[np.random.Generator, ...] = ()
+    films: int = 0
+
+
+def _write_patient(plan: _PatientFilms) -> int:
+    """Render and write one patient's films; how many."""
+    if plan.unknown_rng is not None:
+        images = make_unknown_images(plan.unknown_rng, plan.films, plan.size)
+    else:
+        anat = _Anatomy.draw(cast(np.random.Generator, plan.anatomy_rng))
+        images = [
+            _render_chest(plan.label, anat, np.random.default_rng(plan.disease_seed), film_rng, plan.size)
+            for film_rng in plan.film_rngs
+        ]
+    for k, image in enumerate(images, start=1):
+        save_png(image, Path(plan.root) / plan.label / f"synth-patient{plan.patient:04d}_img{k}.png")
+    return len(images)
+
+
 def write_synthetic_chest_tree(
-    root: Path, n_per_class: int, *, seed: int, size: int = 256, include_unknown: bool = True
+    root: Path, n_per_class: int, *, seed: int, size: int = 256, include_unknown: bool = True, workers: int = 1
 ) -> dict[str, int]:
     """Write a class-folder tree ``root/<class>/synth-patient{P:04d}_img{K}.png`` of synthetic images.
 
@@ -482,31 +515,34 @@ def write_synthetic_chest_tree(
     Args:
         root: folder to write into (created if missing).
         n_per_class: images per class.
-        seed: seed of everything drawn; the same seed writes the same bytes.
+        seed: seed of everything drawn; the same seed writes the same bytes, whatever ``workers``.
         size: side of each square image.
         include_unknown: also write an "unknown" class of non-radiographs.
+        workers: rendering processes.
 
     Returns:
         Number of images written per class.
     """
     rng = np.random.default_rng(seed)
-    counts: dict[str, int] = {}
+    plans: list[_PatientFilms] = []
     patient = 0
     for label in (*CHEST_LABELS, *((UNKNOWN_LABEL,) if include_unknown else ())):
         written = 0
         while written < n_per_class:
             patient += 1
             films = min(int(rng.integers(1, 4)), n_per_class - written)
+            common = {"root": Path(root), "label": label, "patient": patient, "size": size, "films": films}
             if label == UNKNOWN_LABEL:
-                images = make_unknown_images(child(rng), films, size)
+                plans.append(_PatientFilms(**common, unknown_rng=child(rng)))
             else:
-                anat, disease_seed = _Anatomy.draw(child(rng)), int(rng.integers(0, 2**63 - 1))
-                images = [
-                    _render_chest(label, anat, np.random.default_rng(disease_seed), child(rng), size)
-                    for _ in range(films)
-                ]
-            for k, image in enumerate(images, start=1):
-                save_png(image, Path(root) / label / f"synth-patient{patient:04d}_img{k}.png")
+                anatomy_rng, disease_seed = child(rng), int(rng.integers(0, 2**63 - 1))
+                film_rngs = tuple(child(rng) for _ in range(films))
+                plans.append(
+                    _PatientFilms(**common, anatomy_rng=anatomy_rng, disease_seed=disease_seed, film_rngs=film_rngs)
+                )
             written += films
-        counts[label] = written
+    counts: dict[str, int] = {}
+    done = parallel_map(_write_patient, plans, workers=workers, description=f"generating {patient} patients' films")
+    for plan, n in zip(plans, done, strict=True):
+        counts[plan.label] = counts.get(plan.label, 0) + n
     return counts

@@ -33,6 +33,7 @@ from care_companion.data.synthetic_common import (
     soft,
     to_u8,
 )
+from care_companion.parallel import parallel_map
 
 WRIST_VIEWS = ("pa", "lateral")
 PROJECTION = {"pa": 1, "lateral": 2}  # GRAZPEDWRI-DX projection codes
@@ -719,6 +720,14 @@ def synthetic_wrist_study(
     )
 
 
+def _render_study(args: tuple[np.random.Generator, bool, int, tuple[str, ...], float, float]) -> WristStudy:
+    """One study from its pre-drawn generator and options (a module-level function, for worker processes)."""
+    study_rng, fractured, size, views, cast_rate, min_severity = args
+    return synthetic_wrist_study(
+        study_rng, fractured=fractured, size=size, views=views, cast_rate=cast_rate, min_severity=min_severity
+    )
+
+
 def synthetic_wrist_studies(
     n: int,
     *,
@@ -728,36 +737,29 @@ def synthetic_wrist_studies(
     one_view_rate: float = 0.15,
     cast_rate: float = 0.25,
     min_severity: float = 0.0,
+    workers: int = 1,
 ) -> list[WristStudy]:
     """``n`` synthetic wrist studies with exact shares of fractured and one-view studies, in random order.
 
     Args:
         n: number of studies.
-        seed: seed of everything drawn; the same seed gives the same studies.
+        seed: seed of everything drawn; the same seed gives the same studies, whatever ``workers``.
         fracture_rate: share of fractured studies (rounded to a count).
         size: side of each square image.
         one_view_rate: share of studies that keep only one view (PA 60%, lateral 40%), rounded to a count.
         cast_rate: chance of a cast or splint, the same in both classes.
         min_severity: floor of the fractures' severity (see :func:`synthetic_wrist_study`).
+        workers: rendering processes.
     """
     rng = np.random.default_rng(seed)
     fractured = rng.permutation(n) < round(n * fracture_rate)
     one_view = rng.permutation(n) < round(n * one_view_rate)
-    studies = []
+    work = []
     for k in range(n):
         study_rng, only = child(rng), ("pa",) if rng.random() < 0.6 else ("lateral",)
         views = only if one_view[k] else WRIST_VIEWS
-        studies.append(
-            synthetic_wrist_study(
-                study_rng,
-                fractured=bool(fractured[k]),
-                size=size,
-                views=views,
-                cast_rate=cast_rate,
-                min_severity=min_severity,
-            )
-        )
-    return studies
+        work.append((study_rng, bool(fractured[k]), size, tuple(views), cast_rate, min_severity))
+    return list(parallel_map(_render_study, work, workers=workers, description=f"generating {n} wrist studies"))
 
 
 def _graz_row(stem: str, patient: int, timehash: int, study: WristStudy, view: str) -> dict[str, str]:

@@ -63,11 +63,18 @@ def create_backbone(name: str, *, pretrained: bool = False) -> tuple[nn.Module, 
     if pretrained:
         try:
             net = timm.create_model(name, pretrained=True, num_classes=0, in_chans=1)
-            return net, cast(int, net.num_features), "timm pretrained weights"
+            return net, feature_width(net), "timm pretrained weights"
         except Exception as exc:  # hub unreachable, weights not cached, no weights for this name
             log.warning("pretrained weights for %s not reachable (%s); training from scratch", name, exc)
     net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=1)
-    return net, cast(int, net.num_features), RANDOM_ORIGIN
+    return net, feature_width(net), RANDOM_ORIGIN
+
+
+def feature_width(net: nn.Module) -> int:
+    """Width of a classifier-less timm backbone's output: its ``head_hidden_size`` where a head layer follows the
+    pooling (MobileNetV3, LCNet: wider than ``num_features``), else ``num_features``."""
+    hidden = getattr(net, "head_hidden_size", None)
+    return int(hidden) if hidden else cast(int, net.num_features)
 
 
 def create_classifier(

@@ -31,7 +31,17 @@ from care_companion.workflows.training import TrainOutcome, train_task
 
 DEMO_ADMIN = "admin"  # the demo's admin user; its password is reset on every run and printed
 
-DEMO_RECIPE = TrainConfig(  # both demo models: small, 128 px, from scratch
+DEMO_CHEST_RECIPE = TrainConfig(  # a small ResNet (timm's test_resnet, 0.37 M parameters) at 96 px, from scratch
+    backbone="test_resnet",
+    image_size=96,
+    batch_size=32,
+    head_epochs=0,
+    finetune_epochs=20,
+    finetune_lr=2e-3,
+    patience=5,
+    samples_per_epoch=None,
+)
+DEMO_WRIST_RECIPE = TrainConfig(  # thin fracture lines need more capacity than the chest demo's small ResNet
     backbone="resnet18",
     image_size=128,
     batch_size=32,
@@ -48,6 +58,7 @@ DEMO_CHEST_SIZE = 256
 DEMO_WRIST_SIZE = 128  # side of the generated wrist films
 DEMO_TARGET_SENSITIVITY = 0.99  # the demo's operating point: a margin over the gate's 0.95 on a small test split
 DEMO_OTHER_TASK_FILMS = 150  # chest demo films in the wrist 'unknown' class (and wrist films in chest's)
+DEMO_WORKERS = 2  # processes generating the synthetic films (the same bytes with any number)
 DEMO_WRIST_SEVERITY = 0.7  # fractures from clear to obvious: subtle ones need far more than minutes of CPU
 
 
@@ -68,7 +79,9 @@ def run_demo(
     """Generate, import and train on a synthetic chest data set; returns the import and training results."""
     source = Path(settings.data_dir) / "demo-source" / f"synthetic-chest-{per_class}-{DEMO_CHEST_SIZE}px"
     if not (source / "normal").is_dir():
-        write_synthetic_chest_tree(source, per_class, seed=settings.seed, size=DEMO_CHEST_SIZE, include_unknown=False)
+        write_synthetic_chest_tree(
+            source, per_class, seed=settings.seed, size=DEMO_CHEST_SIZE, include_unknown=False, workers=DEMO_WORKERS
+        )
     imported = import_chest(
         [source],
         store_from_settings(settings),
@@ -76,7 +89,7 @@ def run_demo(
         rejects=RejectSources(non_xray=non_xray, other_tasks_max=DEMO_OTHER_TASK_FILMS),
         limits=DecodeLimits.from_settings(settings),
     )
-    recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})
+    recipe = (config or DEMO_CHEST_RECIPE).model_copy(update={"seed": settings.seed})
     outcome = train_task(CHEST, recipe, settings=demo_settings(settings), dataset_version=imported.version, demo=True)
     return imported, outcome
 
@@ -90,7 +103,12 @@ def run_wrist_demo(
     source = Path(settings.data_dir) / "demo-source" / f"synthetic-wrist-{studies}"
     if not (source / "dataset.csv").is_file():
         generated = synthetic_wrist_studies(
-            studies, seed=settings.seed, size=DEMO_WRIST_SIZE, fracture_rate=0.4, min_severity=DEMO_WRIST_SEVERITY
+            studies,
+            seed=settings.seed,
+            size=DEMO_WRIST_SIZE,
+            fracture_rate=0.4,
+            min_severity=DEMO_WRIST_SEVERITY,
+            workers=DEMO_WORKERS,
         )
         write_wrist_studies(generated, source, seed=settings.seed)
     imported = import_wrist(
@@ -100,7 +118,7 @@ def run_wrist_demo(
         rejects=RejectSources(non_xray=non_xray, other_tasks_max=DEMO_OTHER_TASK_FILMS, size=DEMO_WRIST_SIZE),
         limits=DecodeLimits.from_settings(settings),
     )
-    recipe = (config or DEMO_RECIPE).model_copy(update={"seed": settings.seed})  # the chest demo's recipe fits
+    recipe = (config or DEMO_WRIST_RECIPE).model_copy(update={"seed": settings.seed})
     outcome = train_task(WRIST, recipe, settings=demo_settings(settings), dataset_version=imported.version, demo=True)
     return imported, outcome
 
