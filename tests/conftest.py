@@ -59,13 +59,15 @@ def write_bundle(
     task: TaskSpec | None = None,
     backbone: str = "resnet18",
     fit: tuple[list[dict[str, np.ndarray | None]], list[int]] | None = None,
+    reject_bias: float = 0.0,
 ) -> Path:
     """A real model bundle (random ``backbone`` exported to ONNX) for serving tests; a chest bundle by default.
 
     With ``logits`` the head ignores the image and always answers those logits, so a test can choose the
     outcome (e.g. the "unknown" class for the 422 path); without, the weights are random. With ``fit`` (studies,
     class indices) the model takes a few gradient steps on them first, so its answers differ from study to study
-    (an untrained model answers every image nearly alike). Another ``task`` (e.g. ``WRIST``) gives that task's
+    (an untrained model answers every image nearly alike). ``reject_bias`` is added to the reject class's logit
+    (e.g. -20: a random model that never refuses). Another ``task`` (e.g. ``WRIST``) gives that task's
     model: multi-view for a task with several views.
     """
     import torch
@@ -79,11 +81,13 @@ def write_bundle(
     task = task or CHEST
     torch.manual_seed(0)
     model, _ = create_model(task, backbone)
-    if logits is not None:
-        linear = model.head[1]
-        with torch.no_grad():
+    linear = model.head[1]
+    with torch.no_grad():
+        if logits is not None:
             linear.weight.zero_()
             linear.bias.copy_(torch.tensor(logits))
+        if task.reject is not None:
+            linear.bias[task.index(task.reject)] += reject_bias
     meta = BundleMeta.for_task(
         task,
         backbone=backbone,

@@ -251,7 +251,8 @@ def service(tmp_path: Path) -> Iterator[Service]:
     from care_companion.workflows.accounts import open_account
 
     chest = _photo_rejecting_chest_bundle(tmp_path / "chest-bundle")
-    wrist = write_bundle(tmp_path / "wrist-bundle", task=WRIST)  # no drift profile: "unavailable"
+    # no drift profile: "unavailable"; a random model that never picks the reject class, so every study is answered
+    wrist = write_bundle(tmp_path / "wrist-bundle", task=WRIST, reject_bias=-20.0)
     data_dir = tmp_path / "care-data"
     settings = Settings(data_dir=data_dir)
     upgrade(settings.db_url)

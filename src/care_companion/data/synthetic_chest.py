@@ -542,7 +542,11 @@ def write_synthetic_chest_tree(
                 )
             written += films
     counts: dict[str, int] = {}
-    done = parallel_map(_write_patient, plans, workers=workers, description=f"generating {patient} patients' films")
+    done = (
+        parallel_map(_write_patient, plans, workers=workers, description=f"generating {patient} patients' films")
+        if workers > 1
+        else map(_write_patient, plans)
+    )
     for plan, n in zip(plans, done, strict=True):
         counts[plan.label] = counts.get(plan.label, 0) + n
     return counts

@@ -759,6 +759,8 @@ def synthetic_wrist_studies(
         study_rng, only = child(rng), ("pa",) if rng.random() < 0.6 else ("lateral",)
         views = only if one_view[k] else WRIST_VIEWS
         work.append((study_rng, bool(fractured[k]), size, tuple(views), cast_rate, min_severity))
+    if workers <= 1:
+        return [_render_study(item) for item in work]
     return list(parallel_map(_render_study, work, workers=workers, description=f"generating {n} wrist studies"))
 
 
