@@ -54,7 +54,7 @@ class RejectSources:
 NO_REJECTS = RejectSources(non_xray=0, other_tasks=False)
 
 
-def _sample(count: int, cap: int | None, seed: int) -> list[int]:
+def sample_indices(count: int, cap: int | None, seed: int) -> list[int]:
     """Indices of a seeded sample of at most ``cap`` of ``count`` items (all of them, in order, when uncapped)."""
     if cap is None or count <= cap:
         return list(range(count))
@@ -82,7 +82,7 @@ def other_task_items(task: TaskSpec, store: ObjectStore, *, seed: int, max_per_t
         except DataError:  # no data set of that task yet
             continue
         keys = sorted(set(frame.loc[frame["label"] != (other.reject or "\0"), "key"]))
-        keys = [keys[i] for i in _sample(len(keys), max_per_task, seed)]
+        keys = [keys[i] for i in sample_indices(len(keys), max_per_task, seed)]
         source = f"{OTHER_TASK_SOURCE}:{name}"
         label = _reject(task)
         out += [
@@ -105,7 +105,7 @@ def folder_items(task: TaskSpec, folder: Path, *, seed: int, cap: int | None) ->
     source = f"non-{task.body_part}:{root.resolve().name}"
     return [
         ImportItem(source=source, relative=paths[i].relative_to(root).as_posix(), label=_reject(task), path=paths[i])
-        for i in _sample(len(paths), cap, seed)
+        for i in sample_indices(len(paths), cap, seed)
     ]
 
 

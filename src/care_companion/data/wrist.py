@@ -51,7 +51,7 @@ from care_companion.config import Settings
 from care_companion.data.figshare import fetch_article
 from care_companion.data.folders import image_files
 from care_companion.data.importer import ImportItem, ImportResult, import_images
-from care_companion.data.rejects import RejectSources, as_studies, reject_items
+from care_companion.data.rejects import RejectSources, as_studies, reject_items, sample_indices
 from care_companion.errors import ConfigError, DataError
 from care_companion.imaging.decode import DEFAULT_LIMITS, DecodeLimits
 from care_companion.storage.base import ObjectStore
@@ -394,10 +394,7 @@ def fracatlas_other_regions(
     chosen: list[pd.DataFrame] = []
     for name in wanted:
         group = rows[first == name]
-        picked = np.arange(len(group))
-        if cap is not None and len(group) > cap:
-            picked = np.sort(np.random.default_rng(seed).choice(len(group), size=cap, replace=False))
-        chosen.append(group.iloc[picked].assign(region=name))
+        chosen.append(group.iloc[sample_indices(len(group), cap, seed)].assign(region=name))
     picked_rows = pd.concat(chosen) if chosen else rows.iloc[:0].assign(region="")
     stems = picked_rows["image_id"].map(lambda name: Path(name).stem)
     found, _ = images_by_stem(src)
