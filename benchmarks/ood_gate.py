@@ -36,7 +36,7 @@ from care_companion.data.synthetic_chest import OFFLINE_SAMPLES
 from care_companion.imaging.decode import decode_image
 from care_companion.models.bundle import load_meta
 from care_companion.models.ood import load_gate
-from care_companion.models.predictor import BundlePredictor, softmax
+from care_companion.models.predictor import BundlePredictor, present_mask, softmax
 from care_companion.serving.results import interpret
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST, WRIST, TaskSpec
@@ -275,13 +275,13 @@ def screenshot(rng: np.random.Generator) -> np.ndarray:
 
 def decisions(predictor: BundlePredictor, feed: Any, task: TaskSpec, margin: float) -> dict[str, np.ndarray]:
     """Per item: refused by the reject class, by the gate, and the gate's score (the service's rules)."""
-    logits, embeddings = predictor.logits_and_embeddings(feed)
+    logits, _, features = predictor.engine_outputs(feed)
     probs = softmax(logits, predictor.temperature)
     reject = np.array([interpret(p, task, predictor.thresholds, margin=margin).rejected for p in probs])
     gate = load_gate(predictor.directory, predictor.meta.ood)
     if gate is None:
         return {"reject": reject, "gate": np.zeros(len(reject), bool), "score": np.zeros(len(reject))}
-    scores = gate.model.score(embeddings)
+    scores = gate.scores(features, present_mask(feed), predictor.precision)
     return {"reject": reject, "gate": scores > gate.gate.threshold_for(predictor.precision), "score": scores}
 
 

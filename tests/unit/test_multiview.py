@@ -12,7 +12,7 @@ import torch
 from care_companion.errors import ConfigError, ModelError
 from care_companion.models.bundle import INT8_FILE, ONNX_FILE, BundleMeta, load_meta, save_meta
 from care_companion.models.export import export_onnx
-from care_companion.models.factory import Classifier, create_model, load_init_weights
+from care_companion.models.factory import Classifier, create_model, feature_width, load_init_weights
 from care_companion.models.multiview import MultiViewClassifier
 from care_companion.models.predictor import BundlePredictor
 from care_companion.models.quantize import quantize_int8
@@ -125,6 +125,9 @@ def test_shared_and_separate_backbones() -> None:
     assert count[1] - count[0] == one_backbone
     images, present = mixed.eval().example_inputs(3, SIZE)
     assert mixed(images, present).shape == (3, len(WRIST.classes))
+    widths = [feature_width(net) for net in mixed.backbone]
+    views = mixed.view_features(images, present)  # per view, zero-padded to the widest backbone
+    assert views.shape == (3, 2, max(widths)) and (views[:, widths.index(min(widths)), min(widths) :] == 0).all()
     for wrong in ("resnet_does_not_exist", f"{BACKBONE},{BACKBONE},{BACKBONE}"):
         with pytest.raises(ConfigError):
             create_model(WRIST, wrong)
@@ -159,9 +162,18 @@ def test_bundle_declares_the_inputs_and_onnx_matches_pytorch(bundle: Path, model
     assert feed["images"].shape == (12, 2, 1, SIZE, SIZE) and feed["present"].shape == (12, 2)
     assert feed["present"][2].tolist() == [1.0, 0.0] and feed["present"][4].tolist() == [0.0, 1.0]
     assert (feed["images"][feed["present"] == 0] == 0).all()
+    inputs = [torch.from_numpy(feed[name]) for name in model.input_names]
     with torch.inference_mode():
-        expected = model(*(torch.from_numpy(feed[name]) for name in model.input_names)).numpy()
+        expected, views = model(*inputs).numpy(), model.view_features(*inputs).numpy()
     assert np.abs(predictor.logits(feed, chunk=5) - expected).max() < 1e-4
+    logits, _, view_features = predictor.engine_outputs(feed, chunk=5)
+    assert predictor.has_view_embeddings and view_features.shape == views.shape == (12, 2, views.shape[2])
+    assert np.abs(view_features - views).max() < 1e-4 and np.abs(logits - expected).max() < 1e-4
+    for row in (2, 4):  # a one-view study: the given view's features are the single image's backbone features
+        given = int(feed["present"][row].argmax())
+        with torch.inference_mode():
+            alone = model.backbone[0](inputs[0][row : row + 1, given]).numpy()[0]
+        assert np.abs(view_features[row, given] - alone).max() < 1e-4
     probs = predictor.predict_studies(studies)
     assert probs.shape == (12, len(WRIST.classes)) and np.allclose(probs.sum(1), 1)
 

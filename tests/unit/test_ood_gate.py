@@ -18,7 +18,15 @@ from care_companion.data.rejects import RejectSources
 from care_companion.data.synthetic_chest import natural_images, synth_chest, synth_non_radiograph
 from care_companion.data.synthetic_wrist import WRIST_VIEWS, synthetic_wrist_studies
 from care_companion.models.bundle import BUNDLE_FILE, ONNX_FILE, BundleMeta, load_meta, save_meta
-from care_companion.models.ood import OOD_FILE, OodModel, choose_threshold, ledoit_wolf, load_gate
+from care_companion.models.ood import (
+    OOD_FILE,
+    OodModel,
+    choose_threshold,
+    ledoit_wolf,
+    load_gate,
+    load_models,
+    study_scores,
+)
 from care_companion.tasks import TASKS, TaskSpec
 from care_companion.workflows.ood_gate import build_ood_gate
 from tests.helpers import service_client
@@ -89,14 +97,21 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ a tiny bundle with a telling embedding
 
 
-def stats_bundle(directory: Path, task: TaskSpec) -> Path:
+def stats_bundle(directory: Path, task: TaskSpec, *, distort: float = 0.0) -> Path:
     """A real ONNX bundle for ``task`` whose logits are constant (the first disease class wins, never the reject
-    class: any refusal is the gate's) and whose embedding is each view's 8x8 mean image, intensity CDF and edge
-    map: a small, deterministic stand-in for a trained network's features."""
+    class: any refusal is the gate's) and whose view features are each view's 8x8 mean image, intensity CDF and
+    edge map (the embedding: those of every view side by side, and the view mask): a small, deterministic stand-in
+    for a trained network's features. ``distort`` bends the features (as a coarser arithmetic might)."""
     import torch
     import torch.nn.functional as F
 
-    from care_companion.models.bundle import EMBEDDING_OUTPUT, LOGITS_OUTPUT, Normalisation, input_specs
+    from care_companion.models.bundle import (
+        EMBEDDING_OUTPUT,
+        LOGITS_OUTPUT,
+        VIEW_EMBEDDINGS_OUTPUT,
+        Normalisation,
+        input_specs,
+    )
 
     logits = torch.full((len(task.classes),), -2.0)
     logits[task.index(task.positives[0])] = 2.0
@@ -105,7 +120,8 @@ def stats_bundle(directory: Path, task: TaskSpec) -> Path:
     def describe(x: torch.Tensor) -> torch.Tensor:  # x [B, 1, S, S] -> [B, 144]
         edges = F.pad((x[..., 1:] - x[..., :-1]).abs(), (0, 1))
         cdf = (x.flatten(1)[:, :, None] > levels).float().mean(dim=1)
-        return torch.cat([F.avg_pool2d(x, SIZE // 8).flatten(1), cdf, F.avg_pool2d(edges, SIZE // 8).flatten(1)], 1)
+        out = torch.cat([F.avg_pool2d(x, SIZE // 8).flatten(1), cdf, F.avg_pool2d(edges, SIZE // 8).flatten(1)], 1)
+        return out * (1 + distort * torch.linspace(0.0, 2.0, out.shape[1])) + distort
 
     class Single(torch.nn.Module):
         def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,13 +129,14 @@ def stats_bundle(directory: Path, task: TaskSpec) -> Path:
             return logits.expand(image.shape[0], -1) + 0 * embedding[:, :1], embedding
 
     class Study(torch.nn.Module):
-        def forward(self, images: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(self, images: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, ...]:
             views = [describe(images[:, v]) * present[:, v : v + 1] for v in range(images.shape[1])]
             embedding = torch.cat([*views, present], dim=1)
-            return logits.expand(images.shape[0], -1) + 0 * embedding[:, :1], embedding
+            return logits.expand(images.shape[0], -1) + 0 * embedding[:, :1], embedding, torch.stack(views, 1)
 
     specs = input_specs(task.views, SIZE)
     names = [spec.name for spec in specs]
+    outputs = [LOGITS_OUTPUT, EMBEDDING_OUTPUT, *([VIEW_EMBEDDINGS_OUTPUT] if task.multiview else [])]
     example = tuple(torch.zeros([2 if d == "batch" else int(d) for d in spec.shape]) for spec in specs)
     directory.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
@@ -127,8 +144,8 @@ def stats_bundle(directory: Path, task: TaskSpec) -> Path:
         example,
         str(directory / ONNX_FILE),
         input_names=names,
-        output_names=[LOGITS_OUTPUT, EMBEDDING_OUTPUT],
-        dynamic_axes={name: {0: "batch"} for name in [*names, LOGITS_OUTPUT, EMBEDDING_OUTPUT]},
+        output_names=outputs,
+        dynamic_axes={name: {0: "batch"} for name in [*names, *outputs]},
         opset_version=17,
         dynamo=False,
     )
@@ -208,6 +225,64 @@ def test_the_gate_is_kept_in_the_bundle(gated: tuple[TaskSpec, Path]) -> None:
     assert gate.counts == {"fit_items": 240, "validation_items": 240}
     loaded = load_gate(bundle, meta.ood)
     assert loaded is not None and loaded.gate.threshold_for("int8") == gate.thresholds["fp32"]
+    assert gate.views == task.views and len(loaded.models["fp32"]) == len(task.views)  # one model per view
+    assert all(m.scale > 0 for m in loaded.models["fp32"])
+    assert loaded.models_for("int8") is loaded.models["fp32"]  # no INT8 model here: the float32 Gaussians
+
+
+def test_an_int8_model_gets_gaussians_and_a_threshold_of_its_own(tmp_path: Path) -> None:
+    from care_companion.models.bundle import INT8_FILE, Int8Report
+    from care_companion.models.predictor import BundlePredictor, present_mask
+
+    task = task_of("wrist")
+    bundle = stats_bundle(tmp_path / "bundle", task)
+    distorted = stats_bundle(tmp_path / "distorted", task, distort=1.0)  # stands in for the INT8 model
+    (bundle / INT8_FILE).write_bytes((distorted / ONNX_FILE).read_bytes())
+    meta = load_meta(bundle)
+    meta.int8 = Int8Report(calibration_images=240, preferred=True)
+    save_meta(bundle, meta)
+    build_ood_gate(bundle, task, train=task_data(task, 240, 1), val=task_data(task, 240, 2), seed=0)
+    loaded = load_gate(bundle, load_meta(bundle).ood)
+    assert loaded is not None and set(loaded.models) == {"fp32", "int8"}
+    assert loaded.gate.validation_refused["int8"] <= 0.01
+    fp32_means, int8_means = loaded.models["fp32"][0].means, loaded.models["int8"][0].means
+    assert np.abs(fp32_means - int8_means).max() > 0.01  # fitted to the INT8 model's own features
+    engine = BundlePredictor(bundle, precision="int8")
+    for view in task.views:
+        feed = engine.preprocess_studies([{view: image} for image in chest_films(6, 40)])
+        _, _, features = engine.engine_outputs(feed)
+        assert loaded.refuses(features, present_mask(feed), "int8").all()
+        own = engine.preprocess_studies([s.views for s in synthetic_wrist_studies(20, seed=50, size=IMAGE)])
+        _, _, features = engine.engine_outputs(own)
+        assert loaded.refuses(features, present_mask(own), "int8").mean() <= 0.1
+
+
+def test_a_study_is_refused_when_any_given_view_is_unlike_its_training_films() -> None:
+    pa, labels = blobs(400, 0)
+    lateral, _ = blobs(400, 4, offset=1.0)
+    models = [OodModel.fit(pa, labels), OodModel.fit(lateral, labels)]
+    near = np.stack([blobs(50, 5)[0], blobs(50, 6, offset=1.0)[0]], axis=1)  # [N, V, F], both views alike
+    far = blobs(50, 7, offset=3.0)[0]
+    both = np.ones((50, 2))
+    threshold, refused = choose_threshold(study_scores(models, near, both), 0.01)
+    assert refused == 0.0  # 50 studies: the largest score is the threshold
+    odd_lateral = near.copy()
+    odd_lateral[:, 1] = far
+    assert (study_scores(models, odd_lateral, both) > threshold).all()  # a good PA does not rescue it
+    pa_only = np.stack([np.ones(50), np.zeros(50)], axis=1)
+    assert np.array_equal(study_scores(models, odd_lateral, pa_only), study_scores(models, near, pa_only))
+    assert np.array_equal(study_scores(models, odd_lateral, pa_only), models[0].score(near[:, 0]))
+    with pytest.raises(ValueError, match="view features"):
+        study_scores(models, near[:, 0])  # two models need [N, V, F]
+
+
+def test_a_gate_file_from_before_views_were_scored_one_by_one_still_loads(tmp_path: Path) -> None:
+    train, labels = blobs(200, 0)
+    model = OodModel.fit(train, labels)
+    path = tmp_path / OOD_FILE
+    np.savez(path, means=model.means, whitening=model.whitening, shrinkage=model.shrinkage)  # the old layout
+    (loaded,) = load_models(path)["fp32"]
+    assert loaded.scale == 1.0 and np.allclose(loaded.score(train[:20]), model.score(train[:20]))
 
 
 def test_bundles_without_a_gate_still_load(tmp_path: Path, gated: tuple[TaskSpec, Path]) -> None:
@@ -297,6 +372,23 @@ def test_what_is_not_the_tasks_body_part_is_refused_before_any_finding(
             assert f"does not look like a {task.body_part} radiograph" in body["detail"]
             assert "out-of-distribution score" in body["detail"] and "label" not in body
     assert rejected_count(client, task) == before + len(images) * len(task.views)
+
+
+def test_a_study_with_one_view_of_another_body_part_is_refused(served: tuple[TaskSpec, TestClient]) -> None:
+    task, client = served
+    if not task.multiview:
+        pytest.skip("one-view task: nothing to mix")
+    (study,) = synthetic_wrist_studies(1, seed=31, size=IMAGE, one_view_rate=0.0)
+    other = FILMS[task.name][1](1, 41)[0]
+    for odd in task.views:
+        files = {
+            view: (f"{view}.png", png(other if view == odd else image), "image/png")
+            for view, image in study.views.items()
+        }
+        response = client.post(f"/v1/predict/{task.name}", files=files)
+        assert response.status_code == 422 and response.json()["error"] == task.refusal_code, response.json()
+    files = {view: (f"{view}.png", png(image), "image/png") for view, image in study.views.items()}
+    assert client.post(f"/v1/predict/{task.name}", files=files).status_code == 200  # the study itself is read
 
 
 def test_refusals_reach_drift_monitoring_as_rejected(served: tuple[TaskSpec, TestClient]) -> None:

@@ -135,6 +135,9 @@ def _serve(cfg: Settings, started: float, *, wrist: bool) -> subprocess.Popen[by
             f"  wrist (once its model joins): curl {auth} -F pa=@{examples['wrist_pa']} "
             f"-F lateral=@{examples['wrist_lateral']} {url}/v1/predict/wrist"
         )
+        lines.append(
+            f"            curl {auth} -F pa=@{examples['normal']} {url}/v1/predict/wrist   (a chest film: 422)"
+        )
     lines += [f"  dashboard: {url}/dashboard  (sign in with the login above)", f"  API docs:  {url}/docs"]
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False)

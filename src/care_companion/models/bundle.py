@@ -26,6 +26,7 @@ IMAGES_INPUT = "images"
 PRESENT_INPUT = "present"
 LOGITS_OUTPUT = "logits"
 EMBEDDING_OUTPUT = "embedding"
+VIEW_EMBEDDINGS_OUTPUT = "view_embeddings"  # multi-view models: each view's pooled backbone features [N, V, F]
 PROFILE_FILE = "reference_profile.npz"
 INTENDED_USE = (
     "Decision support for radiologists. Outputs are calibrated probabilities and an operating-point "
@@ -171,6 +172,18 @@ class BundleMeta(BaseModel):
                     name=EMBEDDING_OUTPUT,
                     shape=["batch", "features"],
                     description="penultimate-layer embedding (drift monitoring)",
+                ),
+                *(
+                    [
+                        TensorSpec(
+                            name=VIEW_EMBEDDINGS_OUTPUT,
+                            shape=["batch", len(task.views), "features"],
+                            description="each view's pooled backbone features, in view order, zero-padded to the "
+                            "widest (the out-of-distribution gate)",
+                        )
+                    ]
+                    if task.multiview
+                    else []
                 ),
             ],
             **kwargs,

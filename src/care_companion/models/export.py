@@ -10,21 +10,25 @@ import torch
 
 from care_companion.errors import ModelError
 from care_companion.models.base import BackboneClassifier
-from care_companion.models.bundle import EMBEDDING_OUTPUT, LOGITS_OUTPUT
+from care_companion.models.bundle import EMBEDDING_OUTPUT, LOGITS_OUTPUT, VIEW_EMBEDDINGS_OUTPUT
+from care_companion.models.multiview import MultiViewClassifier
 
 OPSET = 17
 
 
 class _WithEmbedding(torch.nn.Module):
-    """The classifier with its penultimate-layer embedding as a second output (for drift monitoring)."""
+    """The classifier with its penultimate-layer embedding as a second output (for drift monitoring) and, for a
+    multi-view model, its views' pooled backbone features as a third (for the out-of-distribution gate)."""
 
     def __init__(self, model: BackboneClassifier) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         embedding: torch.Tensor = self.model.features(*inputs)  # type: ignore[operator]
         logits: torch.Tensor = self.model.head(embedding)
+        if isinstance(self.model, MultiViewClassifier):
+            return logits, embedding, self.model.view_features(*inputs)
         return logits, embedding
 
 
@@ -33,7 +37,8 @@ def export_onnx(model: BackboneClassifier, path: Path, *, input_size: int, atol:
 
     The ONNX inputs are named after ``model.input_names`` ("image" for one view; "images" and "present" for
     several), the outputs "logits" and "embedding" (the penultimate layer, which drift monitoring compares with
-    the training data's). The check batch comes from ``model.example_inputs`` (for a multi-view model
+    the training data's), and for several views "view_embeddings" (what the out-of-distribution gate scores).
+    The check batch comes from ``model.example_inputs`` (for a multi-view model
     it holds studies with a missing view). The file is only written, atomically, when the check passes.
 
     Args:
@@ -56,6 +61,8 @@ def export_onnx(model: BackboneClassifier, path: Path, *, input_size: int, atol:
     example = model.example_inputs(2, input_size, generator)
     tmp = path.with_suffix(".tmp.onnx")
     outputs = [LOGITS_OUTPUT, EMBEDDING_OUTPUT]
+    if isinstance(model, MultiViewClassifier):
+        outputs.append(VIEW_EMBEDDINGS_OUTPUT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

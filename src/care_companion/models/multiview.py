@@ -100,6 +100,14 @@ class MultiViewClassifier(BackboneClassifier):
         feats = net(x[rows])
         return feats.new_zeros(x.shape[0], feats.shape[1]).index_copy(0, rows, feats)
 
+    def view_features(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Each view's pooled backbone features [N, V, F] in view order, zero-padded to the widest backbone's F
+        (what the out-of-distribution gate scores; a missing view's row is whatever its zeros give, and is
+        ignored)."""
+        widest = max(self._widths)
+        rows = [self._view_features(view, images, present) for view in range(len(self.views))]
+        return torch.stack([F.pad(row, (0, widest - row.shape[1])) for row in rows], dim=1)
+
     def features(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """The fused embedding [N, embed_dim] (penultimate layer) of studies [N, V, 1, S, S] with mask [N, V]."""
         mask = self.view_mask(present)

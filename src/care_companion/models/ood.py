@@ -1,10 +1,17 @@
-"""The out-of-distribution gate: does a penultimate-layer embedding look like the task's training films?
+"""The out-of-distribution gate: does each view of an input look like the task's training films of that view?
 
 A second, model-based refusal next to the reject class (which only knows the kinds of non-task image it was
-trained on). Class-conditional Gaussians with one shared covariance are fitted to the embeddings of the
-clinical classes' training films (the reject class left out); an input's score is its smallest Mahalanobis
-distance to a class mean. The refusal threshold is a quantile of the validation films' scores, chosen so that at
-most a given share of real task films (default 1%) is refused. Numpy only: the service loads it with the bundle.
+trained on). It reads each view's pooled backbone features (for a one-view model that is the penultimate
+embedding; a multi-view model exports them as the ``view_embeddings`` output, because its fused embedding is
+trained to separate fractures and keeps little of what a view looks like). Per view, class-conditional Gaussians
+with one shared covariance are fitted to the features of the clinical classes' training films (the reject class
+left out); a view's score is its smallest Mahalanobis distance to a class mean, divided by the median score of
+that view's validation films (so views are comparable), and a study's score is the largest over its present
+views: a chest film sent as the lateral view of a wrist study is refused however normal its PA view looks. The
+refusal threshold is a quantile of the validation studies' scores, chosen so that at most a given share of real
+task studies (default 1%) is refused. An INT8 model gets Gaussians and a threshold of its own: its features are
+shifted enough from the float32 model's that scoring them against the float32 Gaussians doubled the typical
+score of real films and let a chest film through a wrist gate. Numpy only: the service loads it with the bundle.
 
 Embeddings are L2-normalised first (scale-free features separate far inputs better than raw ones), and the
 shared covariance is shrunk towards a scaled identity with the Ledoit-Wolf estimate, so a few hundred training
@@ -13,6 +20,7 @@ films are enough for a 512-1024-dimensional embedding.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +30,7 @@ from pydantic import BaseModel, Field
 from care_companion.errors import ModelError
 
 OOD_FILE = "ood.npz"
-METHOD = "mahalanobis-l2-ledoit-wolf"
+METHOD = "mahalanobis-l2-ledoit-wolf-per-view"
 DEFAULT_MAX_REFUSAL = 0.01
 
 
@@ -33,15 +41,22 @@ class OodGate(BaseModel):
     file: str = OOD_FILE
     thresholds: dict[str, float] = Field(
         description="Refusal threshold on the score per precision ('fp32', and 'int8' when the bundle has an INT8 "
-        "model, chosen on that model's own validation embeddings); a score above it is refused."
+        "model, with Gaussians fitted to its own features); a score above it is refused."
     )
     max_refusal: float = Field(description="Largest share of validation task films the threshold may refuse.")
     validation_refused: dict[str, float] = Field(
         default_factory=dict, description="Share of validation task films refused at the threshold, per precision."
     )
-    shrinkage: float = Field(description="Ledoit-Wolf shrinkage of the shared covariance towards identity.")
+    shrinkage: float = Field(
+        description="Ledoit-Wolf shrinkage of the shared covariance towards identity (the largest over views)."
+    )
     classes: list[str] = Field(description="The clinical classes one Gaussian each was fitted to.")
     counts: dict[str, int] = Field(default_factory=dict, description="Training (fit) and validation items used.")
+    views: list[str] = Field(
+        default_factory=list,
+        description="The views scored one by one, in the order of their features; empty for a gate on the "
+        "model's fused embedding (bundles made before the per-view gate).",
+    )
 
     def threshold_for(self, precision: str) -> float:
         """The threshold of the engine's precision (the float32 one where the INT8 model has none)."""
@@ -82,6 +97,7 @@ class OodModel:
     means: np.ndarray  # [C, D] class means of the L2-normalised embeddings
     whitening: np.ndarray  # [D, D]: ||(x - m) @ whitening|| is the Mahalanobis distance
     shrinkage: float
+    scale: float = 1.0  # scores are distances divided by this (the median validation distance)
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, labels: np.ndarray) -> OodModel:
@@ -98,37 +114,78 @@ class OodModel:
         eigenvalues = np.maximum(eigenvalues, eigenvalues.max() * 1e-9)
         return cls(means=means, whitening=vectors / np.sqrt(eigenvalues), shrinkage=shrinkage)
 
+    def scaled(self, scale: float) -> OodModel:
+        """The same Gaussians with scores divided by ``scale``."""
+        return OodModel(self.means, self.whitening, self.shrinkage, float(scale))
+
     def score(self, embeddings: np.ndarray) -> np.ndarray:
-        """Smallest Mahalanobis distance ``[N]`` of each embedding to a class mean (higher: less like training)."""
+        """Smallest Mahalanobis distance ``[N]`` of each embedding to a class mean, divided by :attr:`scale`
+        (higher: less like training)."""
         x = _normalise(embeddings)
         white = x @ self.whitening
         centres = self.means @ self.whitening
         d2 = (white**2).sum(axis=1)[:, None] - 2 * white @ centres.T + (centres**2).sum(axis=1)[None, :]
-        return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+        return np.sqrt(np.maximum(d2.min(axis=1), 0.0)) / self.scale
+
+    def arrays(self, suffix: str = "") -> dict[str, np.ndarray]:
+        """The model as named arrays (names end in ``suffix``)."""
+        return {
+            f"means{suffix}": self.means.astype(np.float32),
+            f"whitening{suffix}": self.whitening.astype(np.float32),
+            f"shrinkage{suffix}": np.asarray(self.shrinkage, dtype=np.float64),
+            f"scale{suffix}": np.asarray(self.scale, dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, data: Mapping[str, np.ndarray], suffix: str = "") -> OodModel:
+        """The model from :meth:`arrays` (a missing scale is 1: gates made before views were scaled)."""
+        scale = data.get(f"scale{suffix}")
+        return cls(
+            means=np.asarray(data[f"means{suffix}"], dtype=np.float64),
+            whitening=np.asarray(data[f"whitening{suffix}"], dtype=np.float64),
+            shrinkage=float(data[f"shrinkage{suffix}"]),
+            scale=1.0 if scale is None else float(scale),
+        )
 
     def save(self, path: Path) -> Path:
         """Write the arrays as an ``.npz`` file."""
         with open(path, "wb") as handle:
-            np.savez(
-                handle,
-                means=self.means.astype(np.float32),
-                whitening=self.whitening.astype(np.float32),
-                shrinkage=np.float64(self.shrinkage),
-            )
+            np.savez(handle, **self.arrays())  # type: ignore[arg-type]
         return path
 
     @classmethod
     def load(cls, path: Path) -> OodModel:
-        """Read arrays written by :meth:`save`."""
-        try:
-            with np.load(path) as data:
-                return cls(
-                    means=data["means"].astype(np.float64),
-                    whitening=data["whitening"].astype(np.float64),
-                    shrinkage=float(data["shrinkage"]),
-                )
-        except (OSError, KeyError, ValueError) as exc:
-            raise ModelError(f"{path}: unreadable out-of-distribution gate: {exc}") from exc
+        """Read a file written by :meth:`save`."""
+        return load_models(path)["fp32"][0]
+
+
+GateModels = dict[str, list[OodModel]]  # per precision ('fp32', 'int8'), one model per view
+
+
+def save_models(models: GateModels, path: Path) -> Path:
+    """Write a gate's models as an ``.npz`` file (arrays suffixed ``_<precision>_<view index>``)."""
+    arrays: dict[str, np.ndarray] = {}
+    for precision, views in models.items():
+        arrays[f"count_{precision}"] = np.asarray(len(views), dtype=np.int64)
+        for i, model in enumerate(views):
+            arrays |= model.arrays(f"_{precision}_{i}")
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def load_models(path: Path) -> GateModels:
+    """Read the models written by :func:`save_models` (or by :meth:`OodModel.save`: one float32 model, as gates
+    made before views were scored one by one)."""
+    try:
+        with np.load(path) as file:
+            data = {name: file[name] for name in file.files}
+        counts = {name.removeprefix("count_"): int(value) for name, value in data.items() if name.startswith("count_")}
+        if not counts:
+            return {"fp32": [OodModel.from_arrays(data)]}
+        return {p: [OodModel.from_arrays(data, f"_{p}_{i}") for i in range(n)] for p, n in counts.items()}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable out-of-distribution gate: {exc}") from exc
 
 
 def choose_threshold(scores: np.ndarray, max_refusal: float = DEFAULT_MAX_REFUSAL) -> tuple[float, float]:
@@ -142,20 +199,48 @@ def choose_threshold(scores: np.ndarray, max_refusal: float = DEFAULT_MAX_REFUSA
     return threshold, float((values > threshold).mean())
 
 
+def study_scores(models: list[OodModel], features: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    """Each study's score ``[N]``: the largest over its present views of the view's score.
+
+    Args:
+        models: one fitted model per view, in view order.
+        features: the views' features ``[N, V, F]``; with one model also an embedding ``[N, D]``.
+        present: ``[N, V]`` 1 where a view was given (None: all views given).
+    """
+    x = np.asarray(features)
+    if x.ndim == 2 and len(models) == 1:
+        return models[0].score(x)
+    if x.ndim != 3 or x.shape[1] != len(models):
+        raise ValueError(f"view features must be [N, {len(models)}, F], got shape {x.shape}")
+    scores = np.stack([m.score(x[:, v]) for v, m in enumerate(models)], axis=1)
+    given = np.ones(scores.shape, dtype=bool) if present is None else np.asarray(present).reshape(scores.shape) > 0.5
+    return np.where(given, scores, -np.inf).max(axis=1)
+
+
 @dataclass(frozen=True)
 class LoadedGate:
-    """A bundle's gate ready to serve: its record and its fitted arrays."""
+    """A bundle's gate ready to serve: its record and its fitted arrays (per precision, one model per view)."""
 
     gate: OodGate
-    model: OodModel
+    models: GateModels
 
-    def refuses(self, embeddings: np.ndarray, precision: str) -> np.ndarray:
-        """Which of the embeddings ``[N, D]`` an engine of ``precision`` refuses ``[N]`` (the service's rule)."""
-        return self.model.score(embeddings) > self.gate.threshold_for(precision)
+    def models_for(self, precision: str) -> list[OodModel]:
+        """The models of an engine of ``precision`` (the float32 ones where it has none of its own)."""
+        return self.models.get(precision, self.models["fp32"])
 
-    def check(self, embedding: np.ndarray, precision: str) -> GateCheck:
-        """The gate's verdict on one embedding ``[D]`` for an engine of ``precision``."""
-        score = float(self.model.score(np.asarray(embedding)[None, :])[0])
+    def scores(self, features: np.ndarray, present: np.ndarray | None, precision: str) -> np.ndarray:
+        """Study scores ``[N]`` of an engine of ``precision``'s view features ``[N, V, F]`` (or embeddings
+        ``[N, D]`` for a one-model gate) with view mask ``present`` ``[N, V]``."""
+        return study_scores(self.models_for(precision), features, present)
+
+    def refuses(self, features: np.ndarray, present: np.ndarray | None, precision: str) -> np.ndarray:
+        """Which studies an engine of ``precision`` refuses ``[N]`` (the service's rule)."""
+        return self.scores(features, present, precision) > self.gate.threshold_for(precision)
+
+    def check(self, features: np.ndarray, present: np.ndarray | None, precision: str) -> GateCheck:
+        """The gate's verdict on one study's view features ``[V, F]`` (or embedding ``[D]``), views present ``[V]``."""
+        mask = None if present is None else np.asarray(present)[None, :]
+        score = float(self.scores(np.asarray(features)[None, :], mask, precision)[0])
         threshold = self.gate.threshold_for(precision)
         return GateCheck(refused=score > threshold, score=score, threshold=threshold)
 
@@ -176,4 +261,4 @@ def load_gate(directory: Path, gate: OodGate | None) -> LoadedGate | None:
     path = Path(directory) / gate.file
     if not path.is_file():
         raise ModelError(f"{directory}: bundle.json names an out-of-distribution gate but {gate.file} is missing")
-    return LoadedGate(gate, OodModel.load(path))
+    return LoadedGate(gate, load_models(path))

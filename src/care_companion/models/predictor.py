@@ -17,11 +17,20 @@ from care_companion.models.bundle import (
     LOGITS_OUTPUT,
     ONNX_FILE,
     PRESENT_INPUT,
+    VIEW_EMBEDDINGS_OUTPUT,
     BundleMeta,
     load_meta,
 )
 
 Feed = dict[str, np.ndarray]
+
+
+def present_mask(batch: np.ndarray | Feed) -> np.ndarray | None:
+    """The views given per item [N, V] of a multi-view feed (or of one item's feed without batch axis: [V]);
+    None for one-view input, where the one view is always given."""
+    if isinstance(batch, Mapping) and PRESENT_INPUT in batch:
+        return np.asarray(batch[PRESENT_INPUT])
+    return None
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -82,6 +91,7 @@ class BundlePredictor:
         self.input_names: tuple[str, ...] = tuple(i.name for i in self.session.get_inputs())
         outputs = {o.name for o in self.session.get_outputs()}
         self.has_embedding = EMBEDDING_OUTPUT in outputs  # bundles exported before drift monitoring lack it
+        self.has_view_embeddings = VIEW_EMBEDDINGS_OUTPUT in outputs  # multi-view bundles since the per-view gate
 
     @property
     def temperature(self) -> float:
@@ -144,6 +154,16 @@ class BundlePredictor:
             raise ModelError(f"{self.directory}: the model has no {EMBEDDING_OUTPUT!r} output; re-export it")
         logits, embeddings = self._run(batch, [LOGITS_OUTPUT, EMBEDDING_OUTPUT], chunk)
         return logits, embeddings
+
+    def engine_outputs(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw logits [N, C], penultimate-layer embeddings [N, D] and the view features the out-of-distribution
+        gate scores (each view's pooled backbone features [N, V, F]; for a model without that output, one-view
+        models included, the embeddings [N, D] themselves), in one engine call per chunk."""
+        if not self.has_view_embeddings:
+            logits, embeddings = self.logits_and_embeddings(batch, chunk=chunk)
+            return logits, embeddings, embeddings
+        logits, embeddings, views = self._run(batch, [LOGITS_OUTPUT, EMBEDDING_OUTPUT, VIEW_EMBEDDINGS_OUTPUT], chunk)
+        return logits, embeddings, views
 
     def _run(self, batch: np.ndarray | Feed, outputs: list[str], chunk: int) -> list[np.ndarray]:
         """The named outputs for a batch, run ``chunk`` items at a time."""

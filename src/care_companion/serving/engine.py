@@ -16,8 +16,8 @@ from care_companion.config import Settings
 from care_companion.errors import ModelError
 from care_companion.imaging.decode import DecodeLimits, decode_image
 from care_companion.models.bundle import BundleMeta
-from care_companion.models.ood import LoadedGate, load_gate
-from care_companion.models.predictor import BundlePredictor, softmax
+from care_companion.models.ood import GateCheck, LoadedGate, load_gate
+from care_companion.models.predictor import BundlePredictor, present_mask, softmax
 from care_companion.monitoring.drift import DriftWindow
 from care_companion.monitoring.features import describe
 from care_companion.monitoring.metrics import ServiceMetrics
@@ -58,6 +58,16 @@ def _described(images: list[np.ndarray]) -> tuple[tuple[np.ndarray, ...], tuple[
     return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
 
+@dataclass(frozen=True)
+class Inference:
+    """One input's pass through the engine."""
+
+    probabilities: np.ndarray  # [C], calibrated
+    embedding: np.ndarray | None  # [D] penultimate layer (drift monitoring); None for a model without it
+    view_features: np.ndarray | None  # what the out-of-distribution gate scores ([V, F], or [D] for one view)
+    present: np.ndarray | None  # [V] views given, for a multi-view input
+
+
 @dataclass
 class ServedModel:
     """A loaded bundle ready to answer: preprocessing, batched engine, calibrated probabilities."""
@@ -93,12 +103,19 @@ class ServedModel:
         feed = {name: value[0] for name, value in self.predictor.preprocess_studies([images]).items()}
         return Prepared(feed, *_described(list(images.values())))
 
-    async def infer(self, tensor: Input) -> tuple[np.ndarray, np.ndarray | None]:
+    async def infer(self, tensor: Input) -> Inference:
         """Calibrated class probabilities [C] of one preprocessed input (or study feed), through the
-        micro-batcher, and its penultimate-layer embedding (None for a model exported without one)."""
+        micro-batcher, with its embedding and view features (None for a model exported without them)."""
         output = await self.batcher.submit(tensor)
-        logits, embedding = output if isinstance(output, tuple) else (output, None)
-        return softmax(logits[None, :], self.predictor.temperature)[0], embedding
+        logits, embedding, views = output if isinstance(output, tuple) else (output, None, None)
+        probs = softmax(logits[None, :], self.predictor.temperature)[0]
+        return Inference(probs, embedding, views, present_mask(tensor))
+
+    def gate_check(self, inference: Inference) -> GateCheck | None:
+        """The out-of-distribution gate's verdict on one inference (None for a bundle without a gate)."""
+        if self.ood is None or inference.view_features is None:
+            return None
+        return self.ood.check(inference.view_features, inference.present, self.predictor.precision)
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[ServedModel]:
@@ -125,7 +142,7 @@ def start_model(task_name: str, source: ModelSource, settings: Settings, metrics
     )
     ood = load_gate(source.directory, predictor.meta.ood) if predictor.has_embedding else None
     batcher = MicroBatcher(
-        predictor.logits_and_embeddings if predictor.has_embedding else predictor.logits,
+        predictor.engine_outputs if predictor.has_embedding else predictor.logits,
         max_batch=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,

@@ -11,13 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
 
-import numpy as np
-
 from care_companion.config import Settings
 from care_companion.errors import CareError, InvalidImageError, NotForTask, RequestError, error_code
 from care_companion.imaging.decode import DecodeLimits
 from care_companion.monitoring.metrics import ServiceMetrics
-from care_companion.serving.engine import Prepared, ServedModel
+from care_companion.serving.engine import Inference, Prepared, ServedModel
 from care_companion.serving.manager import ModelManager
 from care_companion.serving.monitor import Monitor
 from care_companion.serving.results import decision_rule, interpret
@@ -91,10 +89,8 @@ class Predictor:
             except InvalidImageError as exc:
                 self.metrics.observe_rejection(task, exc.reason)
                 raise
-            probs, embedding = await model.infer(prepared.input)
-            return self._result(
-                model, prepared, probs, embedding, upload.name, list(model.meta.views), request_id, started
-            )
+            inference = await model.infer(prepared.input)
+            return self._result(model, prepared, inference, upload.name, list(model.meta.views), request_id, started)
 
     def _refuse(self, model: ServedModel, what: str, why: str) -> NoReturn:
         """Refuse ``what`` as not a radiograph of the model's task (``why``: the score that says so), counting the
@@ -117,8 +113,7 @@ class Predictor:
         self,
         model: ServedModel,
         prepared: Prepared,
-        probs: np.ndarray,
-        embedding: np.ndarray | None,
+        inference: Inference,
         what: str,
         views_used: list[str],
         request_id: str,
@@ -126,16 +121,17 @@ class Predictor:
     ) -> PredictionResult:
         """Interpret calibrated probabilities at the bundle's operating point; a study missing some of the
         model's views is always low-confidence, saying which view is missing. The out-of-distribution gate is
-        checked first: an embedding unlike the task's training films is refused as the reject class is. The input
+        checked first: a view unlike the task's training films of that view is refused as the reject class is. The input
         goes to drift monitoring, a refused one included."""
         task = model.task.name
-        gate = model.ood.check(embedding, model.predictor.precision) if model.ood and embedding is not None else None
+        gate = model.gate_check(inference)
+        probs = inference.probabilities
         found = interpret(probs, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin)
         self.monitor.observe(
             model,
             prepared,
             probs,
-            embedding,
+            inference.embedding,
             label=found.label,
             rejected=found.rejected or (gate is not None and gate.refused),
             latency_s=time.perf_counter() - started,
@@ -242,7 +238,7 @@ class Predictor:
             except InvalidImageError as exc:
                 self.metrics.observe_rejection(task, exc.reason)
                 raise
-            probs, embedding = await model.infer(prepared.input)
+            inference = await model.infer(prepared.input)
             what = " + ".join(upload.name for upload in given.values())
             used = [view for view in model.meta.views if view in given]
-            return self._result(model, prepared, probs, embedding, what, used, request_id, started)
+            return self._result(model, prepared, inference, what, used, request_id, started)

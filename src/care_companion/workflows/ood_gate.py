@@ -1,14 +1,16 @@
 """Build a bundle's out-of-distribution gate (see :mod:`care_companion.models.ood`) from its exported ONNX model.
 
-Run at training time after the bundle (and its INT8 model) is written: the Gaussians are fitted to the float32
-model's embeddings of the training split's clinical films, the threshold is chosen on the validation split's
-clinical films, and an INT8 model gets its own threshold from its own validation embeddings (scored against the
-same Gaussians), so whichever precision is served refuses at most the chosen share of real films.
+Run at training time after the bundle (and its INT8 model) is written: each view's Gaussians are fitted to the
+model's features of that view of the training split's clinical films, each view's scores are scaled by the
+median of the validation split's, and the threshold is chosen on the validation split's clinical studies; an
+INT8 model gets Gaussians and a threshold of its own, from its own features, so whichever precision is served
+refuses at most the chosen share of real films.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,18 @@ import numpy as np
 
 from care_companion.data.datasets import ArrayData
 from care_companion.models.bundle import INT8_FILE, load_meta, save_meta
-from care_companion.models.ood import DEFAULT_MAX_REFUSAL, OOD_FILE, OodGate, OodModel, choose_threshold, load_gate
-from care_companion.models.predictor import BundlePredictor, Feed, softmax
+from care_companion.models.ood import (
+    DEFAULT_MAX_REFUSAL,
+    OOD_FILE,
+    GateModels,
+    OodGate,
+    OodModel,
+    choose_threshold,
+    load_gate,
+    save_models,
+    study_scores,
+)
+from care_companion.models.predictor import BundlePredictor, Feed, present_mask, softmax
 from care_companion.tasks import TaskSpec
 from care_companion.workflows.scoring import model_feed
 
@@ -35,10 +47,42 @@ def clinical_index(data: ArrayData, task: TaskSpec, *, max_items: int | None = N
     return index
 
 
-def embeddings_of(predictor: BundlePredictor, data: ArrayData, index: np.ndarray) -> np.ndarray:
-    """Penultimate-layer embeddings ``[N, D]`` of the items at ``index``."""
-    _, embeddings = predictor.logits_and_embeddings(model_feed(predictor, data, index))
-    return embeddings
+@dataclass(frozen=True)
+class ViewFeatures:
+    """What the gate reads of some items: labels, the views' features side by side and which views were given."""
+
+    labels: np.ndarray  # [N]
+    features: np.ndarray  # [N, G]
+    present: np.ndarray  # [N, V]
+
+
+def view_features_of(predictor: BundlePredictor, data: ArrayData, index: np.ndarray) -> ViewFeatures:
+    """The gate's view features of the items at ``index``."""
+    feed = model_feed(predictor, data, index)
+    _, _, features = predictor.engine_outputs(feed)
+    present = present_mask(feed)
+    return ViewFeatures(data.labels[index], features, np.ones((len(index), 1)) if present is None else present)
+
+
+def view_rows(features: np.ndarray) -> np.ndarray:
+    """View features as ``[N, V, F]`` (a one-view model's embeddings ``[N, D]`` are its one view's)."""
+    return features if features.ndim == 3 else features[:, None, :]
+
+
+def fit_view_models(fit: ViewFeatures, val: ViewFeatures) -> list[OodModel]:
+    """One model per view, fitted on the training items that have the view and scaled by the median score of
+    the validation items that have it."""
+    models = []
+    train_rows, val_rows = view_rows(fit.features), view_rows(val.features)
+    for v in range(train_rows.shape[1]):
+        rows, held = fit.present[:, v] > 0.5, val.present[:, v] > 0.5
+        if rows.sum() < 2 or not held.any():
+            raise ValueError(
+                f"too few items with view {v} for the gate ({rows.sum()} training, {held.sum()} validation)"
+            )
+        model = OodModel.fit(train_rows[rows, v], fit.labels[rows])
+        models.append(model.scaled(float(np.median(model.score(val_rows[held, v])))))
+    return models
 
 
 def build_ood_gate(
@@ -57,36 +101,42 @@ def build_ood_gate(
         bundle_dir: the exported bundle (its model must have the embedding output).
         task: the bundle's task.
         train: training items (model inputs at the bundle's size); the clinical ones fit the Gaussians.
-        val: validation items; the clinical ones choose the threshold.
-        max_refusal: largest share of validation task films the threshold may refuse.
+        val: validation items; the clinical ones scale each view's scores and choose the threshold.
+        max_refusal: largest share of validation task studies the threshold may refuse.
         max_items: training items sampled for the fit.
         seed: sampling seed.
     """
-    fp32 = BundlePredictor(bundle_dir, precision="fp32")
     fit_on = clinical_index(train, task, max_items=max_items, seed=seed)
     held = clinical_index(val, task)
     if len(fit_on) < 2 or not len(held):
         raise ValueError(f"too few clinical items for the gate ({len(fit_on)} training, {len(held)} validation)")
-    model = OodModel.fit(embeddings_of(fp32, train, fit_on), train.labels[fit_on])
-    thresholds, refused = {}, {}
-    thresholds["fp32"], refused["fp32"] = choose_threshold(model.score(embeddings_of(fp32, val, held)), max_refusal)
     meta = load_meta(bundle_dir)
+    precisions = ["fp32"]
     if meta.int8 is not None and (bundle_dir / (meta.int8.file or INT8_FILE)).is_file():
-        int8 = BundlePredictor(bundle_dir, precision="int8")
-        thresholds["int8"], refused["int8"] = choose_threshold(model.score(embeddings_of(int8, val, held)), max_refusal)
-    model.save(bundle_dir / OOD_FILE)
+        precisions.append("int8")
+    models: GateModels = {}
+    thresholds, refused = {}, {}
+    for precision in precisions:  # an INT8 model's features differ enough to need Gaussians of their own
+        predictor = BundlePredictor(bundle_dir, precision=precision)
+        checked = view_features_of(predictor, val, held)
+        models[precision] = fit_view_models(view_features_of(predictor, train, fit_on), checked)
+        scores = study_scores(models[precision], checked.features, checked.present)
+        thresholds[precision], refused[precision] = choose_threshold(scores, max_refusal)
+    save_models(models, bundle_dir / OOD_FILE)
     gate = OodGate(
         thresholds=thresholds,
         max_refusal=max_refusal,
         validation_refused=refused,
-        shrinkage=model.shrinkage,
+        shrinkage=max(m.shrinkage for m in models["fp32"]),
         classes=[task.classes[int(c)] for c in np.unique(train.labels[fit_on])],
         counts={"fit_items": len(fit_on), "validation_items": len(held)},
+        views=list(task.views[: len(models["fp32"])]),
     )
     meta.ood = gate
     save_meta(bundle_dir, meta)
     log.info(
-        "out-of-distribution gate: fitted on %d training items, threshold %s refuses %s of %d validation films",
+        "out-of-distribution gate (%s): fitted on %d training items, threshold %s refuses %s of %d validation items",
+        ", ".join(gate.views),
         len(fit_on),
         ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items()),
         ", ".join(f"{k} {v:.1%}" for k, v in refused.items()),
@@ -104,8 +154,8 @@ def gated_probabilities(predictor: BundlePredictor, feed: np.ndarray | Feed) -> 
     gate = load_gate(predictor.directory, predictor.meta.ood) if predictor.has_embedding else None
     if gate is None:
         return softmax(predictor.logits(feed), predictor.temperature), None
-    logits, embeddings = predictor.logits_and_embeddings(feed)
-    refused = gate.refuses(embeddings, predictor.precision)
+    logits, _, features = predictor.engine_outputs(feed)
+    refused = gate.refuses(features, present_mask(feed), predictor.precision)
     return softmax(logits, predictor.temperature), refused
 
 

@@ -114,7 +114,7 @@ def profile_from_arrays(
     assert scores.embeddings is not None
     meta = load_meta(bundle_dir)
     gate = load_gate(bundle_dir, meta.ood)  # built before the profile: its refusals are rejections, as served
-    refused = gate.refuses(scores.embeddings, "fp32") if gate is not None else np.zeros(len(decided), dtype=bool)
+    refused = scores.gate_refuses(gate, "fp32")
     kept = (decided != reject) & ~refused
     projected = {"fp32": pca_project(scores.embeddings[kept], mean, components)}
     if meta.int8 is not None and (bundle_dir / (meta.int8.file or INT8_FILE)).is_file():
