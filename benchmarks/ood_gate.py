@@ -275,13 +275,13 @@ def screenshot(rng: np.random.Generator) -> np.ndarray:
 
 def decisions(predictor: BundlePredictor, feed: Any, task: TaskSpec, margin: float) -> dict[str, np.ndarray]:
     """Per item: refused by the reject class, by the gate, and the gate's score (the service's rules)."""
-    logits, _, features = predictor.engine_outputs(feed)
+    logits, embeddings, features = predictor.engine_outputs(feed)
     probs = softmax(logits, predictor.temperature)
     reject = np.array([interpret(p, task, predictor.thresholds, margin=margin).rejected for p in probs])
     gate = load_gate(predictor.directory, predictor.meta.ood)
     if gate is None:
         return {"reject": reject, "gate": np.zeros(len(reject), bool), "score": np.zeros(len(reject))}
-    scores = gate.scores(features, present_mask(feed), predictor.precision)
+    scores = gate.scores(embeddings, features, present_mask(feed), predictor.precision)
     return {"reject": reject, "gate": scores > gate.gate.threshold_for(predictor.precision), "score": scores}
 
 

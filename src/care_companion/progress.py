@@ -12,7 +12,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from care_companion.config import get_settings
+from care_companion.config import Settings
 
 
 def progress_bar(*, transient: bool = False, disable: bool = False, console: Console | None = None) -> Progress:
@@ -21,7 +21,7 @@ def progress_bar(*, transient: bool = False, disable: bool = False, console: Con
     Args:
         transient: remove the bars from the terminal when done.
         disable: stay silent; the display is also silent when ``Settings.no_progress`` is set
-            (``CARE_NO_PROGRESS``).
+            (``CARE_NO_PROGRESS``, read when the bar is made: making one never fixes the process's settings).
         console: where to draw (default: rich's global console, on the terminal).
     """
     return Progress(
@@ -33,5 +33,5 @@ def progress_bar(*, transient: bool = False, disable: bool = False, console: Con
         TimeRemainingColumn(),
         console=console,
         transient=transient,
-        disable=disable or get_settings().no_progress,
+        disable=disable or Settings().no_progress,
     )

@@ -225,7 +225,8 @@ def test_the_gate_is_kept_in_the_bundle(gated: tuple[TaskSpec, Path]) -> None:
     assert gate.counts == {"fit_items": 240, "validation_items": 240}
     loaded = load_gate(bundle, meta.ood)
     assert loaded is not None and loaded.gate.threshold_for("int8") == gate.thresholds["fp32"]
-    assert gate.views == task.views and len(loaded.models["fp32"]) == len(task.views)  # one model per view
+    assert gate.views == task.views and gate.study == task.multiview  # a multi-view model's study embedding too
+    assert len(loaded.models["fp32"]) == len(task.views) + task.multiview  # and one model per view
     assert all(m.scale > 0 for m in loaded.models["fp32"])
     assert loaded.models_for("int8") is loaded.models["fp32"]  # no INT8 model here: the float32 Gaussians
 
@@ -250,11 +251,11 @@ def test_an_int8_model_gets_gaussians_and_a_threshold_of_its_own(tmp_path: Path)
     engine = BundlePredictor(bundle, precision="int8")
     for view in task.views:
         feed = engine.preprocess_studies([{view: image} for image in chest_films(6, 40)])
-        _, _, features = engine.engine_outputs(feed)
-        assert loaded.refuses(features, present_mask(feed), "int8").all()
+        _, embeddings, features = engine.engine_outputs(feed)
+        assert loaded.refuses(embeddings, features, present_mask(feed), "int8").all()
         own = engine.preprocess_studies([s.views for s in synthetic_wrist_studies(20, seed=50, size=IMAGE)])
-        _, _, features = engine.engine_outputs(own)
-        assert loaded.refuses(features, present_mask(own), "int8").mean() <= 0.1
+        _, embeddings, features = engine.engine_outputs(own)
+        assert loaded.refuses(embeddings, features, present_mask(own), "int8").mean() <= 0.1
 
 
 def test_a_study_is_refused_when_any_given_view_is_unlike_its_training_films() -> None:
@@ -274,6 +275,31 @@ def test_a_study_is_refused_when_any_given_view_is_unlike_its_training_films() -
     assert np.array_equal(study_scores(models, odd_lateral, pa_only), models[0].score(near[:, 0]))
     with pytest.raises(ValueError, match="view features"):
         study_scores(models, near[:, 0])  # two models need [N, V, F]
+
+
+def test_the_study_embedding_and_each_view_can_each_refuse_a_study() -> None:
+    from care_companion.models.ood import LoadedGate, OodGate
+
+    study, labels = blobs(400, 0, dim=30)
+    pa, _ = blobs(400, 1)
+    lateral, _ = blobs(400, 2, offset=1.0)
+    models = [OodModel.fit(study, labels), OodModel.fit(pa, labels), OodModel.fit(lateral, labels)]
+    record = OodGate(thresholds={}, max_refusal=0.01, shrinkage=0.0, classes=["a", "b"], views=["pa", "lateral"])
+    gate = LoadedGate(record.model_copy(update={"study": True}), {"fp32": models})
+    views_only = LoadedGate(record, {"fp32": models[1:]})
+    near_study, near_views = blobs(50, 3, dim=30)[0], np.stack([blobs(50, 4)[0], blobs(50, 5, offset=1.0)[0]], 1)
+    both = np.ones((50, 2))
+    threshold = gate.scores(near_study, near_views, both, "fp32").max()
+    odd_study = blobs(50, 6, dim=30, offset=3.0)[0]
+    assert (gate.scores(odd_study, near_views, both, "fp32") > threshold).all()  # ordinary views, odd study
+    assert np.array_equal(  # without the study part the odd study embedding goes unseen
+        views_only.scores(odd_study, near_views, both, "fp32"), views_only.scores(near_study, near_views, both, "fp32")
+    )
+    odd_pa = near_views.copy()
+    odd_pa[:, 0] = blobs(50, 7, offset=3.0)[0]
+    assert (gate.scores(near_study, odd_pa, both, "fp32") > threshold).all()  # ordinary study, odd view
+    old = LoadedGate(record.model_copy(update={"views": []}), {"fp32": models[:1]})  # a gate from before views
+    assert np.array_equal(old.scores(odd_study, near_views, both, "fp32"), models[0].score(odd_study))
 
 
 def test_a_gate_file_from_before_views_were_scored_one_by_one_still_loads(tmp_path: Path) -> None:

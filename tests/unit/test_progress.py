@@ -11,25 +11,18 @@ from care_companion.config import get_settings
 from care_companion.progress import progress_bar
 
 
-@pytest.fixture
-def fresh_settings(monkeypatch: pytest.MonkeyPatch):
-    """Clear the cached settings around a test that changes CARE_NO_PROGRESS."""
+def test_no_progress_setting_and_disable_silence_the_bar(monkeypatch: pytest.MonkeyPatch):
     get_settings.cache_clear()
-    yield monkeypatch
-    get_settings.cache_clear()
-
-
-def test_no_progress_setting_and_disable_silence_the_bar(fresh_settings: pytest.MonkeyPatch):
-    fresh_settings.setenv("CARE_NO_PROGRESS", "1")
+    monkeypatch.setenv("CARE_NO_PROGRESS", "1")
     assert progress_bar().disable
-    get_settings.cache_clear()
-    fresh_settings.setenv("CARE_NO_PROGRESS", "0")
-    assert not progress_bar().disable
+    monkeypatch.setenv("CARE_NO_PROGRESS", "0")
+    assert not progress_bar().disable  # read when the bar is made, not cached
     assert progress_bar(disable=True).disable
+    assert get_settings.cache_info().currsize == 0  # making bars fixed no process-wide settings
 
 
-def test_bar_renders_description_count_and_times(fresh_settings: pytest.MonkeyPatch):
-    fresh_settings.setenv("CARE_NO_PROGRESS", "0")
+def test_bar_renders_description_count_and_times(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CARE_NO_PROGRESS", "0")
     out = io.StringIO()
     bar = progress_bar(console=Console(file=out, width=120, force_terminal=False, color_system=None))
     assert not bar.disable

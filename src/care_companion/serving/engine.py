@@ -113,9 +113,9 @@ class ServedModel:
 
     def gate_check(self, inference: Inference) -> GateCheck | None:
         """The out-of-distribution gate's verdict on one inference (None for a bundle without a gate)."""
-        if self.ood is None or inference.view_features is None:
+        if self.ood is None or inference.embedding is None or inference.view_features is None:
             return None
-        return self.ood.check(inference.view_features, inference.present, self.predictor.precision)
+        return self.ood.check(inference.embedding, inference.view_features, inference.present, self.predictor.precision)
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[ServedModel]:

@@ -1,10 +1,10 @@
 """Build a bundle's out-of-distribution gate (see :mod:`care_companion.models.ood`) from its exported ONNX model.
 
-Run at training time after the bundle (and its INT8 model) is written: each view's Gaussians are fitted to the
-model's features of that view of the training split's clinical films, each view's scores are scaled by the
-median of the validation split's, and the threshold is chosen on the validation split's clinical studies; an
-INT8 model gets Gaussians and a threshold of its own, from its own features, so whichever precision is served
-refuses at most the chosen share of real films.
+Run at training time after the bundle (and its INT8 model) is written: each part's Gaussians (the study
+embedding of a multi-view model, each view's features) are fitted to the training split's clinical films, each
+part's scores are scaled by its validation quantile, and the threshold is chosen on the validation split's
+clinical studies; an INT8 model gets Gaussians and a threshold of its own, from its own features, so whichever
+precision is served refuses at most the chosen share of real films.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from care_companion.models.ood import (
     DEFAULT_MAX_REFUSAL,
     OOD_FILE,
     GateModels,
+    LoadedGate,
     OodGate,
     OodModel,
     choose_threshold,
     load_gate,
     save_models,
-    study_scores,
 )
 from care_companion.models.predictor import BundlePredictor, Feed, present_mask, softmax
 from care_companion.tasks import TaskSpec
@@ -48,40 +48,39 @@ def clinical_index(data: ArrayData, task: TaskSpec, *, max_items: int | None = N
 
 
 @dataclass(frozen=True)
-class ViewFeatures:
-    """What the gate reads of some items: labels, the views' features side by side and which views were given."""
+class GateFeatures:
+    """What the gate reads of some items: labels, embeddings, each view's features and which views were given."""
 
     labels: np.ndarray  # [N]
-    features: np.ndarray  # [N, G]
+    embeddings: np.ndarray  # [N, D]
+    views: np.ndarray  # [N, V, F]
     present: np.ndarray  # [N, V]
 
 
-def view_features_of(predictor: BundlePredictor, data: ArrayData, index: np.ndarray) -> ViewFeatures:
-    """The gate's view features of the items at ``index``."""
+def gate_features_of(predictor: BundlePredictor, data: ArrayData, index: np.ndarray) -> GateFeatures:
+    """The gate's features of the items at ``index``."""
     feed = model_feed(predictor, data, index)
-    _, _, features = predictor.engine_outputs(feed)
+    _, embeddings, views = predictor.engine_outputs(feed)
     present = present_mask(feed)
-    return ViewFeatures(data.labels[index], features, np.ones((len(index), 1)) if present is None else present)
+    views = views if views.ndim == 3 else views[:, None, :]  # a one-view model's embeddings are its one view's
+    return GateFeatures(data.labels[index], embeddings, views, np.ones((len(index), 1)) if present is None else present)
 
 
-def view_rows(features: np.ndarray) -> np.ndarray:
-    """View features as ``[N, V, F]`` (a one-view model's embeddings ``[N, D]`` are its one view's)."""
-    return features if features.ndim == 3 else features[:, None, :]
+def fit_part(train: np.ndarray, labels: np.ndarray, val: np.ndarray, max_refusal: float) -> OodModel:
+    """One part's Gaussians, its scores scaled by its validation quantile at ``max_refusal``."""
+    model = OodModel.fit(train, labels)
+    return model.scaled(choose_threshold(model.score(val), max_refusal)[0])
 
 
-def fit_view_models(fit: ViewFeatures, val: ViewFeatures) -> list[OodModel]:
-    """One model per view, fitted on the training items that have the view and scaled by the median score of
-    the validation items that have it."""
-    models = []
-    train_rows, val_rows = view_rows(fit.features), view_rows(val.features)
-    for v in range(train_rows.shape[1]):
+def fit_parts(fit: GateFeatures, val: GateFeatures, *, study: bool, max_refusal: float) -> list[OodModel]:
+    """The gate's models: the study embedding's first when ``study``, then one per view (fitted on the training
+    items that have the view, scaled on the validation items that have it)."""
+    models = [fit_part(fit.embeddings, fit.labels, val.embeddings, max_refusal)] if study else []
+    for v in range(fit.views.shape[1]):
         rows, held = fit.present[:, v] > 0.5, val.present[:, v] > 0.5
         if rows.sum() < 2 or not held.any():
-            raise ValueError(
-                f"too few items with view {v} for the gate ({rows.sum()} training, {held.sum()} validation)"
-            )
-        model = OodModel.fit(train_rows[rows, v], fit.labels[rows])
-        models.append(model.scaled(float(np.median(model.score(val_rows[held, v])))))
+            raise ValueError(f"too few items with view {v} for the gate ({rows.sum()} training, {held.sum()} held)")
+        models.append(fit_part(fit.views[rows, v], fit.labels[rows], val.views[held, v], max_refusal))
     return models
 
 
@@ -116,27 +115,31 @@ def build_ood_gate(
         precisions.append("int8")
     models: GateModels = {}
     thresholds, refused = {}, {}
+    record = OodGate(thresholds={}, max_refusal=max_refusal, shrinkage=0.0, classes=[], views=list(task.views))
+    record.study = task.multiview
     for precision in precisions:  # an INT8 model's features differ enough to need Gaussians of their own
         predictor = BundlePredictor(bundle_dir, precision=precision)
-        checked = view_features_of(predictor, val, held)
-        models[precision] = fit_view_models(view_features_of(predictor, train, fit_on), checked)
-        scores = study_scores(models[precision], checked.features, checked.present)
+        checked = gate_features_of(predictor, val, held)
+        fitted = gate_features_of(predictor, train, fit_on)
+        models[precision] = fit_parts(fitted, checked, study=record.study, max_refusal=max_refusal)
+        loaded = LoadedGate(record, {"fp32": models[precision]})
+        scores = loaded.scores(checked.embeddings, checked.views, checked.present, "fp32")
         thresholds[precision], refused[precision] = choose_threshold(scores, max_refusal)
     save_models(models, bundle_dir / OOD_FILE)
-    gate = OodGate(
-        thresholds=thresholds,
-        max_refusal=max_refusal,
-        validation_refused=refused,
-        shrinkage=max(m.shrinkage for m in models["fp32"]),
-        classes=[task.classes[int(c)] for c in np.unique(train.labels[fit_on])],
-        counts={"fit_items": len(fit_on), "validation_items": len(held)},
-        views=list(task.views[: len(models["fp32"])]),
+    gate = record.model_copy(
+        update={
+            "thresholds": thresholds,
+            "validation_refused": refused,
+            "shrinkage": max(m.shrinkage for m in models["fp32"]),
+            "classes": [task.classes[int(c)] for c in np.unique(train.labels[fit_on])],
+            "counts": {"fit_items": len(fit_on), "validation_items": len(held)},
+        }
     )
     meta.ood = gate
     save_meta(bundle_dir, meta)
     log.info(
         "out-of-distribution gate (%s): fitted on %d training items, threshold %s refuses %s of %d validation items",
-        ", ".join(gate.views),
+        ", ".join(["study"] * gate.study + gate.views),
         len(fit_on),
         ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items()),
         ", ".join(f"{k} {v:.1%}" for k, v in refused.items()),
@@ -154,8 +157,8 @@ def gated_probabilities(predictor: BundlePredictor, feed: np.ndarray | Feed) -> 
     gate = load_gate(predictor.directory, predictor.meta.ood) if predictor.has_embedding else None
     if gate is None:
         return softmax(predictor.logits(feed), predictor.temperature), None
-    logits, _, features = predictor.engine_outputs(feed)
-    refused = gate.refuses(features, present_mask(feed), predictor.precision)
+    logits, embeddings, features = predictor.engine_outputs(feed)
+    refused = gate.refuses(embeddings, features, present_mask(feed), predictor.precision)
     return softmax(logits, predictor.temperature), refused
 
 

@@ -25,9 +25,9 @@ class Scores:
 
     def gate_refuses(self, gate: LoadedGate | None, precision: str) -> np.ndarray:
         """Which items ``gate`` refuses [N] (none without a gate or view features)."""
-        if gate is None or self.view_features is None:
+        if gate is None or self.embeddings is None or self.view_features is None:
             return np.zeros(len(self.decided), dtype=bool)
-        return gate.refuses(self.view_features, self.present, precision)
+        return gate.refuses(self.embeddings, self.view_features, self.present, precision)
 
 
 def score_feed(predictor: BundlePredictor, feed: np.ndarray | Feed, task: TaskSpec) -> Scores:
