@@ -225,6 +225,20 @@ def study_scores(models: list[OodModel], features: np.ndarray, present: np.ndarr
     return np.where(given, scores, -np.inf).max(axis=1)
 
 
+def gate_scores(
+    models: list[OodModel],
+    embeddings: np.ndarray,
+    view_features: np.ndarray,
+    present: np.ndarray | None,
+    *,
+    study: bool,
+) -> np.ndarray:
+    """Scores ``[N]``: the worst of the study part (``models[0]`` on the embeddings, when ``study``) and the
+    view parts (the other models, see :func:`study_scores`)."""
+    views = study_scores(models[1:] if study else models, view_features, present)
+    return np.maximum(views, models[0].score(embeddings)) if study else views
+
+
 @dataclass(frozen=True)
 class LoadedGate:
     """A bundle's gate ready to serve: its record and its fitted arrays (per precision: the study model first
@@ -245,10 +259,7 @@ class LoadedGate:
         models = self.models_for(precision)
         if not self.gate.views:  # a gate made before views were scored: the embedding alone
             return models[0].score(embeddings)
-        parts = [study_scores(models[1:] if self.gate.study else models, view_features, present)]
-        if self.gate.study:
-            parts.append(models[0].score(embeddings))
-        return np.max(parts, axis=0)
+        return gate_scores(models, embeddings, view_features, present, study=self.gate.study)
 
     def refuses(
         self, embeddings: np.ndarray, view_features: np.ndarray, present: np.ndarray | None, precision: str

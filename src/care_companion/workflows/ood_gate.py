@@ -22,16 +22,16 @@ from care_companion.models.ood import (
     DEFAULT_MAX_REFUSAL,
     OOD_FILE,
     GateModels,
-    LoadedGate,
     OodGate,
     OodModel,
     choose_threshold,
+    gate_scores,
     load_gate,
     save_models,
 )
 from care_companion.models.predictor import BundlePredictor, Feed, present_mask, softmax
 from care_companion.tasks import TaskSpec
-from care_companion.workflows.scoring import model_feed
+from care_companion.workflows.scoring import model_feed, score_feed
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,12 @@ class GateFeatures:
     present: np.ndarray  # [N, V]
 
 
-def gate_features_of(predictor: BundlePredictor, data: ArrayData, index: np.ndarray) -> GateFeatures:
-    """The gate's features of the items at ``index``."""
-    feed = model_feed(predictor, data, index)
+def gate_features_of(predictor: BundlePredictor, feed: np.ndarray | Feed, labels: np.ndarray) -> GateFeatures:
+    """The gate's features of a preprocessed batch with its ``labels``."""
     _, embeddings, views = predictor.engine_outputs(feed)
     present = present_mask(feed)
     views = views if views.ndim == 3 else views[:, None, :]  # a one-view model's embeddings are its one view's
-    return GateFeatures(data.labels[index], embeddings, views, np.ones((len(index), 1)) if present is None else present)
+    return GateFeatures(labels, embeddings, views, np.ones((len(labels), 1)) if present is None else present)
 
 
 def fit_part(train: np.ndarray, labels: np.ndarray, val: np.ndarray, max_refusal: float) -> OodModel:
@@ -115,25 +114,27 @@ def build_ood_gate(
         precisions.append("int8")
     models: GateModels = {}
     thresholds, refused = {}, {}
-    record = OodGate(thresholds={}, max_refusal=max_refusal, shrinkage=0.0, classes=[], views=list(task.views))
-    record.study = task.multiview
+    fp32 = BundlePredictor(bundle_dir, precision="fp32")  # both precisions take the same preprocessed inputs
+    fit_feed, held_feed = model_feed(fp32, train, fit_on), model_feed(fp32, val, held)
     for precision in precisions:  # an INT8 model's features differ enough to need Gaussians of their own
-        predictor = BundlePredictor(bundle_dir, precision=precision)
-        checked = gate_features_of(predictor, val, held)
-        fitted = gate_features_of(predictor, train, fit_on)
-        models[precision] = fit_parts(fitted, checked, study=record.study, max_refusal=max_refusal)
-        loaded = LoadedGate(record, {"fp32": models[precision]})
-        scores = loaded.scores(checked.embeddings, checked.views, checked.present, "fp32")
+        predictor = fp32 if precision == "fp32" else BundlePredictor(bundle_dir, precision=precision)
+        checked = gate_features_of(predictor, held_feed, val.labels[held])
+        fitted = gate_features_of(predictor, fit_feed, train.labels[fit_on])
+        models[precision] = fit_parts(fitted, checked, study=task.multiview, max_refusal=max_refusal)
+        scores = gate_scores(
+            models[precision], checked.embeddings, checked.views, checked.present, study=task.multiview
+        )
         thresholds[precision], refused[precision] = choose_threshold(scores, max_refusal)
     save_models(models, bundle_dir / OOD_FILE)
-    gate = record.model_copy(
-        update={
-            "thresholds": thresholds,
-            "validation_refused": refused,
-            "shrinkage": max(m.shrinkage for m in models["fp32"]),
-            "classes": [task.classes[int(c)] for c in np.unique(train.labels[fit_on])],
-            "counts": {"fit_items": len(fit_on), "validation_items": len(held)},
-        }
+    gate = OodGate(
+        thresholds=thresholds,
+        max_refusal=max_refusal,
+        validation_refused=refused,
+        shrinkage=max(m.shrinkage for m in models["fp32"]),
+        classes=[task.classes[int(c)] for c in np.unique(train.labels[fit_on])],
+        counts={"fit_items": len(fit_on), "validation_items": len(held)},
+        views=list(task.views),
+        study=task.multiview,
     )
     meta.ood = gate
     save_meta(bundle_dir, meta)
@@ -157,9 +158,8 @@ def gated_probabilities(predictor: BundlePredictor, feed: np.ndarray | Feed) -> 
     gate = load_gate(predictor.directory, predictor.meta.ood) if predictor.has_embedding else None
     if gate is None:
         return softmax(predictor.logits(feed), predictor.temperature), None
-    logits, embeddings, features = predictor.engine_outputs(feed)
-    refused = gate.refuses(embeddings, features, present_mask(feed), predictor.precision)
-    return softmax(logits, predictor.temperature), refused
+    scores = score_feed(predictor, feed, predictor.meta.task_spec())
+    return scores.probabilities, scores.gate_refuses(gate, predictor.precision)
 
 
 def gate_summary(refused: np.ndarray, labels: np.ndarray, task: TaskSpec) -> dict[str, Any]:
