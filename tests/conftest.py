@@ -75,7 +75,7 @@ def write_bundle(
     from care_companion.models.bundle import ONNX_FILE, BundleMeta, save_meta
     from care_companion.models.export import export_onnx
     from care_companion.models.factory import create_model
-    from care_companion.models.predictor import BundlePredictor
+    from care_companion.models.predictor import study_feed
     from care_companion.tasks import CHEST
 
     task = task or CHEST
@@ -97,9 +97,8 @@ def write_bundle(
     )
     save_meta(directory, meta)
     if fit is not None:
-        export_onnx(model, directory / ONNX_FILE, input_size=input_size)
-        feed = BundlePredictor(directory).preprocess_studies(fit[0])
-        inputs = [torch.from_numpy(feed[name]) for name in model.input_names]
+        feed = study_feed(meta, fit[0])
+        inputs = [torch.from_numpy(value) for value in feed.values()]  # in the model's input order
         fit_briefly(model, inputs, torch.tensor(fit[1]))
     export_onnx(model.eval(), directory / ONNX_FILE, input_size=input_size)
     return directory

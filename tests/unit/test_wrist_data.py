@@ -251,6 +251,16 @@ def test_wrist_import_teaches_unknown_other_regions_chest_films_and_photos(tmp_p
     assert (unknown.groupby("study_id")["split"].nunique() == 1).all()
     assert set(frame.loc[frame["label"] != "unknown", "source"]) == {"fracatlas"}
 
+    # the chest import, run again, learns those other regions' radiographs too, but not the wrist set's chest
+    # films (they are chest films) nor its generated images
+    chest = import_chest([chest_src], store, seed=1, rejects=RejectSources(non_xray=0, other_tasks_max=10), workers=1)
+    assert chest.counts["other-task:wrist"] == {"unknown": 10}
+    assert chest.counts["other-task:wrist:other-body-parts"] == {"unknown": 10}
+    chest_frame = load_manifest(store, "chest").frame
+    taught = chest_frame.loc[chest_frame["source"] == "other-task:wrist:other-body-parts", "pixel_sha256"]
+    regions = unknown.loc[unknown["source"].str.startswith("fracatlas-"), "pixel_sha256"]
+    assert set(taught) <= set(regions)
+
     only_leg = import_fracatlas(
         src,
         open_store(str(tmp_path / "s2")),

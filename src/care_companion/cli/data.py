@@ -34,7 +34,11 @@ OtherTasks = Annotated[
     ),
 ]
 OtherTasksMax = Annotated[
-    int, typer.Option(help="At most this many images from each other task's data set (a seeded sample).")
+    int,
+    typer.Option(
+        help="At most this many films from each other task's data set, and as many of the other body parts' "
+        "radiographs its reject class holds (seeded samples)."
+    ),
 ]
 OtherRegions = Annotated[
     list[str] | None,

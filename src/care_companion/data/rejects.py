@@ -2,7 +2,8 @@
 
 Every task with a reject class gets, by default, generated non-X-ray images (augmented photographs and synthetic
 scenes), radiographs from the other tasks' latest data sets already in the store (a chest model learns to refuse
-wrist films and the wrist model chest films), and any folders of other images the user names. A reject class
+wrist films and the wrist model chest films, and the chest model also the other body parts' radiographs the
+wrist set's reject class holds), and any folders of other images the user names. A reject class
 only knows the kinds of image it was trained on; the out-of-distribution gate (``models.ood``) covers the rest.
 
 For a multi-view task the reject images become studies that cycle through "every view" (two images of one
@@ -28,6 +29,8 @@ from care_companion.tasks import TASKS, TaskSpec
 
 NON_XRAY_SOURCE = "generated-non-xray"
 OTHER_TASK_SOURCE = "other-task"
+OTHER_BODY_PARTS = "other-body-parts"  # suffix of the source of another task's other-body-part radiographs
+FOLDER_SOURCE_PREFIX = "non-"  # a user's folder of non-task images: "non-<body part>:<folder name>"
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,10 @@ def non_xray_items(task: TaskSpec, n: int, *, seed: int, size: int = 256) -> lis
 
 
 def other_task_items(task: TaskSpec, store: ObjectStore, *, seed: int, max_per_task: int | None) -> list[ImportItem]:
-    """Radiographs of every other task's latest data set in ``store`` (their own reject class left out), at most
-    ``max_per_task`` of each, labelled as ``task``'s reject class."""
+    """Radiographs of every other task's latest data set in ``store``, labelled as ``task``'s reject class: its
+    clinical films, and the radiographs of other body parts its own reject class holds (:func:`other_body_part`:
+    e.g. a wrist set's FracAtlas leg, hip and shoulder films teach the chest model too), at most
+    ``max_per_task`` of each kind (a seeded sample)."""
     out: list[ImportItem] = []
     for name, other in sorted(TASKS.items()):
         if name == task.name:
@@ -81,15 +86,30 @@ def other_task_items(task: TaskSpec, store: ObjectStore, *, seed: int, max_per_t
             frame = load_manifest(store, name).frame
         except DataError:  # no data set of that task yet
             continue
-        keys = sorted(set(frame.loc[frame["label"] != (other.reject or "\0"), "key"]))
-        keys = [keys[i] for i in sample_indices(len(keys), max_per_task, seed)]
-        source = f"{OTHER_TASK_SOURCE}:{name}"
-        label = _reject(task)
-        out += [
-            ImportItem(source=source, relative=f"{name}/{key}", label=label, pixels=load_stored_image(store, key))
-            for key in keys
-        ]
+        rejected = frame["label"] == (other.reject or "\0")
+        kinds = {
+            f"{OTHER_TASK_SOURCE}:{name}": ~rejected,
+            f"{OTHER_TASK_SOURCE}:{name}:{OTHER_BODY_PARTS}": rejected
+            & frame["source"].astype(str).map(other_body_part),
+        }
+        for source, chosen in kinds.items():
+            keys = sorted(set(frame.loc[chosen, "key"]))
+            keys = [keys[i] for i in sample_indices(len(keys), max_per_task, seed)]
+            out += [
+                ImportItem(
+                    source=source, relative=f"{name}/{key}", label=_reject(task), pixels=load_stored_image(store, key)
+                )
+                for key in keys
+            ]
     return out
+
+
+def other_body_part(source: str) -> bool:
+    """Whether a reject-class image of ``source`` is a radiograph of another body part, fit to teach any task's
+    reject class: one an importer took from a radiograph collection (FracAtlas's other regions), not a generated
+    image, not another task's film (it may be of the task being imported) and not from a folder a user named
+    (it may hold anything)."""
+    return not source.startswith((NON_XRAY_SOURCE, f"{OTHER_TASK_SOURCE}:", FOLDER_SOURCE_PREFIX))
 
 
 def folder_items(task: TaskSpec, folder: Path, *, seed: int, cap: int | None) -> list[ImportItem]:
@@ -102,7 +122,7 @@ def folder_items(task: TaskSpec, folder: Path, *, seed: int, cap: int | None) ->
     if not root.is_dir():
         raise DataError(f"{root}: source folder not found")
     paths = image_files(root)
-    source = f"non-{task.body_part}:{root.resolve().name}"
+    source = f"{FOLDER_SOURCE_PREFIX}{task.body_part}:{root.resolve().name}"
     return [
         ImportItem(source=source, relative=paths[i].relative_to(root).as_posix(), label=_reject(task), path=paths[i])
         for i in sample_indices(len(paths), cap, seed)

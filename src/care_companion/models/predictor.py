@@ -12,6 +12,7 @@ from care_companion.errors import ModelError
 from care_companion.imaging.preprocess import to_model_input
 from care_companion.models.bundle import (
     EMBEDDING_OUTPUT,
+    IMAGE_INPUT,
     IMAGES_INPUT,
     INT8_FILE,
     LOGITS_OUTPUT,
@@ -39,6 +40,43 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def preprocess_images(meta: BundleMeta, images: list[np.ndarray]) -> np.ndarray:
+    """uint8 grayscale images to a bundle's normalised input batch [N, 1, S, S] (one image per item)."""
+    norm = meta.normalisation
+    return to_model_input(images, meta.input_size, norm.mean, norm.std)
+
+
+def study_feed(meta: BundleMeta, studies: Sequence[Mapping[str, np.ndarray | None]]) -> Feed:
+    """Studies (view name → uint8 grayscale image, or None when missing) to a bundle's input feed.
+
+    A multi-view bundle gets "images" [N, V, 1, S, S] (zeros for missing views) and "present" [N, V];
+    a single-view bundle gets "image" [N, 1, S, S].
+
+    Raises:
+        ModelError: a view name the bundle does not know, or a study without any image.
+    """
+    views = meta.views
+    size = meta.input_size
+    present = np.zeros((len(studies), len(views)), dtype=np.float32)
+    given: list[np.ndarray] = []
+    for i, study in enumerate(studies):
+        unknown = sorted(set(study) - set(views))
+        if unknown:
+            raise ModelError(f"unknown view {unknown[0]!r}; the {meta.task} model takes {', '.join(views)}")
+        for j, view in enumerate(views):
+            if study.get(view) is not None:
+                present[i, j] = 1.0
+                given.append(cast(np.ndarray, study[view]))
+        if not present[i].any():
+            raise ModelError(f"study {i} has no image; give at least one of {', '.join(views)}")
+    images = np.zeros((len(studies), len(views), 1, size, size), dtype=np.float32)
+    if given:
+        images[present > 0] = preprocess_images(meta, given)
+    if not meta.multiview:
+        return {IMAGE_INPUT: images[:, 0]}
+    return {IMAGES_INPUT: images, PRESENT_INPUT: present}
 
 
 PRECISIONS = ("auto", "fp32", "int8")
@@ -107,38 +145,13 @@ class BundlePredictor:
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 grayscale images to the model's normalised input batch [N, 1, S, S] (one image per item)."""
-        norm = self.meta.normalisation
-        return to_model_input(images, self.meta.input_size, norm.mean, norm.std)
+        return preprocess_images(self.meta, images)
 
     def preprocess_studies(self, studies: Sequence[Mapping[str, np.ndarray | None]]) -> Feed:
-        """Studies (view name → uint8 grayscale image, or None when missing) to the model's input feed.
-
-        A multi-view bundle gets "images" [N, V, 1, S, S] (zeros for missing views) and "present" [N, V];
-        a single-view bundle gets "image" [N, 1, S, S].
-
-        Raises:
-            ModelError: a view name the bundle does not know, or a study without any image.
-        """
-        views = self.meta.views
-        size = self.meta.input_size
-        present = np.zeros((len(studies), len(views)), dtype=np.float32)
-        given: list[np.ndarray] = []
-        for i, study in enumerate(studies):
-            unknown = sorted(set(study) - set(views))
-            if unknown:
-                raise ModelError(f"unknown view {unknown[0]!r}; the {self.meta.task} model takes {', '.join(views)}")
-            for j, view in enumerate(views):
-                if study.get(view) is not None:
-                    present[i, j] = 1.0
-                    given.append(cast(np.ndarray, study[view]))
-            if not present[i].any():
-                raise ModelError(f"study {i} has no image; give at least one of {', '.join(views)}")
-        images = np.zeros((len(studies), len(views), 1, size, size), dtype=np.float32)
-        if given:
-            images[present > 0] = self.preprocess(given)
-        if not self.meta.multiview:
-            return {self.input_names[0]: images[:, 0]}
-        return {IMAGES_INPUT: images, PRESENT_INPUT: present}
+        """Studies (view name → uint8 grayscale image, or None when missing) to the model's input feed
+        (:func:`study_feed`, its one-view input named as this model's)."""
+        feed = study_feed(self.meta, studies)
+        return feed if self.meta.multiview else {self.input_names[0]: feed[IMAGE_INPUT]}
 
     def logits(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> np.ndarray:
         """Raw logits for a preprocessed input feed, or for a single-view bundle's image batch [N, 1, S, S]."""
