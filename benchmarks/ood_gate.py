@@ -36,12 +36,11 @@ from care_companion.data.synthetic_chest import OFFLINE_SAMPLES
 from care_companion.imaging.decode import decode_image
 from care_companion.models.bundle import load_meta
 from care_companion.models.ood import load_gate
-from care_companion.models.predictor import BundlePredictor, present_mask, softmax
-from care_companion.serving.results import interpret
+from care_companion.models.predictor import BundlePredictor
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST, WRIST, TaskSpec
 from care_companion.training.trainer import TrainConfig
-from care_companion.workflows.scoring import model_feed
+from care_companion.workflows.scoring import model_feed, score_feed
 from care_companion.workflows.training import split_arrays, train_task
 
 HELD_OUT_PER_KIND = 300
@@ -273,16 +272,12 @@ def screenshot(rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- scoring
 
 
-def decisions(predictor: BundlePredictor, feed: Any, task: TaskSpec, margin: float) -> dict[str, np.ndarray]:
-    """Per item: refused by the reject class, by the gate, and the gate's score (the service's rules)."""
-    logits, embeddings, features = predictor.engine_outputs(feed)
-    probs = softmax(logits, predictor.temperature)
-    reject = np.array([interpret(p, task, predictor.thresholds, margin=margin).rejected for p in probs])
+def decisions(predictor: BundlePredictor, feed: Any, task: TaskSpec) -> dict[str, np.ndarray]:
+    """Per item: refused by the reject class, and by the gate (the service's rules: ``score_feed``)."""
+    scores = score_feed(predictor, feed, task)
+    reject = scores.decided == task.index(task.reject) if task.reject else np.zeros(len(scores.decided), bool)
     gate = load_gate(predictor.directory, predictor.meta.ood)
-    if gate is None:
-        return {"reject": reject, "gate": np.zeros(len(reject), bool), "score": np.zeros(len(reject))}
-    scores = gate.scores(embeddings, features, present_mask(feed), predictor.precision)
-    return {"reject": reject, "gate": scores > gate.gate.threshold_for(predictor.precision), "score": scores}
+    return {"reject": reject, "gate": scores.gate_refuses(gate, predictor.precision)}
 
 
 def shares(d: dict[str, np.ndarray], *, task_films: bool) -> dict[str, float]:
@@ -303,18 +298,15 @@ def evaluate(bundle: Path, held_out: dict[str, list[np.ndarray]], settings: Sett
     out: dict[str, Any] = {"task": task.name, "ood": meta.ood.model_dump() if meta.ood else None, "precisions": {}}
     for precision in ["fp32", *(["int8"] if meta.int8 is not None else [])]:
         predictor = BundlePredictor(bundle, precision=precision)
-        margin = settings.confidence_margin
         result: dict[str, Any] = {"test_films": len(test)}
-        result["test_refused"] = shares(
-            decisions(predictor, model_feed(predictor, test), task, margin), task_films=True
-        )
+        result["test_refused"] = shares(decisions(predictor, model_feed(predictor, test), task), task_films=True)
         for kind, images in held_out.items():
             if task.multiview:
                 feeds = [predictor.preprocess_studies([{view: image} for image in images]) for view in task.views]
-                parts = [decisions(predictor, feed, task, margin) for feed in feeds]
+                parts = [decisions(predictor, feed, task) for feed in feeds]
                 d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             else:
-                d = decisions(predictor, predictor.preprocess(images), task, margin)
+                d = decisions(predictor, predictor.preprocess(images), task)
             result[kind] = {"n": len(d["gate"]), "finding": shares(d, task_films=False)}
         out["precisions"][precision] = result
     return out
