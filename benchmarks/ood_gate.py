@@ -35,7 +35,7 @@ from care_companion.data.manifest import load_manifest
 from care_companion.data.synthetic_chest import OFFLINE_SAMPLES
 from care_companion.imaging.decode import decode_image
 from care_companion.models.bundle import load_meta
-from care_companion.models.ood import load_gate
+from care_companion.models.ood import LoadedGate, load_gate
 from care_companion.models.predictor import BundlePredictor
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST, WRIST, TaskSpec
@@ -272,11 +272,10 @@ def screenshot(rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- scoring
 
 
-def decisions(predictor: BundlePredictor, feed: Any, task: TaskSpec) -> dict[str, np.ndarray]:
-    """Per item: refused by the reject class, and by the gate (the service's rules: ``score_feed``)."""
+def decisions(predictor: BundlePredictor, gate: LoadedGate | None, feed: Any, task: TaskSpec) -> dict[str, np.ndarray]:
+    """Per item: refused by the reject class, and by the bundle's ``gate`` (the service's rules: ``score_feed``)."""
     scores = score_feed(predictor, feed, task)
     reject = scores.decided == task.index(task.reject) if task.reject else np.zeros(len(scores.decided), bool)
-    gate = load_gate(predictor.directory, predictor.meta.ood)
     return {"reject": reject, "gate": scores.gate_refuses(gate, predictor.precision)}
 
 
@@ -296,17 +295,18 @@ def evaluate(bundle: Path, held_out: dict[str, list[np.ndarray]], settings: Sett
     if task.reject is not None:
         test = test.subset(np.flatnonzero(test.labels != task.index(task.reject)))
     out: dict[str, Any] = {"task": task.name, "ood": meta.ood.model_dump() if meta.ood else None, "precisions": {}}
+    gate = load_gate(bundle, meta.ood)  # read once: it holds both precisions' models
     for precision in ["fp32", *(["int8"] if meta.int8 is not None else [])]:
         predictor = BundlePredictor(bundle, precision=precision)
         result: dict[str, Any] = {"test_films": len(test)}
-        result["test_refused"] = shares(decisions(predictor, model_feed(predictor, test), task), task_films=True)
+        result["test_refused"] = shares(decisions(predictor, gate, model_feed(predictor, test), task), task_films=True)
         for kind, images in held_out.items():
             if task.multiview:
                 feeds = [predictor.preprocess_studies([{view: image} for image in images]) for view in task.views]
-                parts = [decisions(predictor, feed, task) for feed in feeds]
+                parts = [decisions(predictor, gate, feed, task) for feed in feeds]
                 d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             else:
-                d = decisions(predictor, predictor.preprocess(images), task)
+                d = decisions(predictor, gate, predictor.preprocess(images), task)
             result[kind] = {"n": len(d["gate"]), "finding": shares(d, task_films=False)}
         out["precisions"][precision] = result
     return out
