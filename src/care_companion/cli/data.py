@@ -155,7 +155,7 @@ def import_wrist_cmd(
         bool, typer.Option(help="Leave out studies whose diagnosis the table marks uncertain (kept by default).")
     ] = False,
     other_region: OtherRegions = None,
-    other_regions_max: OtherRegionsMax = 300,
+    other_regions_max: OtherRegionsMax = 1000,
     non_xray: NonXray = 400,
     non_wrist: NonWrist = None,
     non_wrist_max: NonTaskMax = 300,
@@ -197,7 +197,7 @@ def import_fracatlas_cmd(
     region: Region = None,
     limit: Limit = None,
     other_region: OtherRegions = None,
-    other_regions_max: OtherRegionsMax = 300,
+    other_regions_max: OtherRegionsMax = 1000,
     non_xray: NonXray = 400,
     non_wrist: NonWrist = None,
     non_wrist_max: NonTaskMax = 300,

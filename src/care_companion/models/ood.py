@@ -14,10 +14,11 @@ smallest Mahalanobis distance to a class mean. The parts:
   class the fused embedding let 1% of chest films and 32% of hip/shoulder films through, the per-view parts 16%
   and 88%, and both together 1% and 31%.
 
-Each part's score is divided by its own validation quantile at the allowed refusal share (so 1.0 is that part's
-edge of normal), and an input's score is the largest over its parts and present views. The refusal threshold
-is a quantile of the validation studies' scores, chosen so that at most a given share of real task studies
-(default 1%) is refused. An INT8 model gets Gaussians and a threshold of its own: its features are shifted
+Each part's score is divided by its validation median (so 1.0 is a typical real film for every part), and an
+input's score is the largest over its parts and present views. The refusal threshold is one quantile of the
+validation studies' scores, chosen so that at most a given share of real task studies (default 1%) is refused:
+the share is set once, for the worst part, not per part (per-part quantiles add up, see
+:func:`care_companion.workflows.ood_gate.fit_part`). An INT8 model gets Gaussians and a threshold of its own: its features are shifted
 enough from the float32 model's that scoring them against the float32 Gaussians doubled the typical score of
 real films and let a chest film through a wrist gate. Numpy only: the service loads it with the bundle.
 """
@@ -34,7 +35,7 @@ from pydantic import BaseModel, Field
 from care_companion.errors import ModelError
 
 OOD_FILE = "ood.npz"
-METHOD = "mahalanobis-l2-ledoit-wolf-per-view"
+METHOD = "mahalanobis-l2-ledoit-wolf-per-view-median-scaled"
 DEFAULT_MAX_REFUSAL = 0.01
 
 
@@ -105,7 +106,7 @@ class OodModel:
     means: np.ndarray  # [C, D] class means of the L2-normalised embeddings
     whitening: np.ndarray  # [D, D]: ||(x - m) @ whitening|| is the Mahalanobis distance
     shrinkage: float
-    scale: float = 1.0  # scores are distances divided by this (the part's validation quantile)
+    scale: float = 1.0  # scores are distances divided by this (the part's validation median)
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, labels: np.ndarray) -> OodModel:
