@@ -223,6 +223,28 @@ def test_import_fracatlas_hand_subset(tmp_path: Path):
         import_fracatlas(src, store, seed=0, region="elbow")
 
 
+def test_an_import_reads_fracatlas_once_for_both_its_region_and_the_other_regions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The table and the image folder are read once, for the hand films and the other regions' films alike."""
+    import care_companion.data.wrist as wrist
+
+    reads: list[str] = []
+    for name in ("read_table", "images_by_stem"):
+        real = getattr(wrist, name)
+        monkeypatch.setattr(wrist, name, lambda *a, _real=real, _name=name, **k: reads.append(_name) or _real(*a, **k))
+    items, notes = wrist.fracatlas_items(shared_path("fracatlas"), region="hand", limit=5)
+    assert len(items) == 5 and sorted(reads) == ["images_by_stem", "read_table"]
+    reads.clear()
+    store = open_store(str(tmp_path / "store"))
+    result = import_fracatlas(
+        shared_path("fracatlas"), store, seed=0, region="hand", limit=5, other_regions_max=2, rejects=NO_REJECTS,
+        workers=1,
+    )  # fmt: skip
+    assert result.details["fracatlas_other_regions"]["regions"] == {"leg": 2, "hip": 2, "shoulder": 2}
+    assert sorted(reads) == ["images_by_stem", "read_table"]
+
+
 def test_wrist_import_teaches_unknown_other_regions_chest_films_and_photos(tmp_path: Path):
     """By default the wrist data set's reject class gets FracAtlas's other regions, the chest films already in the
     store and generated non-X-rays, as one- and two-view studies that keep their images in one split."""

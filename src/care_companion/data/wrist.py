@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,15 +238,22 @@ def images_by_stem(root: Path) -> tuple[dict[str, Path], int]:
     return found, twice
 
 
-def _locate(root: Path, stems: pd.Series, listed: Iterable[str], what: str) -> tuple[list[Path | None], dict[str, Any]]:
+def _locate(
+    root: Path,
+    stems: pd.Series,
+    listed: Iterable[str],
+    what: str,
+    index: tuple[dict[str, Path], int] | None = None,
+) -> tuple[list[Path | None], dict[str, Any]]:
     """Paths of the images named by ``stems`` under ``root`` (``None`` where missing) and what was missing.
 
     ``listed``: every stem the table names (images under ``root`` named otherwise are counted as unlisted).
+    ``index``: :func:`images_by_stem` of ``root`` when already scanned.
 
     Raises:
         DataError: when none of them is there.
     """
-    found, twice = images_by_stem(root)
+    found, twice = index if index is not None else images_by_stem(root)
     paths = [found.get(stem) for stem in stems]
     missing = [stem for stem, path in zip(stems, paths, strict=True) if path is None]
     if stems.size and len(missing) == len(paths):
@@ -347,18 +355,40 @@ def fracatlas_images(
     return out, summary
 
 
+@dataclass(frozen=True)
+class FracAtlasFolder:
+    """A FracAtlas folder read once: its table and its image files by stem (an import reads both for its
+    region's films and for the other regions' films)."""
+
+    root: Path
+    table: pd.DataFrame
+    images: dict[str, Path]
+    stems_found_twice: int
+
+    @classmethod
+    def of(cls, src: Path | FracAtlasFolder) -> FracAtlasFolder:
+        """``src`` read (``dataset.csv`` plus the images in any subfolder), or ``src`` itself when already read."""
+        if isinstance(src, FracAtlasFolder):
+            return src
+        table = read_table(Path(src) / TABLE_FILE, FRACATLAS_COLUMNS)
+        images, twice = images_by_stem(Path(src))
+        return cls(Path(src), table, images, twice)
+
+
 def fracatlas_items(
-    src: Path, *, region: str | None = None, limit: int | None = None, seed: int = 0
+    src: Path | FracAtlasFolder, *, region: str | None = None, limit: int | None = None, seed: int = 0
 ) -> tuple[list[ImportItem], dict[str, Any]]:
     """FracAtlas images under ``src`` (``dataset.csv`` plus ``images/...``) as one-view import items."""
-    src = Path(src)
-    table = read_table(src / TABLE_FILE, FRACATLAS_COLUMNS)
+    folder = FracAtlasFolder.of(src)
+    table = folder.table
     rows, summary = fracatlas_images(table, region=region, limit=limit, seed=seed)
-    paths, notes = _locate(src, rows["stem"], table["image_id"].map(lambda name: Path(name).stem), "FracAtlas")
+    listed = table["image_id"].map(lambda name: Path(name).stem)
+    index = (folder.images, folder.stems_found_twice)
+    paths, notes = _locate(folder.root, rows["stem"], listed, "FracAtlas", index)
     items = [
         ImportItem(
             source=FRACATLAS_SOURCE,
-            relative=path.relative_to(src).as_posix(),
+            relative=path.relative_to(folder.root).as_posix(),
             label=row.label,
             path=path,
             patient_id=f"{FRACATLAS_SOURCE}:{row.stem.lower()}",
@@ -372,7 +402,12 @@ def fracatlas_items(
 
 
 def fracatlas_other_regions(
-    src: Path, region: str, *, regions: Sequence[str] | None = None, cap: int | None = OTHER_REGIONS_MAX, seed: int = 0
+    src: Path | FracAtlasFolder,
+    region: str,
+    *,
+    regions: Sequence[str] | None = None,
+    cap: int | None = OTHER_REGIONS_MAX,
+    seed: int = 0,
 ) -> tuple[list[ImportItem], dict[str, Any]]:
     """FracAtlas films of other body regions than ``region`` (none of them showing it) as reject-class items of
     the wrist task, at most ``cap`` of each region (a seeded sample), and their counts by region.
@@ -384,8 +419,8 @@ def fracatlas_other_regions(
         cap: at most this many films per region.
         seed: seed of the samples.
     """
-    src = Path(src)
-    table = read_table(src / TABLE_FILE, FRACATLAS_COLUMNS)
+    folder = FracAtlasFolder.of(src)
+    table = folder.table
     wanted = [r for r in (regions if regions is not None else REGIONS) if r != region]
     unknown = sorted(set(wanted) - set(REGIONS))
     if unknown:
@@ -400,12 +435,11 @@ def fracatlas_other_regions(
         chosen.append(group.iloc[sample_indices(len(group), cap, seed)].assign(region=name))
     picked_rows = pd.concat(chosen) if chosen else rows.iloc[:0].assign(region="")
     stems = picked_rows["image_id"].map(lambda name: Path(name).stem)
-    found, _ = images_by_stem(src)
-    paths = [found.get(stem) for stem in stems]
+    paths = [folder.images.get(stem) for stem in stems]
     items = [
         ImportItem(
             source=f"{FRACATLAS_SOURCE}-{name}",
-            relative=path.relative_to(src).as_posix(),
+            relative=path.relative_to(folder.root).as_posix(),
             label=WRIST.reject or "unknown",
             path=path,
         )
@@ -454,8 +488,9 @@ def import_wrist(
     items, notes = graz_items(src, drop_uncertain=drop_uncertain)
     details: dict[str, Any] = {GRAZ_SOURCE: notes}
     if fracatlas is not None:
-        more, details[FRACATLAS_SOURCE] = fracatlas_items(fracatlas, region=region, limit=limit, seed=seed)
-        items += more + _other_regions(fracatlas, region, other_regions, other_regions_max, seed, details)
+        folder = FracAtlasFolder.of(fracatlas)
+        more, details[FRACATLAS_SOURCE] = fracatlas_items(folder, region=region, limit=limit, seed=seed)
+        items += more + _other_regions(folder, region, other_regions, other_regions_max, seed, details)
     items += reject_items(WRIST, store, rejects, seed=seed)
     return import_images(
         WRIST,
@@ -497,9 +532,10 @@ def import_fracatlas(
         limits: the image sizes accepted; other images are skipped (too small, decompression bomb).
         workers: decoding processes.
     """
-    items, notes = fracatlas_items(src, region=region, limit=limit, seed=seed)
+    folder = FracAtlasFolder.of(src)
+    items, notes = fracatlas_items(folder, region=region, limit=limit, seed=seed)
     details: dict[str, Any] = {FRACATLAS_SOURCE: notes}
-    items += _other_regions(src, region, other_regions, other_regions_max, seed, details)
+    items += _other_regions(folder, region, other_regions, other_regions_max, seed, details)
     items += reject_items(WRIST, store, rejects, seed=seed)
     return import_images(
         WRIST,
@@ -514,7 +550,7 @@ def import_fracatlas(
 
 
 def _other_regions(
-    src: Path,
+    src: FracAtlasFolder,
     region: str | None,
     regions: Sequence[str] | None,
     cap: int | None,
