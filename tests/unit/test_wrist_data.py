@@ -233,7 +233,7 @@ def test_an_import_reads_fracatlas_once_for_both_its_region_and_the_other_region
     for name in ("read_table", "images_by_stem"):
         real = getattr(wrist, name)
         monkeypatch.setattr(wrist, name, lambda *a, _real=real, _name=name, **k: reads.append(_name) or _real(*a, **k))
-    items, notes = wrist.fracatlas_items(shared_path("fracatlas"), region="hand", limit=5)
+    items, _ = wrist.fracatlas_items(shared_path("fracatlas"), region="hand", limit=5)
     assert len(items) == 5 and sorted(reads) == ["images_by_stem", "read_table"]
     reads.clear()
     store = open_store(str(tmp_path / "store"))
