@@ -60,19 +60,20 @@ def write_bundle(
     backbone: str = "resnet18",
     fit: tuple[list[dict[str, np.ndarray | None]], list[int]] | None = None,
     reject_bias: float = 0.0,
+    fit_steps: int = 12,
 ) -> Path:
     """A real model bundle (random ``backbone`` exported to ONNX) for serving tests; a chest bundle by default.
 
     With ``logits`` the head ignores the image and always answers those logits, so a test can choose the
     outcome (e.g. the "unknown" class for the 422 path); without, the weights are random. With ``fit`` (studies,
-    class indices) the model takes a few gradient steps on them first, so its answers differ from study to study
+    class indices) the model takes ``fit_steps`` gradient steps on them first, so its answers differ from study to study
     (an untrained model answers every image nearly alike). ``reject_bias`` is added to the reject class's logit
     (e.g. -20: a random model that never refuses). Another ``task`` (e.g. ``WRIST``) gives that task's
     model: multi-view for a task with several views.
     """
     import torch
 
-    from care_companion.models.bundle import ONNX_FILE, BundleMeta, save_meta
+    from care_companion.models.bundle import CHECKPOINT_FILE, ONNX_FILE, BundleMeta, save_meta
     from care_companion.models.export import export_onnx
     from care_companion.models.factory import create_model
     from care_companion.models.predictor import study_feed
@@ -99,8 +100,9 @@ def write_bundle(
     if fit is not None:
         feed = study_feed(meta, fit[0])
         inputs = [torch.from_numpy(value) for value in feed.values()]  # in the model's input order
-        fit_briefly(model, inputs, torch.tensor(fit[1]))
+        fit_briefly(model, inputs, torch.tensor(fit[1]), steps=fit_steps)
     export_onnx(model.eval(), directory / ONNX_FILE, input_size=input_size)
+    torch.save(model.state_dict(), directory / CHECKPOINT_FILE)
     return directory
 
 

@@ -27,6 +27,7 @@ PRESENT_INPUT = "present"
 LOGITS_OUTPUT = "logits"
 EMBEDDING_OUTPUT = "embedding"
 VIEW_EMBEDDINGS_OUTPUT = "view_embeddings"  # multi-view models: each view's pooled backbone features [N, V, F]
+CLASS_MAPS_OUTPUT = "class_maps"  # each class's activation map before ReLU: [N, C, h, w], or [N, V, C, h, w]
 PROFILE_FILE = "reference_profile.npz"
 INTENDED_USE = (
     "Decision support for radiologists. Outputs are calibrated probabilities and an operating-point "

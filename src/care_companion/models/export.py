@@ -10,21 +10,25 @@ import torch
 
 from care_companion.errors import ModelError
 from care_companion.models.base import BackboneClassifier
-from care_companion.models.bundle import EMBEDDING_OUTPUT, LOGITS_OUTPUT, VIEW_EMBEDDINGS_OUTPUT
+from care_companion.models.bundle import CLASS_MAPS_OUTPUT, EMBEDDING_OUTPUT, LOGITS_OUTPUT, VIEW_EMBEDDINGS_OUTPUT
 from care_companion.models.multiview import MultiViewClassifier
 
 OPSET = 17
 
 
-class _WithEmbedding(torch.nn.Module):
-    """The classifier with its penultimate-layer embedding as a second output (for drift monitoring) and, for a
-    multi-view model, its views' pooled backbone features as a third (for the out-of-distribution gate)."""
+class _Outputs(torch.nn.Module):
+    """The classifier with the outputs the service reads besides its logits: the penultimate-layer embedding (drift
+    monitoring), for a multi-view model its views' pooled backbone features (the out-of-distribution gate), and,
+    when ``maps``, each class's activation map (heat maps)."""
 
-    def __init__(self, model: BackboneClassifier) -> None:
+    def __init__(self, model: BackboneClassifier, *, maps: bool) -> None:
         super().__init__()
         self.model = model
+        self.maps = maps
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.maps:
+            return self.model.explained(*inputs)
         embedding: torch.Tensor = self.model.features(*inputs)  # type: ignore[operator]
         logits: torch.Tensor = self.model.head(embedding)
         if isinstance(self.model, MultiViewClassifier):
@@ -32,12 +36,23 @@ class _WithEmbedding(torch.nn.Module):
         return logits, embedding
 
 
+def output_names(model: BackboneClassifier) -> list[str]:
+    """The ONNX outputs :func:`export_onnx` writes for ``model``, in order."""
+    outputs = [LOGITS_OUTPUT, EMBEDDING_OUTPUT]
+    if isinstance(model, MultiViewClassifier):
+        outputs.append(VIEW_EMBEDDINGS_OUTPUT)
+    if model.supports_class_maps():
+        outputs.append(CLASS_MAPS_OUTPUT)
+    return outputs
+
+
 def export_onnx(model: BackboneClassifier, path: Path, *, input_size: int, atol: float = 1e-4, seed: int = 0) -> float:
     """Export ``model`` to ONNX with a dynamic batch axis on every input and check it against PyTorch.
 
     The ONNX inputs are named after ``model.input_names`` ("image" for one view; "images" and "present" for
     several), the outputs "logits" and "embedding" (the penultimate layer, which drift monitoring compares with
-    the training data's), and for several views "view_embeddings" (what the out-of-distribution gate scores).
+    the training data's), for several views "view_embeddings" (what the out-of-distribution gate scores), and
+    "class_maps" (heat maps) when the model's class maps are Grad-CAM (:meth:`supports_class_maps`).
     The check batch comes from ``model.example_inputs`` (for a multi-view model
     it holds studies with a missing view). The file is only written, atomically, when the check passes.
 
@@ -54,15 +69,13 @@ def export_onnx(model: BackboneClassifier, path: Path, *, input_size: int, atol:
     import onnxruntime as ort
 
     model.eval()
-    wrapped = _WithEmbedding(model).eval()  # export restores the wrapper's mode, and with it the model's
+    outputs = output_names(model)
+    wrapped = _Outputs(model, maps=CLASS_MAPS_OUTPUT in outputs).eval()  # export restores the wrapper's mode
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(model.input_names)
     generator = torch.Generator().manual_seed(seed)
     example = model.example_inputs(2, input_size, generator)
     tmp = path.with_suffix(".tmp.onnx")
-    outputs = [LOGITS_OUTPUT, EMBEDDING_OUTPUT]
-    if isinstance(model, MultiViewClassifier):
-        outputs.append(VIEW_EMBEDDINGS_OUTPUT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

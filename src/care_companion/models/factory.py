@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from care_companion.errors import ConfigError, ModelError
-from care_companion.models.base import BackboneClassifier
+from care_companion.models.base import BackboneClassifier, feature_map, last_weight, pooled, pools_by_mean
 from care_companion.models.bundle import IMAGE_INPUT
 from care_companion.models.multiview import MultiViewClassifier
 from care_companion.tasks import TaskSpec
@@ -41,6 +41,17 @@ class Classifier(BackboneClassifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of normalised grayscale images [N, 1, H, W]."""
         return self.head(self.backbone(x))
+
+    def supports_class_maps(self) -> bool:
+        """Whether :meth:`explained`'s class maps are Grad-CAM (the backbone pools by a mean)."""
+        return pools_by_mean(self.backbone)
+
+    def explained(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits, embedding and class maps [N, C, h, w] (the head's weights over the last feature map)."""
+        fm = feature_map(self.backbone, inputs[0])
+        embedding = pooled(self.backbone, fm)
+        weight = last_weight(self.head)  # [C, F]: the gradient of each logit with respect to the pooled features
+        return self.head(embedding), embedding, torch.einsum("cf,nfhw->nchw", weight, fm)
 
 
 RANDOM_ORIGIN = "random initialisation (training from scratch)"
@@ -197,3 +208,24 @@ def load_init_weights(model: BackboneClassifier, path: Path) -> None:
         raise ModelError(f"{path}: no weights match the {type(model.backbone).__name__} backbone")
     missing = model.load_state_dict(usable, strict=False).missing_keys
     log.info("loaded %d tensors from %s (%d left at initialisation)", len(usable), path, len(missing))
+
+
+def load_bundle_model(directory: Path) -> BackboneClassifier:
+    """The PyTorch model of a bundle, in eval mode: the architecture ``bundle.json`` names with the weights of
+    ``model.pt``.
+
+    Raises:
+        ModelError: the bundle has no ``model.pt``, or its weights do not fit the architecture.
+    """
+    from care_companion.models.bundle import CHECKPOINT_FILE, load_meta
+
+    meta = load_meta(directory)
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ModelError(f"{directory}: bundle has no {CHECKPOINT_FILE}")
+    model, _ = create_model(meta.task_spec(), meta.backbone)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: weights do not fit a {meta.backbone} {meta.task} model: {exc}") from exc
+    return model.eval()

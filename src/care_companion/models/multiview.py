@@ -9,12 +9,13 @@ the output. In training, view dropout hides one present view of some studies so 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from care_companion.models.base import BackboneClassifier
+from care_companion.models.base import BackboneClassifier, feature_map, last_weight, pooled, pools_by_mean
 from care_companion.models.bundle import IMAGES_INPUT, PRESENT_INPUT
 
 
@@ -121,3 +122,40 @@ class MultiViewClassifier(BackboneClassifier):
     def forward(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Logits [N, C] for studies [N, V, 1, S, S] (zeros where a view is missing) and their mask [N, V] (0/1)."""
         return self.head(self.features(images, present))
+
+    def supports_class_maps(self) -> bool:
+        """Whether :meth:`explained`'s class maps are Grad-CAM: every backbone pools by a mean, and all are of one
+        architecture (their maps stack)."""
+        nets = list(self.backbone)
+        return len({type(n).__name__ for n in nets}) == 1 and all(pools_by_mean(n) for n in nets)
+
+    def explained(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits, embedding, view features and class maps [N, V, C, h, w] from one pass (eval mode).
+
+        A view's map weights its last feature map by the gradient of each logit with respect to the view's pooled
+        features: head weights, times the fusion's ReLU pattern for this study, through the fusion and the view's
+        projection. A missing view's map is zero (its pixels never reach the output)."""
+        images, present = inputs
+        maps, pools, vectors = [], [], []
+        for view in range(len(self.views)):
+            net = self.backbone[self._slots[view]]
+            fm = feature_map(net, images[:, view])
+            maps.append(fm)
+            pools.append(pooled(net, fm))
+            given = present[:, view : view + 1] > 0.5
+            projected = self.project[view](pools[-1])
+            vectors.append(torch.where(given, projected, self.stand_in[view].to(projected.dtype)))
+        embedding = self.fusion(torch.cat([*vectors, present.to(vectors[0].dtype)], dim=1))
+        logits = self.head(embedding)
+        width = self.stand_in.shape[1]
+        fusion, head = last_weight(self.fusion[:2]), last_weight(self.head)  # [E, V * (E + 1)], [C, E]
+        through = head[None] * (embedding > 0).to(head.dtype)[:, None, :]  # d logit / d fused pre-activation
+        class_maps = []
+        for view, fm in enumerate(maps):
+            project = cast(nn.Linear, self.project[view]).weight
+            grad = through @ fusion[:, view * width : (view + 1) * width] @ project  # [N, C, F]
+            grad = grad * present[:, view, None, None].to(grad.dtype)
+            class_maps.append(torch.einsum("ncf,nfhw->nchw", grad, fm))
+        widest = max(self._widths)
+        views = torch.stack([F.pad(p, (0, widest - p.shape[1])) for p in pools], dim=1)
+        return logits, embedding, views, torch.stack(class_maps, dim=1)

@@ -18,9 +18,9 @@ Each part's score is divided by its validation median (so 1.0 is a typical real 
 input's score is the largest over its parts and present views. The refusal threshold is one quantile of the
 validation studies' scores, chosen so that at most a given share of real task studies (default 1%) is refused:
 the share is set once, for the worst part, not per part (per-part quantiles add up, see
-:func:`care_companion.workflows.ood_gate.fit_part`). An INT8 model gets Gaussians and a threshold of its own: its features are shifted
-enough from the float32 model's that scoring them against the float32 Gaussians doubled the typical score of
-real films and let a chest film through a wrist gate. Numpy only: the service loads it with the bundle.
+:func:`care_companion.workflows.ood_gate.fit_part`). An INT8 model gets Gaussians and a threshold of its own: its
+features are shifted enough from the float32 model's that scoring them against the float32 Gaussians doubled the
+typical score of real films and let a chest film through a wrist gate. Numpy only: the service loads it with the bundle.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import numpy as np
 from care_companion.errors import ModelError
 from care_companion.imaging.preprocess import to_model_input
 from care_companion.models.bundle import (
+    CLASS_MAPS_OUTPUT,
     EMBEDDING_OUTPUT,
     IMAGE_INPUT,
     IMAGES_INPUT,
@@ -130,6 +131,7 @@ class BundlePredictor:
         outputs = {o.name for o in self.session.get_outputs()}
         self.has_embedding = EMBEDDING_OUTPUT in outputs  # bundles exported before drift monitoring lack it
         self.has_view_embeddings = VIEW_EMBEDDINGS_OUTPUT in outputs  # multi-view bundles since the per-view gate
+        self.has_class_maps = CLASS_MAPS_OUTPUT in outputs  # bundles since heat maps, with a mean-pooling backbone
 
     @property
     def temperature(self) -> float:
@@ -177,6 +179,19 @@ class BundlePredictor:
             return logits, embeddings, embeddings
         logits, embeddings, views = self._run(batch, [LOGITS_OUTPUT, EMBEDDING_OUTPUT, VIEW_EMBEDDINGS_OUTPUT], chunk)
         return logits, embeddings, views
+
+    def class_maps(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits [N, C] and each class's activation map before ReLU ([N, C, h, w], or [N, V, C, h, w] for
+        several views; :mod:`care_companion.models.heatmap` turns them into heat maps).
+
+        Raises:
+            ModelError: the model has no class maps (exported before heat maps, or its backbone does not pool by a
+                mean, so its maps would not be Grad-CAM).
+        """
+        if not self.has_class_maps:
+            raise ModelError(f"{self.directory}: the model has no {CLASS_MAPS_OUTPUT!r} output (no heat maps)")
+        logits, maps = self._run(batch, [LOGITS_OUTPUT, CLASS_MAPS_OUTPUT], chunk)
+        return logits, maps
 
     def _run(self, batch: np.ndarray | Feed, outputs: list[str], chunk: int) -> list[np.ndarray]:
         """The named outputs for a batch, run ``chunk`` items at a time."""

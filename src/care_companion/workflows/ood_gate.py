@@ -3,8 +3,9 @@
 Run at training time after the bundle (and its INT8 model) is written: each part's Gaussians (the study
 embedding of a multi-view model, each view's features) are fitted to the training split's clinical films, each
 part's scores are divided by its validation median (so the parts speak one scale), and one threshold on the
-worst part is chosen on the validation split's clinical studies; an INT8 model gets Gaussians and a threshold of its own, from its own features, so whichever
-precision is served refuses at most the chosen share of real films.
+worst part is chosen on the validation split's clinical studies; an INT8 model gets Gaussians and a threshold
+of its own, from its own features, so whichever precision is served refuses at most the chosen share of real
+films.
 """
 
 from __future__ import annotations

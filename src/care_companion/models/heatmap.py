@@ -1,0 +1,72 @@
+"""Heat maps: where on the film the model's answer comes from, from the class maps the ONNX model outputs.
+
+The exported model's ``class_maps`` output holds, for each class, its last feature map weighted by the gradient
+of the class's logit with respect to the pooled features (``BackboneClassifier.explained``); with mean pooling
+that is Grad-CAM (Selvaraju et al. 2017) before its ReLU, up to scale, so serving needs neither torch nor a
+second model run. Which map is shown:
+
+* a positive decision: the decided class's map (Grad-CAM of its logit);
+* a negative decision: the map of the disease probability P(abnormal), the sum of the disease classes'
+  calibrated probabilities. Its gradient with respect to the logits is ``p_c (1[c is a disease] - P(abnormal))``
+  (divided by the temperature, a scale), so its map is that combination of the class maps.
+
+The map is ReLU'd, divided by its maximum (an all-zero map stays zero: nothing pushed towards the answer),
+resized to the film and coloured; its alpha follows the value, so cold regions stay see-through.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from care_companion.tasks import TaskSpec
+
+# A perceptually ordered colour scale (dark blue, teal, yellow-green, yellow), as (position, RGB) stops.
+_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_COLOURS = np.array([[48, 18, 59], [40, 120, 142], [53, 183, 121], [180, 222, 44], [253, 231, 37]], dtype=float)
+
+
+def class_weights(task: TaskSpec, probabilities: np.ndarray, decided: int) -> np.ndarray:
+    """How the class maps combine into the shown map ``[C]``: one-hot on a decided disease (or other non-negative
+    class), else the gradient of P(abnormal) with respect to the logits (up to the temperature)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if decided != task.index(task.negative) or not task.positives:
+        return np.eye(len(p))[decided]
+    disease = np.zeros(len(p))
+    disease[task.positive_indices] = 1.0
+    return p * (disease - p[task.positive_indices].sum())
+
+
+def weighted(class_maps: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted sum ``[h, w]`` of ``class_maps`` ``[C, h, w]``: Grad-CAM before its ReLU, up to scale."""
+    return np.tensordot(np.asarray(weights, np.float64), np.asarray(class_maps, np.float64), axes=1)
+
+
+def combine(class_maps: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The map ``[h, w]`` in [0, 1]: ReLU of the weighted sum of ``class_maps`` ``[C, h, w]``, over its maximum."""
+    cam = np.maximum(weighted(class_maps, weights), 0.0)
+    top = float(cam.max()) if cam.size else 0.0
+    return cam / top if top > 0 else np.zeros_like(cam)
+
+
+def resize(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``cam`` bilinearly resized to ``height`` x ``width`` (float, same range)."""
+    image = Image.fromarray(np.asarray(cam, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def colourise(cam: np.ndarray, *, max_alpha: int = 200) -> np.ndarray:
+    """An RGBA image ``[H, W, 4]`` (uint8) of a map in [0, 1]: colour by value, alpha rising with it."""
+    value = np.clip(np.asarray(cam, dtype=np.float64), 0.0, 1.0)
+    rgb = np.stack([np.interp(value, _STOPS, _COLOURS[:, k]) for k in range(3)], axis=-1)
+    alpha = max_alpha * np.sqrt(value)
+    return np.concatenate([rgb, alpha[..., None]], axis=-1).round().astype(np.uint8)
+
+
+def heatmap_png(cam: np.ndarray, height: int, width: int) -> bytes:
+    """PNG bytes of the coloured map resized to a film of ``height`` x ``width``."""
+    buffer = io.BytesIO()
+    Image.fromarray(colourise(resize(cam, height, width)), mode="RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
