@@ -245,3 +245,22 @@ def test_a_backbone_whose_head_follows_the_pooling_exports_no_maps(tmp_path: Pat
     assert not predictor.has_class_maps
     with pytest.raises(ModelError, match=CLASS_MAPS_OUTPUT):
         predictor.class_maps(predictor.preprocess([np.zeros((64, 64), np.uint8)]))
+
+
+def test_an_int8_model_keeps_float_maps_close_to_the_float32_models(chest_bundle: Path, tmp_path: Path) -> None:
+    """Quantisation leaves the maps' own arithmetic in float32 (only the backbone is INT8), and the INT8 model's
+    maps follow the float32 model's."""
+    from care_companion.models.quantize import quantize_int8
+
+    fp32 = BundlePredictor(chest_bundle)
+    studies, _ = chest_studies(16, 7)
+    feed = fp32.preprocess_studies(studies)
+    target = quantize_int8(chest_bundle / "model.onnx", tmp_path / "model.int8.onnx", feed[fp32.input_names[0]])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    _, maps8 = session.run(["logits", CLASS_MAPS_OUTPUT], dict(feed))
+    _, maps32 = fp32.class_maps(feed)
+    disease = CHEST.positive_indices[0]
+    r = [pearson(a[disease], b[disease]) for a, b in zip(maps8, maps32, strict=True)]
+    assert float(np.median(r)) >= 0.9, r

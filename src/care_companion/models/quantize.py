@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from care_companion.errors import ModelError
+from care_companion.models.bundle import CLASS_MAPS_OUTPUT
 
 
 class _Batches:
@@ -53,6 +54,32 @@ def calibration_feed(source: Path, calibration: np.ndarray | Mapping[str, np.nda
     return dict(calibration)
 
 
+def only_feeding(model_path: Path, output: str) -> list[str]:
+    """Names of the nodes of an ONNX model that compute ``output`` and no other output: the heat maps' arithmetic
+    stays float32 (its matrix products of weights with per-study gradients do not quantise per channel, and
+    maps cost little next to the backbone)."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    producer = {name: node for node in graph.node for name in node.output}
+
+    def ancestors(names: list[str]) -> set[str]:
+        seen: set[str] = set()
+        stack = [producer[n] for n in names if n in producer]
+        while stack:
+            node = stack.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            stack += [producer[i] for i in node.input if i in producer]
+        return seen
+
+    others = [o.name for o in graph.output if o.name != output]
+    if output not in {o.name for o in graph.output}:
+        return []
+    return sorted(ancestors([output]) - ancestors(others))
+
+
 def quantize_int8(
     source: Path,
     target: Path,
@@ -91,6 +118,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=only_feeding(prepared, CLASS_MAPS_OUTPUT),
         )
         tmp.replace(target)
     return target
