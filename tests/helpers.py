@@ -34,6 +34,7 @@ RESULT_KEYS = {
     "study_id",
     "image_id",
     "prediction_id",
+    "heatmap",
 }
 
 

@@ -9,7 +9,7 @@ write at all) are checked by the caller, before these functions run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -19,9 +19,11 @@ from care_companion.errors import RequestError
 from care_companion.records.models import Feedback, Image, Patient, Prediction, Study, User
 from care_companion.records.repos import (
     DEFAULT_LIMIT,
+    NotFound,
     create_patient,
     create_study,
     get_patient,
+    get_prediction,
     get_study,
     list_feedback,
     list_images,
@@ -304,3 +306,28 @@ def study_feedback(
     return _study_rows(
         session, user, study_id, "study.feedback", list_feedback, offset=offset, limit=limit, request_id=request_id
     )
+
+
+def prediction_heatmap(
+    *, session: Session, user: User, prediction_id: int, view: str | None = None, request_id: str | None = None
+) -> dict[str, Any]:
+    """One view's heat map (``grid``, ``width``, ``height``; the first view read when ``view`` is None) of a
+    prediction of a study ``user`` sees, audited as ``prediction.heatmap``.
+
+    Raises:
+        NotFound: no such prediction, its study is in another department, it was kept without a study (anonymous
+            predictions belong to no department), or it has no map of that view.
+    """
+    prediction = get_prediction(session=session, prediction_id=prediction_id)
+    what = f"prediction {prediction_id}"
+    if prediction.study_id is None:
+        raise NotFound(f"{what} not found")
+    study = visible_study(session, user, prediction.study_id, what=what)
+    views = (prediction.heatmap or {}).get("views") or {}
+    if not views:
+        raise NotFound(f"{what} has no heat map (its model was exported without class maps)")
+    chosen = view or next(iter(views))
+    if chosen not in views:
+        raise NotFound(f"{what} has no heat map of view {chosen!r}; it has {', '.join(views)}")
+    audit(session, user, "prediction.heatmap", "study", study.id, request_id=request_id, prediction_id=prediction.id)
+    return dict(views[chosen])

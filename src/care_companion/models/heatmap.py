@@ -65,8 +65,36 @@ def colourise(cam: np.ndarray, *, max_alpha: int = 200) -> np.ndarray:
     return np.concatenate([rgb, alpha[..., None]], axis=-1).round().astype(np.uint8)
 
 
-def heatmap_png(cam: np.ndarray, height: int, width: int) -> bytes:
+def heatmap_png(cam: np.ndarray | list[list[float]], height: int, width: int) -> bytes:
     """PNG bytes of the coloured map resized to a film of ``height`` x ``width``."""
     buffer = io.BytesIO()
-    Image.fromarray(colourise(resize(cam, height, width)), mode="RGBA").save(buffer, format="PNG")
+    Image.fromarray(colourise(resize(np.asarray(cam), height, width)), mode="RGBA").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def shown(task: TaskSpec, decided: int) -> str:
+    """What the map of a decision explains: the decided class, or ``P(abnormal)`` for a negative decision."""
+    return "P(abnormal)" if decided == task.index(task.negative) and task.positives else task.classes[decided]
+
+
+def view_maps(
+    task: TaskSpec,
+    class_maps: np.ndarray,
+    probabilities: np.ndarray,
+    decided: int,
+    present: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The shown map ``[h, w]`` in [0, 1] of each given view of one input, by view name.
+
+    Args:
+        task: the model's task.
+        class_maps: the input's class maps, ``[C, h, w]`` (one view) or ``[V, C, h, w]``.
+        probabilities: its calibrated probabilities ``[C]``.
+        decided: the decided class index.
+        present: ``[V]`` 1 where a view was given (None: every view).
+    """
+    maps = np.asarray(class_maps)
+    maps = maps[None] if maps.ndim == 3 else maps
+    weights = class_weights(task, probabilities, decided)
+    given = np.ones(len(task.views)) if present is None else np.asarray(present)
+    return {view: combine(maps[v], weights) for v, view in enumerate(task.views) if given[v] > 0.5}

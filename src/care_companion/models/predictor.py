@@ -180,6 +180,17 @@ class BundlePredictor:
         logits, embeddings, views = self._run(batch, [LOGITS_OUTPUT, EMBEDDING_OUTPUT, VIEW_EMBEDDINGS_OUTPUT], chunk)
         return logits, embeddings, views
 
+    def served_outputs(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> tuple[np.ndarray, ...]:
+        """What the service reads of a batch, in one engine call per chunk: :meth:`engine_outputs` and, for a
+        model that has them, the class maps (see :meth:`class_maps`)."""
+        if not self.has_class_maps:
+            return self.engine_outputs(batch, chunk=chunk)
+        names = [LOGITS_OUTPUT, EMBEDDING_OUTPUT, *([VIEW_EMBEDDINGS_OUTPUT] * self.has_view_embeddings)]
+        outputs = self._run(batch, [*names, CLASS_MAPS_OUTPUT], chunk)
+        logits, embeddings, maps = outputs[0], outputs[1], outputs[-1]
+        views = outputs[2] if self.has_view_embeddings else embeddings
+        return logits, embeddings, views, maps
+
     def class_maps(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits [N, C] and each class's activation map before ReLU ([N, C, h, w], or [N, V, C, h, w] for
         several views; :mod:`care_companion.models.heatmap` turns them into heat maps).

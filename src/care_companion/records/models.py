@@ -198,6 +198,7 @@ class Prediction(Base):
     positive: Mapped[bool] = mapped_column(Boolean)
     confidence: Mapped[str] = mapped_column(String(10))
     latency_ms: Mapped[float] = mapped_column(Float)
+    heatmap: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # see serving.schemas.Heatmap
     created_at: Mapped[datetime] = _created_at()
 
 

@@ -178,6 +178,9 @@ class PredictionCreate(BaseModel):
     positive: bool
     confidence: Confidence
     latency_ms: float = Field(ge=0)
+    heatmap: dict[str, Any] | None = Field(
+        default=None, description="The heat map per view: the map on the model's grid and the film's size."
+    )
 
 
 class PredictionPublic(_Public, PredictionCreate):

@@ -51,6 +51,7 @@ class Prepared:
     input: Input
     features: tuple[np.ndarray, ...]
     histograms: tuple[np.ndarray, ...]
+    sizes: dict[str, tuple[int, int]]  # each given view's film (height, width), by view name
 
 
 def _described(images: list[np.ndarray]) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
@@ -66,6 +67,7 @@ class Inference:
     embedding: np.ndarray | None  # [D] penultimate layer (drift monitoring); None for a model without it
     view_features: np.ndarray | None  # what the out-of-distribution gate scores ([V, F], or [D] for one view)
     present: np.ndarray | None  # [V] views given, for a multi-view input
+    class_maps: np.ndarray | None = None  # [C, h, w] or [V, C, h, w] (heat maps); None for a model without them
 
 
 @dataclass
@@ -94,22 +96,27 @@ class ServedModel:
     def preprocess_bytes(self, data: bytes, *, name: str, limits: DecodeLimits) -> Prepared:
         """Decode untrusted bytes and make the model input [1, S, S] (blocking: run it in a worker thread)."""
         image = decode_image(data, name=name, limits=limits)
-        return Prepared(self.predictor.preprocess([image])[0], *_described([image]))
+        size = {self.meta.views[0]: (image.shape[0], image.shape[1])}
+        return Prepared(self.predictor.preprocess([image])[0], *_described([image]), size)
 
     def preprocess_study(self, views: dict[str, tuple[bytes, str]], *, limits: DecodeLimits) -> Prepared:
         """Decode the views of one study ({view: (bytes, name)}) and make the model's feed without batch axis
         (blocking: run it in a worker thread). A view that is not a usable image raises, naming the file."""
         images = {view: decode_image(data, name=name, limits=limits) for view, (data, name) in views.items()}
         feed = {name: value[0] for name, value in self.predictor.preprocess_studies([images]).items()}
-        return Prepared(feed, *_described(list(images.values())))
+        sizes = {view: (image.shape[0], image.shape[1]) for view, image in images.items()}
+        return Prepared(feed, *_described(list(images.values())), sizes)
 
     async def infer(self, tensor: Input) -> Inference:
         """Calibrated class probabilities [C] of one preprocessed input (or study feed), through the
-        micro-batcher, with its embedding and view features (None for a model exported without them)."""
+        micro-batcher, with its embedding, view features and class maps (None for a model exported without
+        them)."""
         output = await self.batcher.submit(tensor)
-        logits, embedding, views = output if isinstance(output, tuple) else (output, None, None)
+        logits, embedding, views, maps = (
+            (*output, None)[:4] if isinstance(output, tuple) else (output, None, None, None)
+        )
         probs = softmax(logits[None, :], self.predictor.temperature)[0]
-        return Inference(probs, embedding, views, present_mask(tensor))
+        return Inference(probs, embedding, views, present_mask(tensor), maps)
 
     def gate_check(self, inference: Inference) -> GateCheck | None:
         """The out-of-distribution gate's verdict on one inference (None for a bundle without a gate)."""
@@ -142,7 +149,7 @@ def start_model(task_name: str, source: ModelSource, settings: Settings, metrics
     )
     ood = load_gate(source.directory, predictor.meta.ood) if predictor.has_embedding else None
     batcher = MicroBatcher(
-        predictor.engine_outputs if predictor.has_embedding else predictor.logits,
+        predictor.served_outputs if predictor.has_embedding else predictor.logits,
         max_batch=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,

@@ -36,7 +36,7 @@ from care_companion.records.models import User
 from care_companion.records.repos import add_image, add_prediction
 from care_companion.records.schemas import PredictionCreate
 from care_companion.serving.predict import Upload
-from care_companion.serving.schemas import PredictionResult
+from care_companion.serving.schemas import HEATMAP_PATH, PredictionResult
 from care_companion.storage.base import ObjectStore, store_errors
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ class RecordKeeper:
                     positive=result.decision.positive,
                     confidence=result.confidence,
                     latency_ms=result.latency_ms,
+                    heatmap=result.heatmap.model_dump(exclude={"url"}) if result.heatmap else None,
                 ),
             )
             if caller.study_id is not None:
@@ -228,4 +229,9 @@ class RecordKeeper:
                 raise
             log.warning("anonymous prediction %s served but not logged: %s", result.request_id, exc.detail)
             return result
-        return result.model_copy(update=ids) if ids else result
+        if not ids:
+            return result
+        if result.heatmap is not None and ids.get("prediction_id") is not None and caller.study_id is not None:
+            url = HEATMAP_PATH.format(prediction_id=ids["prediction_id"])
+            ids = {**ids, "heatmap": result.heatmap.model_copy(update={"url": url})}  # type: ignore[dict-item]
+        return result.model_copy(update=ids)

@@ -11,9 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
 
+import numpy as np
+
 from care_companion.config import Settings
 from care_companion.errors import CareError, InvalidImageError, NotForTask, RequestError, error_code
 from care_companion.imaging.decode import DecodeLimits
+from care_companion.models.heatmap import shown, view_maps
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.serving.engine import Inference, Prepared, ServedModel
 from care_companion.serving.manager import ModelManager
@@ -24,9 +27,12 @@ from care_companion.serving.schemas import (
     BatchResponse,
     Decision,
     ErrorBody,
+    Heatmap,
     ModelRef,
     PredictionResult,
+    ViewHeatmap,
 )
+from care_companion.tasks import TaskSpec
 
 WRIST_VIEWS = ("pa", "lateral")
 
@@ -41,6 +47,23 @@ class Upload:
 
 def _model_ref(model: ServedModel) -> ModelRef:
     return ModelRef(name=model.meta.task, version=model.source.version, alias=model.source.alias, demo=model.meta.demo)
+
+
+def heatmap_of(task: TaskSpec, inference: Inference, label: str, sizes: dict[str, tuple[int, int]]) -> Heatmap | None:
+    """The heat map of a decision (``label``) on each view read, at its film's ``sizes`` (None for a model
+    exported without class maps)."""
+    if inference.class_maps is None:
+        return None
+    decided = task.index(label)
+    maps = view_maps(task, inference.class_maps, inference.probabilities, decided, inference.present)
+    return Heatmap(
+        shows=shown(task, decided),
+        views={
+            view: ViewHeatmap(grid=np.round(grid, 4).tolist(), height=sizes[view][0], width=sizes[view][1])
+            for view, grid in maps.items()
+            if view in sizes
+        },
+    )
 
 
 class Predictor:
@@ -154,6 +177,7 @@ class Predictor:
             )
         self.metrics.observe_prediction(task, found.label, found.positive, found.probabilities[found.label], confidence)
         return PredictionResult(
+            heatmap=heatmap_of(model.task, inference, found.label, prepared.sizes),
             request_id=request_id,
             task=task,
             label=found.label,

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from care_companion.access import patients
+from care_companion.models.heatmap import heatmap_png
 from care_companion.records.models import Image, Patient, Study
 from care_companion.records.repos import DEFAULT_LIMIT, MAX_LIMIT, list_audit
 from care_companion.records.schemas import (
@@ -173,6 +174,50 @@ def read_study_feedback(
         session=session, user=user, study_id=rows.study_id, offset=rows.offset, limit=rows.limit, request_id=request_id
     )
     return Page[FeedbackPublic].of(items, count, offset=rows.offset, limit=rows.limit)
+
+
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "A see-through PNG at the film's size."}
+}
+
+
+@records_router.get(
+    "/v1/predictions/{prediction_id}/heatmap.png",
+    response_class=Response,
+    responses=PNG,
+    summary="A prediction's heat map (first view read)",
+)
+def read_heatmap(prediction_id: int, session: SessionDep, user: Reader, request_id: RequestId) -> Response:
+    """Where the answer comes from on the first view the model read: a coloured, see-through map to lay over the
+    film (Grad-CAM of the decided class, or of P(abnormal) for a negative decision)."""
+    return _png(
+        patients.prediction_heatmap(session=session, user=user, prediction_id=prediction_id, request_id=request_id)
+    )
+
+
+@records_router.get(
+    "/v1/predictions/{prediction_id}/heatmap/{view}.png",
+    response_class=Response,
+    responses=PNG,
+    summary="A prediction's heat map of one view",
+)
+def read_view_heatmap(
+    prediction_id: int,
+    view: Annotated[str, Path(max_length=20)],
+    session: SessionDep,
+    user: Reader,
+    request_id: RequestId,
+) -> Response:
+    """The heat map of one view of the study (``pa``, ``lateral``...)."""
+    entry = patients.prediction_heatmap(
+        session=session, user=user, prediction_id=prediction_id, view=view, request_id=request_id
+    )
+    return _png(entry)
+
+
+def _png(entry: dict[str, Any]) -> Response:
+    png = heatmap_png(entry["grid"], int(entry["height"]), int(entry["width"]))
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 # -- audit log -----------------------------------------------------------------------------------------------

@@ -51,6 +51,33 @@ class Decision(BaseModel):
     rule: str = Field(description="The rule in words.")
 
 
+HEATMAP_PATH = "/v1/predictions/{prediction_id}/heatmap.png"
+
+
+class ViewHeatmap(BaseModel):
+    """One view's heat map: the map on the model's feature grid and the size of the film it covers."""
+
+    grid: list[list[float]] = Field(
+        description="The map, rows of the model's feature grid, 0 to 1 (1: what pushed most towards the answer). "
+        "Stretched over the whole film, it lies on it (the model reads the film resized to a square)."
+    )
+    width: int = Field(description="The film's width in pixels (the PNG's).")
+    height: int = Field(description="The film's height in pixels (the PNG's).")
+
+
+class Heatmap(BaseModel):
+    """Where on the film(s) the answer comes from: a class activation map (Grad-CAM) per view read."""
+
+    shows: str = Field(description="What the map explains: the decided class, or P(abnormal) for a negative decision.")
+    method: Literal["grad-cam"] = "grad-cam"
+    views: dict[str, ViewHeatmap]
+    url: str | None = Field(
+        default=None,
+        description="The stored prediction's heat map of its first view read, a see-through PNG at the film's "
+        "size (each view's: .../heatmap/{view}.png); None when the result was not stored.",
+    )
+
+
 class PredictionResult(BaseModel):
     """One image's (or one study's) calibrated result; always to be reviewed by a radiologist."""
 
@@ -69,6 +96,9 @@ class PredictionResult(BaseModel):
     study_id: int | None = Field(default=None, description="The study the result was stored with, if any.")
     image_id: int | None = Field(default=None, description="The stored image's record, for a study.")
     prediction_id: int | None = Field(default=None, description="The stored prediction's record, if kept.")
+    heatmap: Heatmap | None = Field(
+        default=None, description="Where the answer comes from, per view; None for a model exported without maps."
+    )
 
 
 class BatchItem(BaseModel):
