@@ -107,6 +107,26 @@ def import_chest_set(settings: Settings) -> str:
     return import_chest(sources, store_from_settings(settings), seed=settings.seed).version
 
 
+def rebuild_gate(bundle: Path, settings: Settings) -> None:
+    """Fit the bundle's out-of-distribution gate again, with this code's rule, on its data set's splits."""
+    from care_companion.workflows.ood_gate import build_ood_gate
+
+    meta = load_meta(bundle)
+    task = meta.task_spec()
+    store = store_from_settings(settings)
+    manifest = load_manifest(store, task.name, meta.dataset_version)
+    splits = split_arrays(manifest, build_cache(store, manifest, meta.input_size, settings.cache_dir), task)
+    build_ood_gate(bundle, task, train=splits["train"], val=splits["val"], seed=settings.seed)
+
+
+def reject_sources(bundle: Path, settings: Settings) -> dict[str, int]:
+    """The bundle's data set's reject-class images by source."""
+    meta = load_meta(bundle)
+    frame = load_manifest(store_from_settings(settings), meta.task, meta.dataset_version).frame
+    unknown = frame[frame["label"] == meta.task_spec().reject]
+    return {str(k): int(v) for k, v in unknown["source"].value_counts().items()}
+
+
 # ------------------------------------------------------------------------------------------- held-out sets
 
 
@@ -329,6 +349,9 @@ def main() -> None:
     parser.add_argument("--wrist-bundle", type=Path, default=None, help="Reuse this wrist bundle (its data dir).")
     parser.add_argument("--chest-bundle", type=Path, default=None, help="Reuse this chest bundle (its data dir).")
     parser.add_argument("--only", choices=["wrist", "chest"], default=None, help="Train/measure one task only.")
+    parser.add_argument(
+        "--rebuild-gate", action="store_true", help="Build the reused bundles' gates again with this code first."
+    )
     parser.add_argument("--finetune-epochs", type=int, default=None, help="Override the recipes' fine-tune epochs.")
     parser.add_argument("--samples-per-epoch", type=int, default=None, help="Override the recipes' epoch size.")
     args = parser.parse_args()
@@ -362,6 +385,11 @@ def main() -> None:
         else:
             bundles["wrist"], timing["wrist_import_and_train_s"], wrist_rejects = train_wrist(settings, overrides)
 
+    for name, bundle in bundles.items():
+        if args.rebuild_gate:
+            rebuild_gate(bundle, settings)
+        if name == "wrist" and wrist_rejects is None:
+            wrist_rejects = reject_sources(bundle, settings)
     rng = np.random.default_rng(2024)
     sources = photo_sources()
     seen = trained_on(settings)
@@ -376,7 +404,7 @@ def main() -> None:
         f"{added if added is not None else 'n/a (reused bundle)'}), chest recipe",
         "wrist": "FracAtlas hand/wrist films (`import_fracatlas(region='hand', other_regions=['leg'])`: the import's "
         f"defaults but hip and shoulder held out; 'unknown' by source: {wrist_rejects or 'n/a (reused bundle)'}), "
-        "wrist recipe",
+        f"wrist recipe{'; gate rebuilt with this code on the reused bundle' if args.rebuild_gate else ''}",
     }
     for name, bundle in bundles.items():
         held_out = dict(common)

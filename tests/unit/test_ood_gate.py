@@ -223,7 +223,8 @@ def test_the_gate_is_kept_in_the_bundle(gated: tuple[TaskSpec, Path]) -> None:
     gate = meta.ood
     assert gate.classes == task.clinical_classes  # the reject class is not fitted
     assert gate.validation_refused["fp32"] <= gate.max_refusal == 0.01
-    assert gate.counts == {"fit_items": 240, "validation_items": 240}
+    assert gate.counts["fit_items"] == gate.counts["validation_items"] == 240
+    assert 2 <= gate.counts["threshold_items"] <= 240  # the validation films the reject class accepts
     loaded = load_gate(bundle, meta.ood)
     assert loaded is not None and loaded.gate.threshold_for("int8") == gate.thresholds["fp32"]
     assert gate.views == task.views and gate.study == task.multiview  # a multi-view model's study embedding too
@@ -312,7 +313,7 @@ def test_a_gate_of_several_parts_refuses_about_the_chosen_share_of_new_real_stud
     def studies(n: int, seed: int) -> GateFeatures:
         study, labels = blobs(n, seed, dim=30)
         views = np.stack([blobs(n, seed + 1)[0], blobs(n, seed + 2, offset=1.0)[0]], axis=1)
-        return GateFeatures(labels, study, views, np.ones((n, 2)))
+        return GateFeatures(labels, study, views, np.ones((n, 2)), np.ones(n, dtype=bool))
 
     refused = []
     for trial in range(12):
@@ -321,6 +322,20 @@ def test_a_gate_of_several_parts_refuses_about_the_chosen_share_of_new_real_stud
         threshold, _ = choose_threshold(gate_scores(models, val.embeddings, val.views, val.present, study=True))
         refused.append((gate_scores(models, new.embeddings, new.views, new.present, study=True) > threshold).mean())
     assert np.mean(refused) <= 0.03, refused  # the largest of 64: about 1/65 of new studies on average
+
+
+def test_films_the_reject_class_refuses_do_not_set_the_threshold() -> None:
+    """The gate guards what the reject class lets through: an outlier it already refuses must not loosen the
+    threshold for everything else; with fewer than two accepted films every film counts."""
+    from care_companion.workflows.ood_gate import gate_threshold
+
+    scores = np.concatenate([np.linspace(0.5, 2.0, 62), [9.2, 3.8]])
+    accepted = np.ones(64, dtype=bool)
+    assert gate_threshold(scores, accepted, 0.01)[:2] == (9.2, 0.0)
+    accepted[-2:] = False
+    threshold, refused, chosen_on = gate_threshold(scores, accepted, 0.01)
+    assert threshold == pytest.approx(2.0) and refused == 0.0 and chosen_on == 62
+    assert gate_threshold(scores, np.zeros(64, dtype=bool), 0.01)[0] == 9.2
 
 
 def test_a_gate_file_from_before_views_were_scored_one_by_one_still_loads(tmp_path: Path) -> None:

@@ -16,11 +16,12 @@ smallest Mahalanobis distance to a class mean. The parts:
 
 Each part's score is divided by its validation median (so 1.0 is a typical real film for every part), and an
 input's score is the largest over its parts and present views. The refusal threshold is one quantile of the
-validation studies' scores, chosen so that at most a given share of real task studies (default 1%) is refused:
-the share is set once, for the worst part, not per part (per-part quantiles add up, see
-:func:`care_companion.workflows.ood_gate.fit_part`). An INT8 model gets Gaussians and a threshold of its own: its
-features are shifted enough from the float32 model's that scoring them against the float32 Gaussians doubled the
-typical score of real films and let a chest film through a wrist gate. Numpy only: the service loads it with the bundle.
+validation studies' scores, chosen so that at most a given share (default 1%) of the real task studies the reject
+class accepts is refused (studies it refuses anyway do not set the threshold). The share is set once, for the
+worst part, not per part: per-part quantiles add up (see :func:`care_companion.workflows.ood_gate.fit_part`). An
+INT8 model gets Gaussians and a threshold of its own: its features are shifted enough from the float32 model's
+that scoring them against the float32 Gaussians doubled the typical score of real films and let a chest film
+through a wrist gate. Numpy only: the service loads it with the bundle.
 """
 
 from __future__ import annotations
@@ -48,9 +49,14 @@ class OodGate(BaseModel):
         description="Refusal threshold on the score per precision ('fp32', and 'int8' when the bundle has an INT8 "
         "model, with Gaussians fitted to its own features); a score above it is refused."
     )
-    max_refusal: float = Field(description="Largest share of validation task films the threshold may refuse.")
+    max_refusal: float = Field(
+        description="Largest share of validation task films the threshold may refuse (of those the reject class "
+        "accepts: films it refuses anyway do not set the threshold)."
+    )
     validation_refused: dict[str, float] = Field(
-        default_factory=dict, description="Share of validation task films refused at the threshold, per precision."
+        default_factory=dict,
+        description="Share of the validation task films the reject class accepts refused at the threshold, per "
+        "precision.",
     )
     shrinkage: float = Field(
         description="Ledoit-Wolf shrinkage of the shared covariance towards identity (the largest over views)."
