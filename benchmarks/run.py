@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import chest_recipe, drift_power, int8, ray_throughput, serve_load, train_throughput, wrist_recipe
+from benchmarks import (
+    chest_recipe,
+    drift_power,
+    heatmap_cost,
+    int8,
+    ray_throughput,
+    serve_load,
+    train_throughput,
+    wrist_recipe,
+)
 
 
 def main() -> None:
-    for module in (train_throughput, ray_throughput, chest_recipe, wrist_recipe, int8, serve_load, drift_power):
+    for module in (
+        train_throughput,
+        ray_throughput,
+        chest_recipe,
+        wrist_recipe,
+        int8,
+        serve_load,
+        heatmap_cost,
+        drift_power,
+    ):
         print(f"== {module.__name__}", flush=True)
         sys.argv = [module.__name__]
         module.main()
