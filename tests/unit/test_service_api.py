@@ -51,6 +51,8 @@ ALL_PATHS = {
     "/v1/studies/{study_id}",
     "/v1/studies/{study_id}/images",
     "/v1/studies/{study_id}/predictions",
+    "/v1/predictions/{prediction_id}/heatmap.png",
+    "/v1/predictions/{prediction_id}/heatmap/{view}.png",
     "/v1/studies/{study_id}/feedback",
     "/v1/audit",
     "/v1/feedback/export.csv",

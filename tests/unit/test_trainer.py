@@ -103,9 +103,10 @@ def test_onnx_export_matches_pytorch(tmp_path: Path):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "embedding", "class_maps"]
     x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
-    logits, embedding = session.run(None, {"image": x.numpy()})
+    logits, embedding, maps = session.run(None, {"image": x.numpy()})
+    assert maps.shape[:2] == (3, 4)  # a map per class
     with torch.inference_mode():
         np.testing.assert_allclose(embedding, model.features(x).numpy(), atol=1e-4)
         np.testing.assert_allclose(logits, model(x).numpy(), atol=1e-4)
