@@ -13,9 +13,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, aliased, defer
 
 from care_companion.errors import DataError
 from care_companion.records.models import (
@@ -557,3 +557,86 @@ def list_audit(
     if since is not None:
         stmt = stmt.where(AuditLog.at >= since)
     return _page(session, stmt.order_by(AuditLog.at.desc(), AuditLog.id.desc()), offset=offset, limit=limit)
+
+
+PRIORITIES = ("flagged", "low_confidence", "routine")  # triage tiers, read in this order
+
+
+def worklist_rows(
+    *,
+    session: Session,
+    department: str | None,
+    task: str | None = None,
+    status: str = "awaiting",
+    offset: int = 0,
+    limit: int = DEFAULT_LIMIT,
+) -> tuple[list[dict[str, Any]], int]:
+    """Studies with an AI answer, as worklist rows (``WorklistItem`` fields), and their count.
+
+    A study is *awaiting* review until a verdict is filed on its latest prediction, then *reviewed*. Awaiting
+    studies come in triage order: flagged (positive) first, then low-confidence, then the rest, each tier
+    longest-waiting first; reviewed ones newest verdict first.
+
+    Args:
+        department: only studies of this department (None: all).
+        task: only studies of this task.
+        status: ``awaiting`` or ``reviewed``.
+    """
+    if status not in ("awaiting", "reviewed"):
+        raise DataError(f"unknown worklist status {status!r}; choose awaiting or reviewed")
+    latest = (
+        select(Prediction.study_id, func.max(Prediction.id).label("prediction_id"))
+        .where(Prediction.study_id.is_not(None))
+        .group_by(Prediction.study_id)
+        .subquery()
+    )
+    verdict = select(Feedback.prediction_id, func.max(Feedback.id).label("feedback_id")).group_by(
+        Feedback.prediction_id
+    )
+    verdicts = verdict.subquery()
+    reader = aliased(User)
+    tier = case((Prediction.positive, 0), (Prediction.confidence == "low", 1), else_=2)
+    stmt = (
+        select(Study, Patient, Prediction, Feedback, reader.username, tier.label("tier"))
+        .join(latest, latest.c.study_id == Study.id)
+        .join(Prediction, Prediction.id == latest.c.prediction_id)
+        .join(Patient, Patient.id == Study.patient_id)
+        .outerjoin(verdicts, verdicts.c.prediction_id == Prediction.id)
+        .outerjoin(Feedback, Feedback.id == verdicts.c.feedback_id)
+        .outerjoin(reader, reader.id == Feedback.radiologist_id)
+    )
+    if department is not None:
+        stmt = stmt.where(Study.department == department)
+    if task is not None:
+        stmt = stmt.where(Study.task == task)
+    if status == "awaiting":
+        stmt = stmt.where(verdicts.c.feedback_id.is_(None)).order_by(tier, Prediction.created_at, Study.id)
+    else:
+        stmt = stmt.where(verdicts.c.feedback_id.is_not(None)).order_by(Feedback.created_at.desc(), Feedback.id.desc())
+    offset, limit = _window(offset, limit)
+    count = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    rows = session.execute(stmt.offset(offset).limit(limit)).all() if limit else []
+    return [
+        {
+            "study_id": study.id,
+            "task": study.task,
+            "department": study.department,
+            "accession": study.accession,
+            "study_created_at": study.created_at,
+            "patient_id": patient.id,
+            "patient_mrn": patient.mrn,
+            "patient_name": patient.name,
+            "priority": PRIORITIES[int(rank)],
+            "prediction_id": prediction.id,
+            "label": prediction.label,
+            "positive": prediction.positive,
+            "confidence": prediction.confidence,
+            "probabilities": prediction.probabilities,
+            "waiting_since": prediction.created_at,
+            "reviewed_at": feedback.created_at if feedback is not None else None,
+            "reviewed_by": username,
+            "true_label": feedback.true_label if feedback is not None else None,
+            "agrees": feedback.agrees if feedback is not None else None,
+        }
+        for study, patient, prediction, feedback, username, rank in rows
+    ], count

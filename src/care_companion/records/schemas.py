@@ -240,3 +240,34 @@ class Page(BaseModel, Generic[T]):
         return cls.model_validate(
             {"data": items, "count": count, "offset": offset, "limit": limit}, from_attributes=True
         )
+
+
+WorklistStatus = Literal["awaiting", "reviewed"]
+Priority = Literal["flagged", "low_confidence", "routine"]
+
+
+class WorklistItem(BaseModel):
+    """A study on a radiologist's worklist: its patient, the AI's latest answer and, once read, the verdict."""
+
+    study_id: int
+    task: Task
+    department: str
+    accession: str | None
+    study_created_at: datetime
+    patient_id: int
+    patient_mrn: str
+    patient_name: str
+    priority: Priority = Field(
+        description="flagged: the AI's decision is positive; low_confidence: negative but low-confidence; routine: "
+        "the rest. The worklist reads flagged studies first, then low-confidence ones, then the rest."
+    )
+    prediction_id: int
+    label: str = Field(description="The AI's decided class.")
+    positive: bool
+    confidence: Confidence
+    probabilities: dict[str, float]
+    waiting_since: datetime = Field(description="When the AI's latest answer for the study was given.")
+    reviewed_at: datetime | None = None
+    reviewed_by: str | None = Field(default=None, description="Username of the radiologist who read it.")
+    true_label: str | None = None
+    agrees: bool | None = Field(default=None, description="Whether the radiologist's verdict matched the AI's label.")

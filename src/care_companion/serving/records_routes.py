@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response
 
 from care_companion.access import patients
+from care_companion.access.worklist import worklist
 from care_companion.models.heatmap import heatmap_png
 from care_companion.records.models import Image, Patient, Study
 from care_companion.records.repos import DEFAULT_LIMIT, MAX_LIMIT, list_audit
@@ -28,6 +29,8 @@ from care_companion.records.schemas import (
     StudyCreate,
     StudyPublic,
     Task,
+    WorklistItem,
+    WorklistStatus,
 )
 from care_companion.serving.deps import Auditor, Reader, RequestId, SessionDep, Writer
 from care_companion.serving.schemas import AUTH_ERRORS, PatientCreateRequest, error_doc
@@ -174,6 +177,26 @@ def read_study_feedback(
         session=session, user=user, study_id=rows.study_id, offset=rows.offset, limit=rows.limit, request_id=request_id
     )
     return Page[FeedbackPublic].of(items, count, offset=rows.offset, limit=rows.limit)
+
+
+@records_router.get("/v1/worklist", response_model=Page[WorklistItem], summary="The radiologists' worklist")
+def read_worklist(
+    session: SessionDep,
+    user: Reader,
+    request_id: RequestId,
+    task: Annotated[str | None, Query(max_length=20, description="Only studies of this task.")] = None,
+    status: Annotated[
+        WorklistStatus, Query(description="awaiting: triage order; reviewed: newest verdict first.")
+    ] = "awaiting",
+    offset: Offset = 0,
+    limit: Limit = DEFAULT_LIMIT,
+) -> Page[WorklistItem]:
+    """Studies of your department with an AI answer: awaiting review in triage order (AI-flagged first, then
+    low-confidence, each longest-waiting first), or reviewed, with who read them and the verdict."""
+    items, count = worklist(
+        session=session, user=user, task=task, status=status, offset=offset, limit=limit, request_id=request_id
+    )
+    return Page[WorklistItem].of(items, count, offset=offset, limit=limit)
 
 
 PNG: dict[int | str, dict[str, Any]] = {
