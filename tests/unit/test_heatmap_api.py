@@ -112,3 +112,20 @@ def test_a_model_without_class_maps_answers_without_a_heat_map(tmp_path: Path) -
         response = client.post("/v1/predict/wrist", files={"pa": ("pa.png", png(7, 100, 100), "image/png")})
     assert response.status_code == 200, response.text
     assert response.json()["heatmap"] is None
+
+
+def test_the_reading_view_gets_each_views_film_and_the_worklist_names_them(world: dict[str, Any]) -> None:
+    """The worklist row of a study names its latest film of each view; each is served as the grayscale PNG the
+    model read, at its own size, to readers of the study's department only."""
+    pa, lateral = png(8, 110, 70), png(9, 64, 128)
+    body = post(world, {"pa": pa, "lateral": lateral})
+    rows = get(world, "/v1/worklist?task=wrist&limit=100").json()["data"]
+    row = next(r for r in rows if r["prediction_id"] == body["prediction_id"])
+    assert set(row["images"]) == {"pa", "lateral"}
+    for view, sent in (("pa", pa), ("lateral", lateral)):
+        film = get(world, f"/v1/images/{row['images'][view]}/film.png")
+        assert film.status_code == 200 and film.headers["content-type"] == "image/png"
+        shown = np.asarray(Image.open(io.BytesIO(film.content)))
+        assert np.array_equal(shown, decode_image(sent, name=view))  # the pixels the model read, full size
+        assert get(world, f"/v1/images/{row['images'][view]}/film.png", user="far").status_code == 404
+    assert get(world, "/v1/images/999999/film.png").status_code == 404

@@ -53,6 +53,7 @@ ALL_PATHS = {
     "/v1/studies/{study_id}/predictions",
     "/v1/predictions/{prediction_id}/heatmap.png",
     "/v1/worklist",
+    "/v1/images/{image_id}/film.png",
     "/v1/predictions/{prediction_id}/heatmap/{view}.png",
     "/v1/studies/{study_id}/feedback",
     "/v1/audit",

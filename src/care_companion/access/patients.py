@@ -331,3 +331,18 @@ def prediction_heatmap(
         raise NotFound(f"{what} has no heat map of view {chosen!r}; it has {', '.join(views)}")
     audit(session, user, "prediction.heatmap", "study", study.id, request_id=request_id, prediction_id=prediction.id)
     return dict(views[chosen])
+
+
+def image_for_viewing(*, session: Session, user: User, image_id: int, request_id: str | None = None) -> Image:
+    """A stored image of a study ``user`` sees, to display (audited as ``image.view``).
+
+    Raises:
+        NotFound: no such image, or its study is in another department.
+    """
+    image = session.get(Image, image_id)
+    what = f"image {image_id}"
+    if image is None:
+        raise NotFound(f"{what} not found")
+    study = visible_study(session, user, image.study_id, what=what)
+    audit(session, user, "image.view", "study", study.id, request_id=request_id, image_id=image.id, view=image.view)
+    return image

@@ -368,3 +368,15 @@ def _dicom_colour(rgb: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
     else:
         full = float(2 ** int(ds.get("BitsStored", 8)) - 1)
     return _to_u8(_rgb_to_gray(rgb) / full)
+
+
+def display_png(data: bytes, *, name: str = "", limits: DecodeLimits = DEFAULT_LIMITS) -> bytes:
+    """A stored upload (PNG, JPEG, DICOM...) as an 8-bit grayscale PNG a browser can show: the pixels the model
+    read, before resizing (DICOM windowed and inverted as :func:`decode_image` does)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(decode_image(data, name=name, limits=limits), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()

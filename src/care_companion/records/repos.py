@@ -616,6 +616,7 @@ def worklist_rows(
     offset, limit = _window(offset, limit)
     count = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
     rows = session.execute(stmt.offset(offset).limit(limit)).all() if limit else []
+    images = latest_images(session, [row[0].id for row in rows])
     return [
         {
             "study_id": study.id,
@@ -633,6 +634,7 @@ def worklist_rows(
             "confidence": prediction.confidence,
             "probabilities": prediction.probabilities,
             "waiting_since": prediction.created_at,
+            "images": images.get(study.id, {}),
             "reviewed_at": feedback.created_at if feedback is not None else None,
             "reviewed_by": username,
             "true_label": feedback.true_label if feedback is not None else None,
@@ -640,3 +642,18 @@ def worklist_rows(
         }
         for study, patient, prediction, feedback, username, rank in rows
     ], count
+
+
+def latest_images(session: Session, study_ids: list[int]) -> dict[int, dict[str, int]]:
+    """The latest stored image id of each view of each study: {study id: {view: image id}}."""
+    if not study_ids:
+        return {}
+    stmt = (
+        select(Image.study_id, Image.view, func.max(Image.id))
+        .where(Image.study_id.in_(study_ids))
+        .group_by(Image.study_id, Image.view)
+    )
+    out: dict[int, dict[str, int]] = {}
+    for study_id, view, image_id in session.execute(stmt):
+        out.setdefault(study_id, {})[view] = image_id
+    return out

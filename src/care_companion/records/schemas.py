@@ -267,6 +267,9 @@ class WorklistItem(BaseModel):
     confidence: Confidence
     probabilities: dict[str, float]
     waiting_since: datetime = Field(description="When the AI's latest answer for the study was given.")
+    images: dict[str, int] = Field(
+        default_factory=dict, description="The study's latest stored image of each view, by view (image ids)."
+    )
     reviewed_at: datetime | None = None
     reviewed_by: str | None = Field(default=None, description="Username of the radiologist who read it.")
     true_label: str | None = None

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 
 from care_companion.access import patients
 from care_companion.access.worklist import worklist
+from care_companion.imaging.decode import DecodeLimits, display_png
 from care_companion.models.heatmap import heatmap_png
 from care_companion.records.models import Image, Patient, Study
 from care_companion.records.repos import DEFAULT_LIMIT, MAX_LIMIT, list_audit
@@ -32,8 +33,9 @@ from care_companion.records.schemas import (
     WorklistItem,
     WorklistStatus,
 )
-from care_companion.serving.deps import Auditor, Reader, RequestId, SessionDep, Writer
+from care_companion.serving.deps import Auditor, Reader, RequestId, SessionDep, SettingsDep, StoreDep, Writer
 from care_companion.serving.schemas import AUTH_ERRORS, PatientCreateRequest, error_doc
+from care_companion.storage.base import store_errors
 
 Offset = Annotated[int, Query(ge=0, description="Rows to skip.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Most rows to return.")]
@@ -236,6 +238,24 @@ def read_view_heatmap(
         session=session, user=user, prediction_id=prediction_id, view=view, request_id=request_id
     )
     return _png(entry)
+
+
+@records_router.get(
+    "/v1/images/{image_id}/film.png",
+    response_class=Response,
+    responses=PNG,
+    summary="A stored film, to display",
+)
+def read_film(
+    image_id: int, session: SessionDep, user: Reader, store: StoreDep, settings: SettingsDep, request_id: RequestId
+) -> Response:
+    """A stored image of a study you see, as the 8-bit grayscale PNG the model read (DICOM windowed), at its own
+    size: what the reading view draws, with the prediction's heat map over it."""
+    image = patients.image_for_viewing(session=session, user=user, image_id=image_id, request_id=request_id)
+    with store_errors("reading the image"):
+        data = store.get_bytes(image.object_key)
+    png = display_png(data, name=f"image {image_id}", limits=DecodeLimits.from_settings(settings))
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 def _png(entry: dict[str, Any]) -> Response:
