@@ -614,3 +614,14 @@ def test_too_many_images_is_not_counted_as_payload_too_large(client: TestClient)
     after = samples(client)
     key = {"task": "chest", "reason": "payload_too_large"}
     assert value(after, "care_rejected_inputs_total", **key) == value(before, "care_rejected_inputs_total", **key)
+
+
+def test_every_answer_carries_security_headers_and_pages_a_strict_csp(client: TestClient) -> None:
+    """Pages load only this origin's scripts and styles and may not be framed; /docs (CDN assets) has no CSP."""
+    for path in ("/dashboard", "/health", "/v1/tasks"):
+        response = client.get(path)
+        assert response.headers["x-frame-options"] == "DENY", path
+        assert response.headers["referrer-policy"] == "no-referrer" and response.headers["x-content-type-options"]
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert "content-security-policy" not in client.get("/docs").headers

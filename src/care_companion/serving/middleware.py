@@ -1,4 +1,5 @@
-"""The ASGI guard around every request: request id, body-size limit (413), latency and status metrics.
+"""The ASGI guard around every request: request id, body-size limit (413), security headers, latency and status
+metrics.
 
 It is pure ASGI so it can count body bytes as they stream in and answer 413 before an oversized upload is
 held in memory or on disk, whatever the client claims in ``Content-Length``.
@@ -20,6 +21,28 @@ from care_companion.tasks import TASKS
 Scope = dict[str, Any]
 Message = dict[str, Any]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+# The pages the service serves (the dashboard, the clinicians' app) load only their own scripts and styles, from
+# this origin, and may not be framed; FastAPI's /docs and /redoc load theirs from a CDN with inline scripts, so
+# they get no Content-Security-Policy (they are for engineers; offline they do not load anyway).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+NO_CSP_PATHS = ("/docs", "/redoc")
+
+
+def security_headers(path: str) -> list[tuple[bytes, bytes]]:
+    """The security headers every response of ``path`` carries."""
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+    if not path.startswith(NO_CSP_PATHS):
+        headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+    return headers
 
 
 class BodyTooLarge(Exception):
@@ -106,10 +129,8 @@ class RequestGuard:
                     return
                 if message["type"] == "http.response.start":
                     status, sent_start = message["status"], True
-                    message = {
-                        **message,
-                        "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())],
-                    }
+                    extra = [(b"x-request-id", request_id.encode()), *security_headers(scope.get("path", ""))]
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
                 await send(message)
 
             try:
