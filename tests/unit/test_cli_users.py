@@ -127,7 +127,7 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
     fields = {
         line.split(":", 1)[0].strip(): line.split(":", 1)[1].split()
         for line in result.output.splitlines()
-        if line.startswith("admin")
+        if line.startswith(("admin", "technician login", "radiologist login"))
     }
     username, _, password = fields["admin login"][:3]
     key = fields["admin API key"][0]
@@ -138,6 +138,10 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
     with TestClient(create_app(cfg)) as client:
         token = client.post("/v1/auth/token", data={"username": username, "password": password})
         assert token.status_code == 200 and token.json()["role"] == "admin"
+        for role in ("technician", "radiologist"):  # the clinicians' logins work too, with their roles
+            name, _, secret = fields[f"{role} login"][:3]
+            signed = client.post("/v1/auth/token", data={"username": name, "password": secret})
+            assert signed.status_code == 200 and signed.json()["role"] == role, signed.text
         example = Path(result.output.split("file=@")[1].split()[0])
         answer = client.post(
             "/v1/predict/chest",

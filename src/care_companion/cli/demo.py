@@ -109,12 +109,11 @@ def demo_cmd(
 def _serve(cfg: Settings, started: float, *, wrist: bool) -> subprocess.Popen[bytes]:
     """Start the service on the chest model while the wrist model trains; print the login and examples."""
     from care_companion.records.db import upgrade
-    from care_companion.workflows.accounts import open_account
-    from care_companion.workflows.demo import DEMO_ADMIN, start_service, write_examples
+    from care_companion.workflows.demo import demo_accounts, start_service, write_examples
 
     upgrade(cfg.db_url)  # the records database the service needs
     with friendly_errors():
-        admin = open_account(cfg, username=DEMO_ADMIN, role="admin", api_key=True, reset=True)
+        admin, *clinicians = demo_accounts(cfg)
     examples = write_examples(cfg)
     console.rule("[bold]Serving the demo models")
     service = start_service(cfg)
@@ -124,6 +123,12 @@ def _serve(cfg: Settings, started: float, *, wrist: bool) -> subprocess.Popen[by
     console.print(
         f"admin login: [bold]{admin.username}[/] / [bold]{admin.password}[/]   (new on every demo run)", soft_wrap=True
     )
+    for person in clinicians:
+        console.print(
+            f"{person.role} login: [bold]{person.username}[/] / [bold]{person.password}[/]   "
+            f"(department {person.department}; new on every demo run)",
+            soft_wrap=True,
+        )
     lines = [
         f"admin API key: {admin.api_key}",
         f"  sign in:  curl -d username={admin.username} -d password={admin.password} {url}/v1/auth/token",

@@ -27,9 +27,13 @@ from care_companion.imaging.decode import DecodeLimits
 from care_companion.storage import store_from_settings
 from care_companion.tasks import CHEST, WRIST
 from care_companion.training.trainer import TrainConfig
+from care_companion.workflows.accounts import Credentials, open_account
 from care_companion.workflows.training import TrainOutcome, train_task
 
 DEMO_ADMIN = "admin"  # the demo's admin user; its password is reset on every run and printed
+# the demo's clinicians (one department), their passwords reset on every run and printed too
+DEMO_CLINICIANS = (("technician", "technician"), ("radiologist", "radiologist"))
+DEMO_DEPARTMENT = "radiology"
 
 DEMO_CHEST_RECIPE = TrainConfig(  # a small ResNet (timm's test_resnet, 0.37 M parameters) at 96 px, from scratch
     backbone="test_resnet",
@@ -179,3 +183,14 @@ def wait_until_served(
             pass
         time.sleep(0.5)
     return False
+
+
+def demo_accounts(settings: Settings) -> list[Credentials]:
+    """The demo's admin (with an API key) and its technician and radiologist, created or given new passwords
+    (the records database must be migrated)."""
+    admin = open_account(settings, username=DEMO_ADMIN, role="admin", api_key=True, reset=True)
+    clinicians = [
+        open_account(settings, username=name, role=role, department=DEMO_DEPARTMENT, reset=True)
+        for name, role in DEMO_CLINICIANS
+    ]
+    return [admin, *clinicians]
