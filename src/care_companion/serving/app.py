@@ -29,6 +29,7 @@ from care_companion.serving.manager import ModelManager
 from care_companion.serving.middleware import RequestGuard
 from care_companion.serving.monitor import Monitor
 from care_companion.serving.monitoring_routes import monitoring_router
+from care_companion.serving.pages import pages_router
 from care_companion.serving.persistence import RecordKeeper
 from care_companion.serving.predict import Predictor
 from care_companion.serving.records_routes import records_router
@@ -198,7 +199,16 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | Non
     )
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
-    routers = (predict_router(), ops, auth_router, records_router, feedback_router, admin_router, monitoring_router)
+    routers = (
+        predict_router(),
+        ops,
+        auth_router,
+        records_router,
+        feedback_router,
+        admin_router,
+        monitoring_router,
+        pages_router,
+    )
     for router in routers:
         app.include_router(router)
 

@@ -1,12 +1,11 @@
-"""Monitoring over HTTP: drift status and history, model health (``/v1/monitoring/...``), and the dashboard page."""
+"""Monitoring over HTTP: drift status and history, model health (``/v1/monitoring/...``); the dashboard page that
+draws them is in :mod:`care_companion.serving.pages`."""
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import HTMLResponse, Response
 
 from care_companion.errors import RequestError
 from care_companion.serving.deps import ModelsDep, MonitorDep, Watcher
@@ -15,12 +14,6 @@ from care_companion.serving.monitor import DriftReport, HealthReport
 from care_companion.serving.schemas import AUTH_ERRORS
 
 monitoring_router = APIRouter(tags=["monitoring"])
-
-DASHBOARD_ASSETS = {
-    "dashboard.js": "text/javascript; charset=utf-8",
-    "dashboard.css": "text/css; charset=utf-8",
-    "charts.js": "text/javascript; charset=utf-8",
-}
 
 
 def _tasks(models: ModelManager, task: str | None) -> list[str]:
@@ -63,21 +56,3 @@ async def health(
     predictions and refused inputs since start-up, and online sensitivity/specificity/accuracy over the last
     confirmed studies (``CARE_ONLINE_WINDOW``)."""
     return await monitor.health(_tasks(models, task))
-
-
-def _asset(name: str) -> str:
-    return resources.files("care_companion.serving").joinpath("static", name).read_text(encoding="utf-8")
-
-
-@monitoring_router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
-def dashboard() -> HTMLResponse:
-    """The monitoring dashboard: a page that signs in and draws what the monitoring API returns (no CDN)."""
-    return HTMLResponse(_asset("dashboard.html"))
-
-
-@monitoring_router.get("/dashboard/assets/{name}", include_in_schema=False)
-def dashboard_asset(name: str) -> Response:
-    """The dashboard's scripts and styles, served by the app itself."""
-    if name not in DASHBOARD_ASSETS:
-        raise RequestError(f"no dashboard asset {name!r}", code="not_found", status=404)
-    return Response(_asset(name), media_type=DASHBOARD_ASSETS[name], headers={"Cache-Control": "no-cache"})
