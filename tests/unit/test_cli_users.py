@@ -159,4 +159,5 @@ def test_demo_serve_prints_an_admin_login_that_works(cli_env: Path, monkeypatch:
         )
         assert study.status_code == 200, study.text
         assert study.json()["views_used"] == ["pa", "lateral"]
-        assert "/dashboard" in result.output
+        assert "/dashboard" in result.output and "/app" in result.output
+        assert client.get("/app").status_code == 200

@@ -92,6 +92,10 @@ def test_a_missing_view_has_no_map_and_asking_for_it_is_404(world: dict[str, Any
     missing = get(world, f"/v1/predictions/{body['prediction_id']}/heatmap/pa.png")
     assert missing.status_code == 404 and "lateral" in missing.json()["detail"]
     assert get(world, f"/v1/predictions/{body['prediction_id']}/heatmap.png").status_code == 200  # the view read
+    rows = get(world, "/v1/worklist?task=wrist&limit=100").json()["data"]
+    row = next(r for r in rows if r["prediction_id"] == body["prediction_id"])
+    assert row["confidence"] == "low" and row["confidence_reasons"] == body["confidence_reasons"]  # kept for reading
+    assert any("missing" in reason for reason in row["confidence_reasons"])
 
 
 def test_another_departments_user_and_unstored_results_get_no_map(world: dict[str, Any]) -> None:

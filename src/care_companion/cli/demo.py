@@ -143,7 +143,11 @@ def _serve(cfg: Settings, started: float, *, wrist: bool) -> subprocess.Popen[by
         lines.append(
             f"            curl {auth} -F pa=@{examples['normal']} {url}/v1/predict/wrist   (a chest film: 422)"
         )
-    lines += [f"  dashboard: {url}/dashboard  (sign in with the login above)", f"  API docs:  {url}/docs"]
+    lines += [
+        f"  clinicians' app: {url}/app  (technician: upload; radiologist: worklist and reading)",
+        f"  dashboard: {url}/dashboard  (sign in with the login above)",
+        f"  API docs:  {url}/docs",
+    ]
     for line in lines:
         console.print(line, soft_wrap=True, highlight=False)
     return service

@@ -199,6 +199,7 @@ class Prediction(Base):
     confidence: Mapped[str] = mapped_column(String(10))
     latency_ms: Mapped[float] = mapped_column(Float)
     heatmap: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # see serving.schemas.Heatmap
+    confidence_reasons: Mapped[list[str] | None] = mapped_column(JSON)  # why confidence is low
     created_at: Mapped[datetime] = _created_at()
 
 

@@ -633,6 +633,7 @@ def worklist_rows(
             "positive": prediction.positive,
             "confidence": prediction.confidence,
             "probabilities": prediction.probabilities,
+            "confidence_reasons": prediction.confidence_reasons or [],
             "waiting_since": prediction.created_at,
             "images": images.get(study.id, {}),
             "reviewed_at": feedback.created_at if feedback is not None else None,

@@ -181,6 +181,7 @@ class PredictionCreate(BaseModel):
     heatmap: dict[str, Any] | None = Field(
         default=None, description="The heat map per view: the map on the model's grid and the film's size."
     )
+    confidence_reasons: list[str] | None = Field(default=None, description="Why confidence is low, if it is.")
 
 
 class PredictionPublic(_Public, PredictionCreate):
@@ -265,6 +266,7 @@ class WorklistItem(BaseModel):
     label: str = Field(description="The AI's decided class.")
     positive: bool
     confidence: Confidence
+    confidence_reasons: list[str] = Field(default_factory=list, description="Why the AI's confidence is low, if it is.")
     probabilities: dict[str, float]
     waiting_since: datetime = Field(description="When the AI's latest answer for the study was given.")
     images: dict[str, int] = Field(

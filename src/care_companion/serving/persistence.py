@@ -177,6 +177,7 @@ class RecordKeeper:
                     confidence=result.confidence,
                     latency_ms=result.latency_ms,
                     heatmap=result.heatmap.model_dump(exclude={"url"}) if result.heatmap else None,
+                    confidence_reasons=list(result.confidence_reasons),
                 ),
             )
             if caller.study_id is not None:

@@ -372,7 +372,13 @@
     side.append(finding);
     side.append(el("p", item.positive ? "Flagged by the AI for priority reading." : "Not flagged by the AI."));
     side.append(probabilityTable(item.probabilities));
-    side.append(el("p", `Confidence: ${item.confidence}${item.priority === "low_confidence" ? " (low: read with care)" : ""}`));
+    side.append(el("p", `Confidence: ${item.confidence}`));
+    if (item.confidence_reasons.length) {
+      const reasons = el("ul");
+      reasons.dataset.testid = "reader-reasons";
+      for (const reason of item.confidence_reasons) reasons.append(el("li", reason));
+      side.append(reasons);
+    }
     const labels = $("true-label");
     labels.replaceChildren();
     for (const cls of task ? task.classes : Object.keys(item.probabilities)) {

@@ -1,4 +1,5 @@
-"""Heat maps: each prediction keeps its class-activation map per view (a small grid and the film's size).
+"""Heat maps: each prediction keeps its class-activation map per view (a small grid and the film's size), and why
+its confidence is low, so the reading view can show both.
 
 Revision ID: 0004
 Revises: 0003
@@ -21,8 +22,10 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("predictions") as batch:
         batch.add_column(sa.Column("heatmap", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("confidence_reasons", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("predictions") as batch:
+        batch.drop_column("confidence_reasons")
         batch.drop_column("heatmap")
