@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -43,6 +43,11 @@ class Recipe(BaseModel):
     patience: int = 4
     samples_per_epoch: int | None = 3500
     max_train_per_class: int | None = None
+    output_stride: Literal[16, 32] = Field(
+        default=32,
+        description="Downsampling of the backbone's last feature map (ResNet-family backbones): 16 dilates its last "
+        "stage, doubling the heat maps' resolution for about the cost of that stage again.",
+    )
 
 
 class ServingSpec(BaseModel):

@@ -264,3 +264,18 @@ def test_an_int8_model_keeps_float_maps_close_to_the_float32_models(chest_bundle
     disease = CHEST.positive_indices[0]
     r = [pearson(a[disease], b[disease]) for a, b in zip(maps8, maps32, strict=True)]
     assert float(np.median(r)) >= 0.9, r
+
+
+def test_output_stride_16_doubles_the_maps_resolution_and_travels_with_the_bundle(tmp_path: Path) -> None:
+    """A dilated last stage (``Recipe.output_stride=16``) gives maps twice as fine from the same weights; the
+    bundle records it, so its ``model.pt`` is rebuilt with it."""
+    from care_companion.models.bundle import CHECKPOINT_FILE, BundleMeta, save_meta
+    from care_companion.models.factory import create_model
+
+    x = torch.randn(2, 1, 96, 96)
+    coarse, _ = create_model(CHEST, "test_resnet")
+    fine, _ = create_model(CHEST, "test_resnet", output_stride=16)
+    assert coarse.explained(x)[-1].shape[-2:] == (3, 3) and fine.explained(x)[-1].shape[-2:] == (6, 6)
+    save_meta(tmp_path, BundleMeta.for_task(CHEST, backbone="test_resnet", output_stride=16, input_size=96))
+    torch.save(fine.state_dict(), tmp_path / CHECKPOINT_FILE)
+    assert load_bundle_model(tmp_path).explained(x)[-1].shape[-2:] == (6, 6)

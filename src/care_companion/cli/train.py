@@ -67,6 +67,10 @@ def train_cmd(
     ] = None,
     samples_per_epoch: Annotated[int | None, typer.Option(help="Images drawn per epoch (default: all).")] = None,
     max_train_per_class: Annotated[int | None, typer.Option(help="Cap training images per class.")] = None,
+    output_stride: Annotated[
+        int | None,
+        typer.Option(help="16 dilates a ResNet backbone's last stage: heat maps twice as fine (default 32)."),
+    ] = None,
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).")] = None,
     pretrained: Annotated[bool, typer.Option(help="Start from timm's published weights where reachable.")] = False,
     init_weights: Annotated[
@@ -124,6 +128,7 @@ def train_cmd(
         samples_per_epoch=samples_per_epoch,
         max_train_per_class=max_train_per_class,
         max_steps_per_epoch=max_steps_per_epoch,
+        output_stride=output_stride,
     )
     with friendly_errors():
         if init_weights is not None:

@@ -80,6 +80,7 @@ class BundleMeta(BaseModel):
     schema_version: int = 2
     spec: TaskSpec = Field(description="The task definition the model was trained for.")
     backbone: str
+    output_stride: int = Field(default=32, description="The backbone's output stride (16: a dilated last stage).")
     input_size: int = Field(description="Square input side in pixels; images are resized to it.")
     in_chans: int = 1
     normalisation: Normalisation = Field(default_factory=Normalisation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -57,12 +57,13 @@ class Classifier(BackboneClassifier):
 RANDOM_ORIGIN = "random initialisation (training from scratch)"
 
 
-def create_backbone(name: str, *, pretrained: bool = False) -> tuple[nn.Module, int, str]:
+def create_backbone(name: str, *, pretrained: bool = False, output_stride: int = 32) -> tuple[nn.Module, int, str]:
     """A one-channel timm backbone without classifier (global-pooled features).
 
     Args:
         name: any timm model name (resnet18, efficientnet_b1, densenet121, mobilenetv3_large_100...).
         pretrained: try timm's published weights (needs them in the local cache or a reachable hub).
+        output_stride: 16 dilates the last stage (finer last feature map and heat maps); 32 is the usual.
 
     Returns:
         The backbone, its feature width and where its weights came from.
@@ -71,13 +72,17 @@ def create_backbone(name: str, *, pretrained: bool = False) -> tuple[nn.Module, 
 
     if not timm.is_model(name):
         raise ConfigError(f"unknown backbone {name!r}; see timm.list_models() for valid names")
+    extra: dict[str, Any] = {} if output_stride == 32 else {"output_stride": output_stride}
     if pretrained:
         try:
-            net = timm.create_model(name, pretrained=True, num_classes=0, in_chans=1)
+            net = timm.create_model(name, pretrained=True, num_classes=0, in_chans=1, **extra)
             return net, feature_width(net), "timm pretrained weights"
         except Exception as exc:  # hub unreachable, weights not cached, no weights for this name
             log.warning("pretrained weights for %s not reachable (%s); training from scratch", name, exc)
-    net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=1)
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=1, **extra)
+    except TypeError as exc:
+        raise ConfigError(f"backbone {name!r} does not take output_stride={output_stride}: {exc}") from exc
     return net, feature_width(net), RANDOM_ORIGIN
 
 
@@ -95,6 +100,7 @@ def create_classifier(
     pretrained: bool = False,
     init_weights: Path | None = None,
     drop_rate: float = 0.2,
+    output_stride: int = 32,
 ) -> tuple[Classifier, str]:
     """Build a one-channel single-view classifier and say where its starting weights came from.
 
@@ -104,11 +110,12 @@ def create_classifier(
         pretrained: try timm's published weights (needs them in the local cache or a reachable hub).
         init_weights: a local checkpoint (our ``model.pt`` or a timm/torchvision state dict) to start from.
         drop_rate: dropout before the linear head.
+        output_stride: the backbone's (see :func:`create_backbone`).
 
     Returns:
         The model and a one-line description of its initialisation for the log.
     """
-    net, width, origin = create_backbone(backbone, pretrained=pretrained)
+    net, width, origin = create_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
     model = Classifier(net, width, num_classes, drop_rate)
     if init_weights is not None:
         load_init_weights(model, Path(init_weights))
@@ -136,6 +143,7 @@ def create_model(
     init_weights: Path | None = None,
     drop_rate: float = 0.2,
     view_dropout: float = 0.25,
+    output_stride: int = 32,
 ) -> tuple[BackboneClassifier, str]:
     """The model for a task: a :class:`Classifier` for one view, a :class:`MultiViewClassifier` for several.
 
@@ -147,6 +155,7 @@ def create_model(
         init_weights: a local checkpoint to start from (see :func:`load_init_weights`).
         drop_rate: dropout in the head.
         view_dropout: multi-view only: chance per training study that one of its present views is hidden.
+        output_stride: every backbone's (see :func:`create_backbone`).
 
     Returns:
         The model and a one-line description of its initialisation for the log (it starts with "random"
@@ -155,9 +164,14 @@ def create_model(
     names = backbone_names(task, backbone)
     if len(task.views) == 1:
         return create_classifier(
-            names[0], len(task.classes), pretrained=pretrained, init_weights=init_weights, drop_rate=drop_rate
+            names[0],
+            len(task.classes),
+            pretrained=pretrained,
+            init_weights=init_weights,
+            drop_rate=drop_rate,
+            output_stride=output_stride,
         )
-    built = [create_backbone(name, pretrained=pretrained) for name in names]
+    built = [create_backbone(name, pretrained=pretrained, output_stride=output_stride) for name in names]
     model = MultiViewClassifier(
         [net for net, _, _ in built],
         [width for _, width, _ in built],
@@ -223,7 +237,7 @@ def load_bundle_model(directory: Path) -> BackboneClassifier:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():
         raise ModelError(f"{directory}: bundle has no {CHECKPOINT_FILE}")
-    model, _ = create_model(meta.task_spec(), meta.backbone)
+    model, _ = create_model(meta.task_spec(), meta.backbone, output_stride=meta.output_stride)
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except RuntimeError as exc:

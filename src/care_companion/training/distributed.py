@@ -197,7 +197,7 @@ def train_on_ray(
         raise ModelError("distributed training ended without a checkpoint")
     with outcome.checkpoint.as_directory() as directory:
         final = torch.load(Path(directory) / RESULT_FILE, map_location="cpu", weights_only=False)
-    model, _ = create_model(task, config.backbone)
+    model, _ = create_model(task, config.backbone, output_stride=config.output_stride)
     model.load_state_dict(final["weights"])
     model.eval()
     return model, TrainResult.model_validate(final["result"])

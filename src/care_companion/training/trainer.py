@@ -285,7 +285,13 @@ class _Run:
 def _build_model(task: TaskSpec, config: TrainConfig) -> tuple[BackboneClassifier, str, bool]:
     """The seeded model in channels-last layout, how it was initialised, and whether to train in bfloat16."""
     torch.manual_seed(config.seed)
-    model, init = create_model(task, config.backbone, pretrained=config.pretrained, init_weights=config.init_weights)
+    model, init = create_model(
+        task,
+        config.backbone,
+        pretrained=config.pretrained,
+        init_weights=config.init_weights,
+        output_stride=config.output_stride,
+    )
     log.info("backbone %s: %s", config.backbone, init)
     model = model.to(memory_format=torch.channels_last)
     bf16 = use_bf16(config.precision)

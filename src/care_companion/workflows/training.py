@@ -320,6 +320,7 @@ def export_and_score(
     meta = BundleMeta.for_task(
         task,
         backbone=config.backbone,
+        output_stride=config.output_stride,
         input_size=config.image_size,
         normalisation=Normalisation(mean=config.mean, std=config.std),
         temperature=temperature,
