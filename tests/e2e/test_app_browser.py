@@ -193,10 +193,27 @@ def test_technician_to_radiologist_in_the_browser(playwright_api: Any, service: 
         page.get_by_test_id("correct").click()
         page.get_by_test_id("message").filter(has_text="corrected").wait_for()
         assert page.evaluate("() => window.__xss") is None
+
+        # the next awaiting study opens by itself; confirming it takes one key
+        other = next(i for i, row in enumerate(listed) if i != index)
+        page.get_by_test_id("reading-view").wait_for()
+        page.get_by_test_id("reader-finding").filter(has_text=listed[other]["label"]).wait_for()
+        page.locator("body").press("c")
+        page.get_by_test_id("message").filter(has_text="confirmed").wait_for()
+
+        # tablet width: the worklist fits without scrolling sideways
+        page.set_viewport_size({"width": 800, "height": 1100})
+        page.get_by_test_id("nav-worklist").click()
+        page.get_by_test_id("filter-status").select_option("reviewed")
+        page.get_by_test_id("worklist-refresh").click()
+        page.get_by_test_id("worklist-row").nth(1).wait_for()
+        assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 800
         browser.close()
 
     feedback = httpx.get(f"{service}/v1/studies/{item['study_id']}/feedback", headers=headers, timeout=30).json()
     assert [(f["true_label"], f["comment"]) for f in feedback["data"]] == [(truth, "<b>not bold</b>")]
+    confirmed = httpx.get(f"{service}/v1/studies/{listed[other]['study_id']}/feedback", headers=headers, timeout=30)
+    assert [(f["true_label"], f["agrees"]) for f in confirmed.json()["data"]] == [(listed[other]["label"], True)]
     csv = httpx.get(f"{service}/v1/feedback/export.csv", headers=headers, timeout=30).text
     assert truth in csv and str(item["study_id"]) in csv
     health = httpx.get(f"{service}/v1/monitoring/health", headers=headers, timeout=30).json()

@@ -523,7 +523,8 @@
   }
 
   function nextStudy() {
-    const next = state.rows.findIndex((row, i) => i > state.index && !row.reviewed_at);
+    const after = state.rows.findIndex((row, i) => i > state.index && !row.reviewed_at);
+    const next = after >= 0 ? after : state.rows.findIndex((row, i) => i !== state.index && !row.reviewed_at);
     if (next >= 0) openStudy(next);
     else show("worklist");
     return next >= 0;
