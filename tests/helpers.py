@@ -163,3 +163,19 @@ def sign_in(client: TestClient, user: tuple[str, str, str] = UPLOADER) -> str:
     token = user_token(app.state.settings, user, app.state.sessions)
     client.headers["Authorization"] = f"Bearer {token}"
     return token
+
+
+@contextmanager
+def sqlite_session(directory: Path) -> Iterator[Any]:
+    """One session in a transaction on a fresh SQLite records database (tables made from the models) in
+    ``directory``: nothing is committed between a rule and the test's assertions, as in a request."""
+    from care_companion.records.db import make_engine, session_factory
+    from care_companion.records.models import Base
+
+    engine = make_engine(f"sqlite:///{directory / 'care.db'}")
+    Base.metadata.create_all(engine)
+    try:
+        with session_factory(engine)() as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()

@@ -18,8 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, write_bundle
-from tests.e2e.test_dashboard_browser import CHROMIUM, CLI, PASSWORD, _photo_rejecting_chest_bundle
-from tests.processes import free_port, running, service_env, tail
+from tests.e2e.common import CHROMIUM, PASSWORD, photo_rejecting_chest_bundle, playwright_or_skip, serve_with_users
 
 TECH, RAD = "tech.app", "dr.app"
 ARTIFACTS = REPO / "test-artifacts"
@@ -28,44 +27,22 @@ XSS_NAME = '<img src=x onerror="window.__xss=1">Ann'
 
 @pytest.fixture
 def playwright_api() -> Any:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium chromium-driver)")
-    return pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package is not installed (pip install 'playwright>=1.45')"
-    )
+    return playwright_or_skip()
 
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[str]:
-    from care_companion.config import Settings
-    from care_companion.records.db import upgrade
     from care_companion.tasks import WRIST
-    from care_companion.workflows.accounts import open_account
 
-    chest = _photo_rejecting_chest_bundle(tmp_path / "chest-bundle")
+    chest = photo_rejecting_chest_bundle(tmp_path / "chest-bundle")
     wrist = write_bundle(tmp_path / "wrist-bundle", task=WRIST, backbone="test_resnet", reject_bias=-20.0)
-    data_dir = tmp_path / "care-data"
-    settings = Settings(data_dir=data_dir)
-    upgrade(settings.db_url)
-    open_account(settings, username=TECH, role="technician", password=PASSWORD, department="radiology")
-    open_account(settings, username=RAD, role="radiologist", password=PASSWORD, department="radiology")
-    port = free_port()
-    env = service_env(
-        data_dir,
-        port,
-        chest_model=str(chest),
-        wrist_model=str(wrist),
-        inference_threads="1",
-        monitor_refresh_seconds="1",
-    )
-    log = tmp_path / "service.log"
-    url = f"http://127.0.0.1:{port}"
-    try:
-        args = [str(CLI), "serve", "--log-level", "warning"]
-        with running(args, log=log, ready_url=f"{url}/ready", what="the service", env=env):
-            yield url
-    finally:
-        print(f"--- service log\n{tail(log)}")
+    users = {TECH: "technician", RAD: "radiologist"}
+    with serve_with_users(tmp_path, chest, wrist, users, inference_threads="1", monitor_refresh_seconds="1") as (
+        url,
+        _,
+        _,
+    ):
+        yield url
 
 
 def _file(path: Path, pixels: np.ndarray) -> Path:

@@ -51,7 +51,6 @@ from __future__ import annotations
 import io
 import re
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from decimal import ROUND_HALF_UP, Decimal
@@ -63,12 +62,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, add_profile, write_bundle
-from tests.processes import free_port, running, service_env, tail
+from tests.conftest import REPO, write_bundle
+from tests.e2e.common import CHROMIUM, PASSWORD, photo_rejecting_chest_bundle, playwright_or_skip, serve_with_users
 
-CHROMIUM = Path("/usr/bin/chromium")
-CLI = Path(sys.executable).with_name("care-companion")
-PASSWORD = "correct-horse-battery-staple"
 TECH, RAD = "tech.jones", "dr.rad"
 FAMILIES = ("features", "embedding", "class_mix", "confidence", "rejections")
 DASH = "—"
@@ -168,12 +164,7 @@ def test_formats_mirror_javascript() -> None:
 
 @pytest.fixture
 def playwright_api() -> Any:
-    """Playwright's sync API, or a skip saying what is missing (checked before the slow set-up)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium chromium-driver)")
-    return pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package is not installed (pip install 'playwright>=1.45')"
-    )
+    return playwright_or_skip()
 
 
 # -- the service ---------------------------------------------------------------------------------------------------
@@ -183,44 +174,6 @@ def _png(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
     return out.getvalue()
-
-
-def _photo_rejecting_chest_bundle(directory: Path) -> Path:
-    """A chest bundle whose "unknown" output is a linear probe on the random backbone's embedding, fitted to
-    tell synthetic films from photographs (the seeds make it deterministic), with its drift profile."""
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
-    from care_companion.data.synthetic_chest import natural_images, synth_chest
-    from care_companion.models.bundle import ONNX_FILE
-    from care_companion.models.export import export_onnx
-    from care_companion.models.factory import create_model
-    from care_companion.models.predictor import BundlePredictor
-    from care_companion.tasks import CHEST
-
-    write_bundle(directory)  # random weights, torch seed 0
-    rng = np.random.default_rng(100)
-    films = [synth_chest(("normal", "pneumonia", "tuberculosis")[i % 3], rng, (96, 256)[i % 2]) for i in range(60)]
-    photos = natural_images(rng, 40, 256)
-    predictor = BundlePredictor(directory)
-    _, film_embeddings = predictor.logits_and_embeddings(predictor.preprocess(films))
-    _, photo_embeddings = predictor.logits_and_embeddings(predictor.preprocess(photos))
-    x = np.vstack([film_embeddings, photo_embeddings])
-    y = np.r_[np.zeros(len(films)), np.ones(len(photos))]
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    probe = LogisticRegression(C=1.0, max_iter=5000).fit((x - mean) / scale, y)
-    weight = probe.coef_[0] / scale
-    bias = probe.intercept_[0] - float((probe.coef_[0] * mean / scale).sum())
-
-    torch.manual_seed(0)  # the same random backbone and head as write_bundle's
-    model, _ = create_model(CHEST, "resnet18")
-    unknown = CHEST.index("unknown")
-    with torch.no_grad():
-        linear = model.head[1]
-        linear.weight[unknown] += torch.tensor(3.0 * weight, dtype=torch.float32)
-        linear.bias[unknown] += float(3.0 * bias)
-    export_onnx(model, directory / ONNX_FILE, input_size=64)
-    return add_profile(directory)
 
 
 class Service:
@@ -245,39 +198,24 @@ class Service:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     """The real service on a free port, serving both bundles, with a migrated database and two users."""
-    from care_companion.config import Settings
-    from care_companion.records.db import upgrade
     from care_companion.tasks import WRIST
-    from care_companion.workflows.accounts import open_account
 
-    chest = _photo_rejecting_chest_bundle(tmp_path / "chest-bundle")
+    chest = photo_rejecting_chest_bundle(tmp_path / "chest-bundle")
     # no drift profile: "unavailable"; a random model that never picks the reject class, so every study is answered
     wrist = write_bundle(tmp_path / "wrist-bundle", task=WRIST, reject_bias=-20.0)
-    data_dir = tmp_path / "care-data"
-    settings = Settings(data_dir=data_dir)
-    upgrade(settings.db_url)
-    open_account(settings, username=TECH, role="technician", password=PASSWORD, department="radiology")
-    open_account(settings, username=RAD, role="radiologist", password=PASSWORD, department="radiology")
-    port = free_port()
-    env = service_env(
-        data_dir,
-        port,
-        chest_model=str(chest),
-        wrist_model=str(wrist),
+    users = {TECH: "technician", RAD: "radiologist"}
+    with serve_with_users(
+        tmp_path,
+        chest,
+        wrist,
+        users,
         drift_check_every="5",
         drift_min_images="10",
         drift_permutations="50",
         monitor_refresh_seconds="1",
         inference_threads="1",
-    )
-    log = tmp_path / "service.log"
-    url = f"http://127.0.0.1:{port}"
-    try:
-        args = [str(CLI), "serve", "--log-level", "warning"]
-        with running(args, log=log, ready_url=f"{url}/ready", what="the service", env=env) as proc:
-            yield Service(url, proc, log)
-    finally:
-        print(f"--- service log ({log}), shown by pytest when the test fails\n{tail(log)}")
+    ) as (url, proc, log):
+        yield Service(url, proc, log)
 
 
 # -- traffic ------------------------------------------------------------------------------------------------------

@@ -38,8 +38,7 @@ from care_companion.config import Settings
 from care_companion.errors import AuthError, ConfigError, Forbidden, ModelError, RequestError, ServiceUnavailable
 from care_companion.feedback.verdicts import export_ledger, give_feedback
 from care_companion.records import repos
-from care_companion.records.db import make_engine, session_factory
-from care_companion.records.models import AuditLog, Base, User
+from care_companion.records.models import AuditLog, User
 from care_companion.records.repos import NotFound
 from care_companion.records.schemas import (
     FeedbackCreate,
@@ -52,6 +51,7 @@ from care_companion.records.schemas import (
 from care_companion.registry import promotion
 from care_companion.security import Permission, create_access_token, hash_password, verify_password
 from care_companion.storage.local import LocalStore
+from tests.helpers import sqlite_session
 
 PASSWORD = "correct horse battery staple"
 SECRET = "s" * 40
@@ -65,13 +65,8 @@ def password_hash() -> str:
 
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'care.db'}")
-    Base.metadata.create_all(engine)
-    try:
-        with session_factory(engine)() as session, session.begin():
-            yield session
-    finally:
-        engine.dispose()
+    with sqlite_session(tmp_path) as session:
+        yield session
 
 
 @pytest.fixture

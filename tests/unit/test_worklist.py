@@ -15,22 +15,17 @@ from sqlalchemy.orm import Session
 from care_companion.access.worklist import worklist
 from care_companion.errors import ConfigError, DataError
 from care_companion.records import repos
-from care_companion.records.db import make_engine, session_factory
-from care_companion.records.models import AuditLog, Base, Prediction, User, utcnow
+from care_companion.records.models import AuditLog, Prediction, User, utcnow
 from care_companion.records.schemas import FeedbackCreate, PatientCreate, PredictionCreate, StudyCreate, UserCreate
+from tests.helpers import sqlite_session
 
 NAME = "Zelda Quokkafeather"
 
 
 @pytest.fixture
 def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'care.db'}")
-    Base.metadata.create_all(engine)
-    try:
-        with session_factory(engine)() as session, session.begin():
-            yield session
-    finally:
-        engine.dispose()
+    with sqlite_session(tmp_path) as session:
+        yield session
 
 
 def user(session: Session, name: str, role: str, department: str) -> User:
