@@ -118,6 +118,17 @@ def test_technician_to_radiologist_in_the_browser(playwright_api: Any, service: 
         message.filter(has_text="Refused").wait_for()
         assert "no finding" in message.inner_text()
 
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(film.read_bytes()[:200])  # a truncated PNG
+        page.get_by_test_id("file-frontal").set_input_files(str(broken))
+        page.get_by_test_id("send").click()
+        message.filter(has_text="Not read").wait_for()
+        page.context.set_offline(True)  # a lost connection
+        page.get_by_test_id("file-frontal").set_input_files(str(film))
+        page.get_by_test_id("send").click()
+        message.filter(has_text="connection lost").wait_for()
+        page.context.set_offline(False)
+
         page.get_by_test_id("task").select_option("wrist")
         page.get_by_test_id("file-pa").set_input_files(str(pa))
         page.get_by_test_id("file-lateral").set_input_files(str(lateral))
@@ -193,6 +204,9 @@ def test_technician_to_radiologist_in_the_browser(playwright_api: Any, service: 
     assert [(f["true_label"], f["agrees"]) for f in confirmed.json()["data"]] == [(listed[other]["label"], True)]
     csv = httpx.get(f"{service}/v1/feedback/export.csv", headers=headers, timeout=30).text
     assert truth in csv and str(item["study_id"]) in csv
+    patient = listed[0]["patient_id"]
+    opened = httpx.get(f"{service}/v1/studies?patient_id={patient}&task=chest", headers=headers, timeout=30).json()
+    assert opened["count"] == 1  # the refused, corrupt and unsent uploads left no empty study behind
     health = httpx.get(f"{service}/v1/monitoring/health", headers=headers, timeout=30).json()
     assert health["tasks"][item["task"]]["online"]["studies"] >= 1
     assert not errors, errors

@@ -137,3 +137,35 @@ def test_database_failure_is_503_and_leaves_no_orphan_object(
     assert set(store.list("images/")) == objects  # the image written for this request was removed again
     anonymous = _post(world, _png(5))  # no study: the answer is still served, only its log entry is lost
     assert anonymous.status_code == 200 and anonymous.json()["prediction_id"] is None
+
+
+def test_a_patient_id_opens_a_study_with_the_result_and_only_then(world: dict[str, Any]) -> None:
+    """``patient_id`` instead of ``study_id``: the study is created in the result's transaction, so a refused
+    upload, an unusable file or a failing store leaves no empty study; the patient's department rules apply."""
+    from care_companion.records.models import Study
+
+    with world["app"].state.sessions() as session:
+        patient = session.scalars(select(Study.patient_id).where(Study.id == world["studies"]["chest"])).one()
+
+    def send(data: bytes, user: str = "tech", **form: str) -> Any:
+        headers = {"Authorization": f"Bearer {world['tokens'][user]}"}
+        files = {"file": ("film.png", data, "image/png")}
+        return world["client"].post("/v1/predict/chest", files=files, data=form, headers=headers)
+
+    studies = _count(world, Study)
+    assert send(b"not an image", patient_id=str(patient)).status_code == 400
+    assert send(_png(7), user="far", patient_id=str(patient)).status_code == 404  # another department's patient
+    both = send(_png(7), patient_id=str(patient), study_id=str(world["studies"]["chest"]))
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+    assert _count(world, Study) == studies  # nothing opened
+    answer = send(_png(8), patient_id=str(patient))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert _count(world, Study) == studies + 1 and body["study_id"] not in world["studies"].values()
+    with world["app"].state.sessions() as session:
+        study = session.get(Study, body["study_id"])
+        assert study is not None and study.patient_id == patient and study.task == "chest"
+        image = session.get(ImageRow, body["image_id"])
+        assert image is not None and image.study_id == study.id
+        actions = set(session.scalars(select(AuditLog.action).where(AuditLog.request_id == body["request_id"])))
+        assert {"study.create", "prediction.create"} <= actions

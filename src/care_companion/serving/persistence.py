@@ -21,20 +21,22 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from care_companion.access.audit import audit
-from care_companion.access.patients import study_for_upload
+from care_companion.access.credentials import check_permission
+from care_companion.access.patients import add_study, study_for_upload, visible_patient
 from care_companion.config import Settings
-from care_companion.errors import ServiceUnavailable
+from care_companion.errors import RequestError, ServiceUnavailable
 from care_companion.imaging.decode import sniff_format
 from care_companion.records.db import database_unavailable
 from care_companion.records.models import User
 from care_companion.records.repos import add_image, add_prediction
-from care_companion.records.schemas import PredictionCreate
+from care_companion.records.schemas import PredictionCreate, StudyCreate
+from care_companion.security import Permission
 from care_companion.serving.predict import Upload
 from care_companion.serving.schemas import HEATMAP_PATH, PredictionResult
 from care_companion.storage.base import ObjectStore, store_errors
@@ -52,11 +54,18 @@ def image_key(task: str, data: bytes, fmt: str | None) -> tuple[str, str]:
 
 @dataclass
 class Caller:
-    """Who is predicting and for which study (None: the result is logged without a study)."""
+    """Who is predicting and for which study (None: the result is logged without a study), or for which patient
+    a new study is opened with the result (``patient_id``)."""
 
     user_id: int
     username: str
     study_id: int | None
+    patient_id: int | None = None
+
+    @property
+    def keeps_images(self) -> bool:
+        """Whether the images are stored (with a study, existing or new)."""
+        return self.study_id is not None or self.patient_id is not None
 
 
 @dataclass(frozen=True)
@@ -90,19 +99,31 @@ class RecordKeeper:
         self._leases: Counter[str] = Counter()  # image keys being stored by requests in flight
         self._lock = threading.Lock()
 
-    def _authorise(self, user: User, study_id: int, task: str) -> Caller:
+    def _authorise(self, user: User, study_id: int | None, task: str, patient_id: int | None) -> Caller:
         try:
             with self.sessions() as session:
-                study = study_for_upload(session, user, study_id, task)
+                if patient_id is not None:
+                    check_permission(user, Permission.WRITE_RECORDS)
+                    visible_patient(session, user, patient_id)
+                    return Caller(user.id, user.username, None, patient_id)
+                study = study_for_upload(session, user, study_id or 0, task)
                 return Caller(user.id, user.username, study.id)
         except DBAPIError as exc:
             raise database_unavailable(exc) from exc
 
-    async def authorise(self, user: User, study_id: int | None, task: str) -> Caller:
-        """Check the study (if any) against the uploader before any inference (404, 422 or 503)."""
-        if study_id is None:
+    async def authorise(self, user: User, study_id: int | None, task: str, *, patient_id: int | None = None) -> Caller:
+        """Check the study (if any) against the uploader before any inference (404, 422 or 503); with
+        ``patient_id`` instead, that the uploader may open a study for that patient (403, 404 or 503): the study
+        is created only with the result, in the same transaction, so a refused or failed upload leaves none.
+
+        Raises:
+            RequestError: both ``study_id`` and ``patient_id`` (422).
+        """
+        if study_id is not None and patient_id is not None:
+            raise RequestError("send study_id (an existing study) or patient_id (a new study), not both")
+        if study_id is None and patient_id is None:
             return Caller(user.id, user.username, None)
-        return await asyncio.to_thread(self._authorise, user, study_id, task)
+        return await asyncio.to_thread(self._authorise, user, study_id, task, patient_id)
 
     @contextmanager
     def _lease(self, key: str | None) -> Iterator[None]:
@@ -143,10 +164,15 @@ class RecordKeeper:
     def _write_rows(
         self, caller: Caller, result: PredictionResult, images: list[_StoredImage]
     ) -> dict[str, int | None]:
-        """The image rows (one per view), prediction and audit rows, in one transaction; the prediction points
-        at the first image."""
+        """The study (when opened with this result), image rows (one per view), prediction and audit rows, in one
+        transaction; the prediction points at the first image."""
         with self.sessions() as session, session.begin():
             image_ids: list[int] = []
+            if caller.patient_id is not None:  # a new study, opened with its result
+                opener = session.get_one(User, caller.user_id)
+                study_in = StudyCreate(patient_id=caller.patient_id, task=result.task)
+                study = add_study(session=session, user=opener, study_in=study_in, request_id=result.request_id)
+                caller = replace(caller, study_id=study.id)
             if caller.study_id is not None:
                 image_ids = [
                     add_image(
@@ -196,9 +222,9 @@ class RecordKeeper:
     def _keep(
         self, caller: Caller, uploads: list[tuple[str, Upload]], result: PredictionResult
     ) -> dict[str, int | None]:
-        if caller.study_id is None and not self.settings.log_anonymous_predictions:
+        if not caller.keeps_images and not self.settings.log_anonymous_predictions:
             return {}
-        images = [_StoredImage.of(result.task, view, upload) for view, upload in uploads] if caller.study_id else []
+        images = [_StoredImage.of(result.task, view, upload) for view, upload in uploads] if caller.keeps_images else []
         with contextlib.ExitStack() as leases:
             created: list[str] = []
             try:
@@ -226,13 +252,13 @@ class RecordKeeper:
         try:
             ids = await asyncio.to_thread(self._keep, caller, uploads, result)
         except ServiceUnavailable as exc:
-            if caller.study_id is not None:
+            if caller.keeps_images:
                 raise
             log.warning("anonymous prediction %s served but not logged: %s", result.request_id, exc.detail)
             return result
         if not ids:
             return result
-        if result.heatmap is not None and ids.get("prediction_id") is not None and caller.study_id is not None:
+        if result.heatmap is not None and ids.get("prediction_id") is not None and ids.get("study_id") is not None:
             url = HEATMAP_PATH.format(prediction_id=ids["prediction_id"])
             ids = {**ids, "heatmap": result.heatmap.model_copy(update={"url": url})}  # type: ignore[dict-item]
         return result.model_copy(update=ids)

@@ -86,12 +86,12 @@ async def _form(request: Request, spec: TaskSpec, *, files: int) -> FormData:
     return await request.form(max_files=files, max_fields=files + 8)
 
 
-def _study_id(form: FormData) -> int | None:
-    value = form.get("study_id")
+def _int_field(form: FormData, name: str) -> int | None:
+    value = form.get(name)
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not value.strip().lstrip("-").isdigit():
-        raise RequestError("study_id: Input should be a valid integer", code="invalid_request")
+        raise RequestError(f"{name}: Input should be a valid integer", code="invalid_request")
     return int(value)
 
 
@@ -105,8 +105,8 @@ async def _predict_task(
     """One prediction of any task: one file per view (``file`` for a one-view task), optionally a study."""
     request_id, started = _request_meta(request)
     form = await _form(request, spec, files=len(spec.upload_fields) * 2)
-    study_id = _study_id(form)
-    caller = await records.authorise(user, study_id, spec.name)
+    study_id, patient_id = _int_field(form, "study_id"), _int_field(form, "patient_id")
+    caller = await records.authorise(user, study_id, spec.name, patient_id=patient_id)
     if not spec.multiview:
         parts = _files(form, "file") or _files(form, spec.views[0])
         if not parts:
@@ -138,6 +138,11 @@ def _upload_body(batch: bool = False) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "file": binary | {"description": "The image of a one-view task."},
         "study_id": {"type": "integer", "description": "Store the images and result with this study."},
+        "patient_id": {
+            "type": "integer",
+            "description": "Instead of study_id: open a new study of this patient with the result (none when the "
+            "upload is refused or fails).",
+        },
     }
     for spec in all_tasks():
         for view in spec.views if spec.multiview else []:
@@ -152,7 +157,9 @@ Needs a login with upload rights (technician, radiologist or admin). An image th
 part is refused with 422 (``not_a_<body part>_radiograph``; chest: ``not_a_chest_xray``) and no finding is
 made. A multi-view study may miss a view: the model reads what it has, ``views_used`` says which, and the
 result is low-confidence. With ``study_id`` the images and result are stored with the study in one
-transaction (503 and nothing stored if the database or the store fails); without it the result is logged
+transaction (503 and nothing stored if the database or the store fails); with ``patient_id`` instead a new
+study of that patient is opened in that transaction, so a refused or failed upload leaves no empty study;
+without either the result is logged
 anonymously. An unknown task is 404 listing the known ones (``GET /v1/tasks``). Every result must be reviewed
 by a radiologist.
 """

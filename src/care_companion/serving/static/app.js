@@ -10,7 +10,6 @@
     user: null,
     tasks: [],
     patient: null,
-    study: null, // {id, task, patient}: reused until its films are read, so a retry adds no empty study
     files: {},
     rows: [],
     index: -1,
@@ -112,7 +111,6 @@
     state.token = null;
     state.user = null;
     state.rows = [];
-    state.study = null;
     for (const id of ["upload", "worklist", "reader", "nav", "session"]) $(id).hidden = true;
     $("signin").hidden = false;
     $("worklist-rows").replaceChildren();
@@ -158,7 +156,6 @@
   function renderSlots() {
     const task = currentTask();
     state.files = {};
-    state.study = null;
     const slots = $("slots");
     slots.replaceChildren();
     if (!task) return;
@@ -237,7 +234,6 @@
 
   function choosePatient(patient) {
     state.patient = patient;
-    state.study = null;
     $("patient-chosen").textContent = `Patient: ${patient.name} · MRN ${patient.mrn}`;
     updateSend();
   }
@@ -251,18 +247,13 @@
     result.hidden = true;
     $("send").disabled = true;
     try {
-      if (!state.study || state.study.task !== task.name || state.study.patient !== state.patient.id) {
-        const study = await api("/v1/studies", { method: "POST", json: { patient_id: state.patient.id, task: task.name } });
-        state.study = { id: study.id, task: task.name, patient: state.patient.id };
-      }
       const form = new FormData();
       for (const input of $("slots").querySelectorAll("input[type=file]")) {
         const view = input.id.slice("file-".length);
         if (state.files[view]) form.append(input.dataset.field, state.files[view], state.files[view].name);
       }
-      form.append("study_id", String(state.study.id));
+      form.append("patient_id", String(state.patient.id)); // the study opens with the result, or not at all
       const answer = await api(`/v1/predict/${encodeURIComponent(task.name)}`, { method: "POST", form });
-      state.study = null;
       renderResult(result, answer);
     } catch (err) {
       const refused = err.status === 422 && task && err.code === task.refusal_code;
