@@ -390,6 +390,8 @@ def main() -> None:
             rebuild_gate(bundle, settings)
         if name == "wrist" and wrist_rejects is None:
             wrist_rejects = reject_sources(bundle, settings)
+        if name == "chest" and added is None:
+            added = sum(n for source, n in reject_sources(bundle, settings).items() if source.startswith("other-task:"))
     rng = np.random.default_rng(2024)
     sources = photo_sources()
     seen = trained_on(settings)

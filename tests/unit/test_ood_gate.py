@@ -338,6 +338,21 @@ def test_films_the_reject_class_refuses_do_not_set_the_threshold() -> None:
     assert gate_threshold(scores, np.zeros(64, dtype=bool), 0.01)[0] == 9.2
 
 
+def test_each_clinical_class_keeps_its_own_refusal_share() -> None:
+    """A rare class whose films score higher (tuberculosis among many normal and pneumonia films) sets the
+    threshold, so its films are not the ones refused."""
+    from care_companion.workflows.ood_gate import gate_threshold
+
+    common = np.linspace(0.5, 1.5, 200)
+    rare = np.linspace(1.0, 3.0, 15)
+    scores, labels = np.concatenate([common, rare]), np.r_[np.zeros(200, int), np.ones(15, int)]
+    accepted = np.ones(len(scores), dtype=bool)
+    pooled = gate_threshold(scores, accepted, 0.01)[0]
+    assert (rare > pooled).sum() >= 2  # one threshold over all films refuses the rare class's films
+    threshold, refused, _ = gate_threshold(scores, accepted, 0.01, labels)
+    assert threshold == 3.0 and refused == 0.0 and not (rare > threshold).any()
+
+
 def test_a_gate_file_from_before_views_were_scored_one_by_one_still_loads(tmp_path: Path) -> None:
     train, labels = blobs(200, 0)
     model = OodModel.fit(train, labels)

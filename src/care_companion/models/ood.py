@@ -16,8 +16,9 @@ smallest Mahalanobis distance to a class mean. The parts:
 
 Each part's score is divided by its validation median (so 1.0 is a typical real film for every part), and an
 input's score is the largest over its parts and present views. The refusal threshold is one quantile of the
-validation studies' scores, chosen so that at most a given share (default 1%) of the real task studies the reject
-class accepts is refused (studies it refuses anyway do not set the threshold). The share is set once, for the
+validation studies' scores, chosen so that at most a given share (default 1%) of each clinical class's real task
+studies the reject class accepts is refused (studies it refuses anyway do not set the threshold; a rare class is
+not left to the common ones). The share is set once, for the
 worst part, not per part: per-part quantiles add up (see :func:`care_companion.workflows.ood_gate.fit_part`). An
 INT8 model gets Gaussians and a threshold of its own: its features are shifted enough from the float32 model's
 that scoring them against the float32 Gaussians doubled the typical score of real films and let a chest film
