@@ -76,15 +76,9 @@ def train_wrist(settings: Settings, overrides: dict[str, Any]) -> tuple[Path, fl
     recipe; (bundle, seconds, reject-class images by source)."""
     started = time.perf_counter()
     version = import_wrist_set(settings)
-    frame = load_manifest(store_from_settings(settings), "wrist", version).frame
-    unknown = frame[frame["label"] == WRIST.reject]
     config = recipe(WRIST, settings, overrides)
     outcome = train_task(WRIST, config, settings=settings, dataset_version=version)
-    return (
-        outcome.bundle_dir,
-        time.perf_counter() - started,
-        {k: int(v) for k, v in unknown["source"].value_counts().items()},
-    )
+    return outcome.bundle_dir, time.perf_counter() - started, reject_sources(outcome.bundle_dir, settings)
 
 
 def train_chest(settings: Settings, overrides: dict[str, Any]) -> tuple[Path, float, int]:
@@ -92,11 +86,9 @@ def train_chest(settings: Settings, overrides: dict[str, Any]) -> tuple[Path, fl
     the chest recipe; (bundle, seconds, other-task films added)."""
     started = time.perf_counter()
     version = import_chest_set(settings)
-    frame = load_manifest(store_from_settings(settings), "chest", version).frame
-    added = int(frame["source"].astype(str).str.startswith("other-task:").sum())
     config = recipe(CHEST, settings, overrides)
     outcome = train_task(CHEST, config, settings=settings, dataset_version=version)
-    return outcome.bundle_dir, time.perf_counter() - started, added
+    return outcome.bundle_dir, time.perf_counter() - started, other_task_films(outcome.bundle_dir, settings)
 
 
 def import_chest_set(settings: Settings) -> str:
@@ -111,12 +103,17 @@ def rebuild_gate(bundle: Path, settings: Settings) -> None:
     """Fit the bundle's out-of-distribution gate again, with this code's rule, on its data set's splits."""
     from care_companion.workflows.ood_gate import build_ood_gate
 
+    task, splits = bundle_splits(bundle, settings)
+    build_ood_gate(bundle, task, train=splits["train"], val=splits["val"], seed=settings.seed)
+
+
+def bundle_splits(bundle: Path, settings: Settings) -> tuple[TaskSpec, dict[str, Any]]:
+    """The bundle's task and its data set's splits at the bundle's input size."""
     meta = load_meta(bundle)
     task = meta.task_spec()
     store = store_from_settings(settings)
     manifest = load_manifest(store, task.name, meta.dataset_version)
-    splits = split_arrays(manifest, build_cache(store, manifest, meta.input_size, settings.cache_dir), task)
-    build_ood_gate(bundle, task, train=splits["train"], val=splits["val"], seed=settings.seed)
+    return task, split_arrays(manifest, build_cache(store, manifest, meta.input_size, settings.cache_dir), task)
 
 
 def reject_sources(bundle: Path, settings: Settings) -> dict[str, int]:
@@ -125,6 +122,11 @@ def reject_sources(bundle: Path, settings: Settings) -> dict[str, int]:
     frame = load_manifest(store_from_settings(settings), meta.task, meta.dataset_version).frame
     unknown = frame[frame["label"] == meta.task_spec().reject]
     return {str(k): int(v) for k, v in unknown["source"].value_counts().items()}
+
+
+def other_task_films(bundle: Path, settings: Settings) -> int:
+    """How many of the bundle's reject-class images came from other tasks' data sets."""
+    return sum(n for source, n in reject_sources(bundle, settings).items() if source.startswith("other-task:"))
 
 
 # ------------------------------------------------------------------------------------------- held-out sets
@@ -313,10 +315,8 @@ def shares(d: dict[str, np.ndarray], *, task_films: bool) -> dict[str, float]:
 def evaluate(bundle: Path, held_out: dict[str, list[np.ndarray]], settings: Settings) -> dict[str, Any]:
     """Score the bundle's test split and the held-out non-task sets at each precision the bundle has."""
     meta = load_meta(bundle)
-    task = meta.task_spec()
-    store = store_from_settings(settings)
-    manifest = load_manifest(store, task.name, meta.dataset_version)
-    test = split_arrays(manifest, build_cache(store, manifest, meta.input_size, settings.cache_dir), task)["test"]
+    task, splits = bundle_splits(bundle, settings)
+    test = splits["test"]
     if task.reject is not None:
         test = test.subset(np.flatnonzero(test.labels != task.index(task.reject)))
     out: dict[str, Any] = {"task": task.name, "ood": meta.ood.model_dump() if meta.ood else None, "precisions": {}}
@@ -391,7 +391,7 @@ def main() -> None:
         if name == "wrist" and wrist_rejects is None:
             wrist_rejects = reject_sources(bundle, settings)
         if name == "chest" and added is None:
-            added = sum(n for source, n in reject_sources(bundle, settings).items() if source.startswith("other-task:"))
+            added = other_task_films(bundle, settings)
     rng = np.random.default_rng(2024)
     sources = photo_sources()
     seen = trained_on(settings)

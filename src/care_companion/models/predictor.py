@@ -174,22 +174,23 @@ class BundlePredictor:
         """Raw logits [N, C], penultimate-layer embeddings [N, D] and the view features the out-of-distribution
         gate scores (each view's pooled backbone features [N, V, F]; for a model without that output, one-view
         models included, the embeddings [N, D] themselves), in one engine call per chunk."""
-        if not self.has_view_embeddings:
-            logits, embeddings = self.logits_and_embeddings(batch, chunk=chunk)
-            return logits, embeddings, embeddings
-        logits, embeddings, views = self._run(batch, [LOGITS_OUTPUT, EMBEDDING_OUTPUT, VIEW_EMBEDDINGS_OUTPUT], chunk)
+        logits, embeddings, views = self._gate_outputs(batch, chunk, maps=False)
         return logits, embeddings, views
 
     def served_outputs(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> tuple[np.ndarray, ...]:
         """What the service reads of a batch, in one engine call per chunk: :meth:`engine_outputs` and, for a
         model that has them, the class maps (see :meth:`class_maps`)."""
-        if not self.has_class_maps:
-            return self.engine_outputs(batch, chunk=chunk)
-        names = [LOGITS_OUTPUT, EMBEDDING_OUTPUT, *([VIEW_EMBEDDINGS_OUTPUT] * self.has_view_embeddings)]
-        outputs = self._run(batch, [*names, CLASS_MAPS_OUTPUT], chunk)
-        logits, embeddings, maps = outputs[0], outputs[1], outputs[-1]
-        views = outputs[2] if self.has_view_embeddings else embeddings
-        return logits, embeddings, views, maps
+        return self._gate_outputs(batch, chunk, maps=self.has_class_maps)
+
+    def _gate_outputs(self, batch: np.ndarray | Feed, chunk: int, *, maps: bool) -> tuple[np.ndarray, ...]:
+        """Logits, embeddings, view features (the embeddings for a model without them) and, with ``maps``, the
+        class maps."""
+        if not self.has_embedding:
+            raise ModelError(f"{self.directory}: the model has no {EMBEDDING_OUTPUT!r} output; re-export it")
+        names = [LOGITS_OUTPUT, EMBEDDING_OUTPUT, *[VIEW_EMBEDDINGS_OUTPUT] * self.has_view_embeddings]
+        outputs = self._run(batch, [*names, *[CLASS_MAPS_OUTPUT] * maps], chunk)
+        views = outputs[2] if self.has_view_embeddings else outputs[1]
+        return (outputs[0], outputs[1], views, *outputs[len(names) :])
 
     def class_maps(self, batch: np.ndarray | Feed, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits [N, C] and each class's activation map before ReLU ([N, C, h, w], or [N, V, C, h, w] for
