@@ -43,10 +43,10 @@ class Recipe(BaseModel):
     patience: int = 4
     samples_per_epoch: int | None = 3500
     max_train_per_class: int | None = None
-    output_stride: Literal[16, 32] = Field(
+    output_stride: Literal[8, 16, 32] = Field(
         default=32,
         description="Downsampling of the backbone's last feature map (ResNet-family backbones): 16 dilates its last "
-        "stage, doubling the heat maps' resolution for about the cost of that stage again.",
+        "stage, doubling the heat maps' resolution for about the cost of that stage again; 8 dilates the last two.",
     )
 
 

@@ -14,7 +14,7 @@ import torch
 from care_companion.evaluation.decision import p_abnormal
 from care_companion.models.bundle import CLASS_MAPS_OUTPUT, load_meta
 from care_companion.models.factory import load_bundle_model
-from care_companion.models.heatmap import class_weights, colourise, combine, heatmap_png, resize, weighted
+from care_companion.models.heatmap import MapCentres, class_weights, colourise, combine, heatmap_png, resize, weighted
 from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.tasks import CHEST, WRIST
 from tests.conftest import write_bundle
@@ -70,14 +70,18 @@ def wrist_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def torchcam_maps(model: torch.nn.Module, layer: str, inputs: list[torch.Tensor], cls: int) -> np.ndarray:
-    """torchcam's Grad-CAM ``[N, h, w]`` (ReLU'd, scaled to [0, 1]) at ``layer`` for class ``cls``'s logit."""
+def torchcam_maps(
+    model: torch.nn.Module, layer: str, inputs: list[torch.Tensor], cls: int, negative: int, sign: float = 1.0
+) -> np.ndarray:
+    """torchcam's Grad-CAM ``[N, h, w]`` (ReLU'd, scaled to [0, 1]) at ``layer`` for class ``cls``'s log-odds
+    against the ``negative`` class (its logit minus the negative's), times ``sign``."""
     from torchcam.methods import GradCAM
 
     extractor = GradCAM(model, target_layer=layer)
     try:
         with torch.enable_grad():
-            return extractor(cls, model(*inputs))[0].detach().numpy()
+            logits = model(*inputs)
+            return extractor(cls, sign * (logits - logits[:, [negative]]))[0].detach().numpy()
     finally:
         extractor.remove_hooks()
 
@@ -106,21 +110,28 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ours(
-    predictor: BundlePredictor, feed: dict[str, np.ndarray], decided: int, view: int | None, *, relu: bool = True
+    predictor: BundlePredictor,
+    feed: dict[str, np.ndarray],
+    decided: int,
+    view: int | None,
+    *,
+    relu: bool = True,
+    sign: float = 1.0,
 ) -> np.ndarray:
     """Our maps ``[N, h, w]`` (one view's for a multi-view model) for every item decided as ``decided``: shown
-    (ReLU'd and scaled), or before the ReLU."""
+    (ReLU'd and scaled), or before the ReLU; with ``sign`` -1, the same machinery for the opposite score."""
     logits, maps = predictor.class_maps(feed)
     probabilities = softmax(logits, predictor.temperature)
     task = predictor.meta.task_spec()
     maps = maps if view is None else maps[:, view]
     rule = combine if relu else weighted
-    return np.stack([rule(m, class_weights(task, p, decided)) for m, p in zip(maps, probabilities, strict=True)])
+    return np.stack([rule(m, sign * class_weights(task, p, decided)) for m, p in zip(maps, probabilities, strict=True)])
 
 
 def compare(bundle: Path, studies: list[dict[str, np.ndarray | None]], layers: list[str]) -> None:
-    """Our maps against Grad-CAM on the bundle's ``model.pt``, per view: torchcam's for each class's logit, and
-    PyTorch autograd's before the ReLU for each class's logit and for P(abnormal) (a negative decision)."""
+    """Our maps against Grad-CAM on the bundle's ``model.pt``, per view: torchcam's for each class's log-odds
+    against the negative class, and PyTorch autograd's before the ReLU for those and for P(abnormal) (a negative
+    decision)."""
     predictor = BundlePredictor(bundle)
     task = predictor.meta.task_spec()
     assert predictor.has_class_maps
@@ -132,8 +143,9 @@ def compare(bundle: Path, studies: list[dict[str, np.ndarray | None]], layers: l
     def abnormal(logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / temperature, dim=1)[:, task.positive_indices].sum(dim=1)
 
+    negative = task.index(task.negative)
     checks: list[tuple[int, Callable[[torch.Tensor], torch.Tensor]]] = [
-        (c, lambda logits, c=c: logits[:, c]) for c in range(len(task.classes)) if c != task.index(task.negative)
+        (c, lambda logits, c=c: logits[:, c] - logits[:, negative]) for c in range(len(task.classes)) if c != negative
     ]
     checks.append((task.index(task.negative), abnormal))
     for decided, score in checks:
@@ -152,10 +164,11 @@ def compare(bundle: Path, studies: list[dict[str, np.ndarray | None]], layers: l
         for cls in range(len(task.classes)):  # a class's map can be all zero after the ReLU: those are left out
             if cls == task.index(task.negative):
                 continue  # a negative decision shows P(abnormal)'s map, checked above
-            reference = torchcam_maps(model, layer, inputs, cls)
-            mine = ours(predictor, feed, cls, index)
-            shown = np.flatnonzero(given & (reference.reshape(len(studies), -1).std(axis=1) > 1e-6))
-            r += [pearson(mine[i], reference[i]) for i in shown]
+            for sign in (1.0, -1.0):  # a briefly trained model's map can be all negative: then its opposite's shows
+                reference = torchcam_maps(model, layer, inputs, cls, negative, sign)
+                mine = ours(predictor, feed, cls, index, sign=sign)
+                shown = np.flatnonzero(given & (reference.reshape(len(studies), -1).std(axis=1) > 1e-6))
+                r += [pearson(mine[i], reference[i]) for i in shown]
         assert len(r) >= given.sum() // 2, "too few torchcam maps with any signal"
         assert min(r) >= 0.99, r
 
@@ -199,7 +212,8 @@ def test_a_randomised_model_gives_different_maps(chest_bundle: Path, tmp_path: P
     studies, _ = chest_studies(16, 5)
     feed = trained.preprocess_studies(studies)
     disease = CHEST.positive_indices[0]
-    a, b = ours(trained, feed, disease, None), ours(randomised, feed, disease, None)
+    # before the ReLU: the briefly trained fixture's shown maps can be all zero
+    a, b = ours(trained, feed, disease, None, relu=False), ours(randomised, feed, disease, None, relu=False)
     rho = [spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, b, strict=True) if x.std() and y.std()]
     assert len(rho) >= 8 and float(np.mean(rho)) < 0.5, rho
 
@@ -216,7 +230,9 @@ def test_weights_of_a_negative_decision_are_the_gradient_of_the_disease_probabil
         for c in range(4)
     ]
     assert np.allclose(weights, numeric, atol=1e-5)
-    assert np.array_equal(class_weights(task, p, task.positive_indices[0]), np.eye(4)[task.positive_indices[0]])
+    disease = task.positive_indices[0]
+    expected = np.eye(4)[disease] - np.eye(4)[task.index(task.negative)]  # a disease's log-odds against normal
+    assert np.array_equal(class_weights(task, p, disease), expected)
 
 
 def test_maps_render_as_see_through_colour_at_the_films_size() -> None:
@@ -279,3 +295,42 @@ def test_output_stride_16_doubles_the_maps_resolution_and_travels_with_the_bundl
     save_meta(tmp_path, BundleMeta.for_task(CHEST, backbone="test_resnet", output_stride=16, input_size=96))
     torch.save(fine.state_dict(), tmp_path / CHECKPOINT_FILE)
     assert load_bundle_model(tmp_path).explained(x)[-1].shape[-2:] == (6, 6)
+
+
+def test_each_cell_is_drawn_at_its_centre() -> None:
+    """A map's cells land where their centres say, and an even split resizes as PIL's bilinear filter does."""
+    from PIL import Image
+
+    cam = np.zeros((3, 3))
+    cam[1, 2] = 1.0
+    big = resize(cam, 100, 50, MapCentres(rows=[0.1, 0.305, 0.9], cols=[0.2, 0.5, 0.61]))
+    assert np.unravel_index(big.argmax(), big.shape) == (30, 30)  # the pixels centred at 0.305 * 100, 0.61 * 50
+    assert big[:10].max() == 0.0 and big[-9:].max() == 0.0, "beyond the outer centres the outer cells' values"
+    grid = np.random.default_rng(0).random((4, 5)).astype(np.float32)
+    pil = np.asarray(Image.fromarray(grid, mode="F").resize((40, 32), Image.Resampling.BILINEAR))
+    assert np.allclose(resize(grid, 32, 40), pil, atol=1e-5)
+    with pytest.raises(ValueError, match="centres"):
+        resize(cam, 10, 10, MapCentres.even(2, 3))
+
+
+def test_receptive_centres_follow_the_layers_geometry() -> None:
+    """A strided 1 x 1 convolution's cell ``i`` sees input pixel ``2 i`` alone: its centre is that pixel's; a
+    ResNet's centres increase across the input and stay on it."""
+    from care_companion.models.base import median_position, receptive_centres
+    from care_companion.models.factory import create_backbone
+
+    class Strided(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 3, 1, stride=2)
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    centres = receptive_centres(Strided(), 16)
+    assert np.allclose(centres.rows, [(2 * i + 0.5) / 16 for i in range(8)])
+    assert np.allclose(centres.cols, centres.rows)
+    assert median_position(np.array([0.0, 1.0, 1.0, 0.0])) == 2.0  # two equal pixels: their common edge
+    net, _, _ = create_backbone("test_resnet", output_stride=8)
+    resnet = receptive_centres(net, 64)
+    assert len(resnet.rows) == 8 and np.all(np.diff(resnet.rows) > 0) and 0 < resnet.rows[0] < resnet.rows[-1] < 1

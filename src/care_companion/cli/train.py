@@ -69,7 +69,9 @@ def train_cmd(
     max_train_per_class: Annotated[int | None, typer.Option(help="Cap training images per class.")] = None,
     output_stride: Annotated[
         int | None,
-        typer.Option(help="16 dilates a ResNet backbone's last stage: heat maps twice as fine (default 32)."),
+        typer.Option(
+            help="16 dilates a ResNet backbone's last stage (heat maps twice as fine), 8 its last two (default 32)."
+        ),
     ] = None,
     max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke runs).")] = None,
     pretrained: Annotated[bool, typer.Option(help="Start from timm's published weights where reachable.")] = False,

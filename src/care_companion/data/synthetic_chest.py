@@ -298,6 +298,25 @@ def synth_chest(label: str, rng: np.random.Generator, size: int = 256) -> np.nda
     return _render_chest(label, _Anatomy.draw(anat_rng), disease_rng, view_rng, size)
 
 
+def synth_chest_lesion(label: str, seed: int, size: int = 256, *, share: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic film showing ``label`` and where its lesion lies: the pixels that differ from the same
+    patient's normal film (same anatomy, positioning and exposure) by more than ``share`` of the largest
+    difference; what a localisation check (the pointing game) scores a heat map against.
+
+    Returns:
+        The film (``uint8``, size x size) and the lesion mask (``bool``, same shape).
+
+    Raises:
+        ValueError: ``label`` is not a disease of :data:`CHEST_LABELS`.
+    """
+    if label not in CHEST_LABELS[1:]:
+        raise ValueError(f"no lesion for {label!r}; expected one of {', '.join(CHEST_LABELS[1:])}")
+    film = synth_chest(label, np.random.default_rng(seed), size)
+    normal = synth_chest("normal", np.random.default_rng(seed), size)
+    difference = np.abs(film.astype(np.float64) - normal)
+    return film, difference > share * difference.max()
+
+
 # ------------------------------------------------------------------------------------------ non-X-rays
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from care_companion.errors import ModelError
+from care_companion.models.heatmap import MapCentres
 from care_companion.models.ood import OodGate
 from care_companion.tasks import TASKS, TaskSpec
 
@@ -80,7 +81,14 @@ class BundleMeta(BaseModel):
     schema_version: int = 2
     spec: TaskSpec = Field(description="The task definition the model was trained for.")
     backbone: str
-    output_stride: int = Field(default=32, description="The backbone's output stride (16: a dilated last stage).")
+    output_stride: int = Field(
+        default=32, description="The backbone's output stride (16 or 8: dilated last stages, finer heat maps)."
+    )
+    map_centres: MapCentres | None = Field(
+        default=None,
+        description="Where the heat maps' cells are centred on the input, measured on the trained model; None: an "
+        "even split (bundles made before it, and models without heat maps).",
+    )
     input_size: int = Field(description="Square input side in pixels; images are resized to it.")
     in_chans: int = 1
     normalisation: Normalisation = Field(default_factory=Normalisation)

@@ -63,7 +63,7 @@ def create_backbone(name: str, *, pretrained: bool = False, output_stride: int =
     Args:
         name: any timm model name (resnet18, efficientnet_b1, densenet121, mobilenetv3_large_100...).
         pretrained: try timm's published weights (needs them in the local cache or a reachable hub).
-        output_stride: 16 dilates the last stage (finer last feature map and heat maps); 32 is the usual.
+        output_stride: 16 dilates the last stage, 8 the last two (finer feature map and heat maps); 32 is usual.
 
     Returns:
         The backbone, its feature width and where its weights came from.

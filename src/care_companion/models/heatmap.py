@@ -5,13 +5,18 @@ of the class's logit with respect to the pooled features (``BackboneClassifier.e
 that is Grad-CAM (Selvaraju et al. 2017) before its ReLU, up to scale, so serving needs neither torch nor a
 second model run. Which map is shown:
 
-* a positive decision: the decided class's map (Grad-CAM of its logit);
+* a positive decision: the map of the decided class against a normal reading, Grad-CAM of the log-odds
+  ``logit_c - logit_negative`` (what the two classes share, the anatomy both read, cancels; the map of the logit
+  alone peaked away from synthetic tuberculosis lesions in probes, see docs/guide/serving.md);
 * a negative decision: the map of the disease probability P(abnormal), the sum of the disease classes'
   calibrated probabilities. Its gradient with respect to the logits is ``p_c (1[c is a disease] - P(abnormal))``
   (divided by the temperature, a scale), so its map is that combination of the class maps.
 
 The map is ReLU'd, divided by its maximum (an all-zero map stays zero: nothing pushed towards the answer),
-resized to the film and coloured; its alpha follows the value, so cold regions stay see-through.
+resized to the film and coloured; its alpha follows the value, so cold regions stay see-through. Each grid cell is
+drawn where its receptive field is centred on the input (:class:`MapCentres`, measured on the trained model when
+it is exported), which is not the middle of an even split of the film: for the demo's small ResNet at output
+stride 8 it lies about 5 input pixels further down and right.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import io
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from care_companion.tasks import TaskSpec
 
@@ -28,12 +34,30 @@ _STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _COLOURS = np.array([[48, 18, 59], [40, 120, 142], [53, 183, 121], [180, 222, 44], [253, 231, 37]], dtype=float)
 
 
+class MapCentres(BaseModel):
+    """Where each row and column of a model's class maps is centred on its input, as fractions of the input side
+    (0: top or left edge, 1: bottom or right edge); the input is the film resized to a square, so the same
+    fractions hold on the film."""
+
+    rows: list[float] = Field(description="Centre of each map row, top to bottom, as a fraction of the height.")
+    cols: list[float] = Field(description="Centre of each map column, left to right, as a fraction of the width.")
+
+    @classmethod
+    def even(cls, height: int, width: int) -> MapCentres:
+        """Cells of an even split: cell ``i`` of ``n`` centred at ``(i + 0.5) / n``."""
+        return cls(rows=[(i + 0.5) / height for i in range(height)], cols=[(j + 0.5) / width for j in range(width)])
+
+
 def class_weights(task: TaskSpec, probabilities: np.ndarray, decided: int) -> np.ndarray:
-    """How the class maps combine into the shown map ``[C]``: one-hot on a decided disease (or other non-negative
-    class), else the gradient of P(abnormal) with respect to the logits (up to the temperature)."""
+    """How the class maps combine into the shown map ``[C]``: for a decided disease (or other non-negative class)
+    its logit minus the negative class's, else the gradient of P(abnormal) with respect to the logits (up to the
+    temperature)."""
     p = np.asarray(probabilities, dtype=np.float64)
-    if decided != task.index(task.negative) or not task.positives:
+    if not task.positives:
         return np.eye(len(p))[decided]
+    negative = task.index(task.negative)
+    if decided != negative:
+        return np.eye(len(p))[decided] - np.eye(len(p))[negative]
     disease = np.zeros(len(p))
     disease[task.positive_indices] = 1.0
     return p * (disease - p[task.positive_indices].sum())
@@ -51,10 +75,28 @@ def combine(class_maps: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return cam / top if top > 0 else np.zeros_like(cam)
 
 
-def resize(cam: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``cam`` bilinearly resized to ``height`` x ``width`` (float, same range)."""
-    image = Image.fromarray(np.asarray(cam, dtype=np.float32), mode="F")
-    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+def _axis(size: int, centres: list[float]) -> np.ndarray:
+    """Linear interpolation weights ``[size, n]`` from ``n`` cells centred at ``centres`` (fractions, increasing)
+    to ``size`` pixels; pixels beyond the first or last centre take that cell's value."""
+    n = len(centres)
+    at = np.interp((np.arange(size) + 0.5) / size, centres, np.arange(n, dtype=np.float64))
+    low = np.floor(at).astype(int)
+    high = np.minimum(low + 1, n - 1)
+    frac = at - low
+    weights = np.zeros((size, n))
+    np.add.at(weights, (np.arange(size), low), 1.0 - frac)
+    np.add.at(weights, (np.arange(size), high), frac)
+    return weights
+
+
+def resize(cam: np.ndarray, height: int, width: int, centres: MapCentres | None = None) -> np.ndarray:
+    """``cam`` ``[h, w]`` bilinearly resized to ``height`` x ``width`` (float32, same range), each cell placed at
+    its ``centres`` (default: :meth:`MapCentres.even`)."""
+    cam = np.asarray(cam, dtype=np.float64)
+    where = centres or MapCentres.even(*cam.shape)
+    if (len(where.rows), len(where.cols)) != cam.shape:
+        raise ValueError(f"map of {cam.shape} cells with centres for {len(where.rows)} x {len(where.cols)}")
+    return (_axis(height, where.rows) @ cam @ _axis(width, where.cols).T).astype(np.float32)
 
 
 def colourise(cam: np.ndarray, *, max_alpha: int = 200) -> np.ndarray:
@@ -65,10 +107,12 @@ def colourise(cam: np.ndarray, *, max_alpha: int = 200) -> np.ndarray:
     return np.concatenate([rgb, alpha[..., None]], axis=-1).round().astype(np.uint8)
 
 
-def heatmap_png(cam: np.ndarray | list[list[float]], height: int, width: int) -> bytes:
-    """PNG bytes of the coloured map resized to a film of ``height`` x ``width``."""
+def heatmap_png(
+    cam: np.ndarray | list[list[float]], height: int, width: int, centres: MapCentres | None = None
+) -> bytes:
+    """PNG bytes of the coloured map resized to a film of ``height`` x ``width`` (cells at ``centres``)."""
     buffer = io.BytesIO()
-    Image.fromarray(colourise(resize(np.asarray(cam), height, width)), mode="RGBA").save(buffer, format="PNG")
+    Image.fromarray(colourise(resize(np.asarray(cam), height, width, centres)), mode="RGBA").save(buffer, format="PNG")
     return buffer.getvalue()
 
 

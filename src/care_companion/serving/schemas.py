@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from care_companion import REVIEW_WARNING
+from care_companion.models.heatmap import MapCentres
 from care_companion.records.schemas import ApiKeyPublic, FeedbackCreate, PatientBase, UserPublic
 from care_companion.registry.models import ALIASES, VersionInfo
 from care_companion.security import Role
@@ -58,8 +59,13 @@ class ViewHeatmap(BaseModel):
     """One view's heat map: the map on the model's feature grid and the size of the film it covers."""
 
     grid: list[list[float]] = Field(
-        description="The map, rows of the model's feature grid, 0 to 1 (1: what pushed most towards the answer). "
-        "Stretched over the whole film, it lies on it (the model reads the film resized to a square)."
+        description="The map, rows of the model's feature grid, 0 to 1 (1: what pushed most towards the answer), "
+        "over the whole film (the model reads the film resized to a square); each cell centred where `centres` says."
+    )
+    centres: MapCentres | None = Field(
+        default=None,
+        description="Where each grid row and column is centred on the film, as fractions of its height and width "
+        "(measured on the model); None: an even split.",
     )
     width: int = Field(description="The film's width in pixels (the PNG's).")
     height: int = Field(description="The film's height in pixels (the PNG's).")

@@ -321,6 +321,7 @@ def export_and_score(
         task,
         backbone=config.backbone,
         output_stride=config.output_stride,
+        map_centres=model.map_centres(config.image_size),
         input_size=config.image_size,
         normalisation=Normalisation(mean=config.mean, std=config.std),
         temperature=temperature,
