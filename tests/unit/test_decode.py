@@ -220,12 +220,37 @@ def test_dicom_monochrome1_is_inverted() -> None:
     assert np.all(np.diff(out[0].astype(int)) <= 0)
 
 
-def test_dicom_12bit_without_window_is_stretched_robustly() -> None:
+def test_dicom_without_window_is_shown_over_its_stored_range() -> None:
+    """No window: 12-bit data are shown over 0-4095 as stored (not stretched to their own extremes), so a film
+    keeps the intensities it was saved with; signed data and a rescale move that range with them."""
     data = (_ramp(high=3000, dtype=np.uint16) + 500).astype(np.uint16)
-    data[0, 0] = 4095  # one hot pixel must not compress the rest
     out = decode_image(_dicom(data, bits_stored=12))
+    assert np.array_equal(out, np.rint(data / 4095 * 255).astype(np.uint8))
+    rescaled = decode_image(_dicom(data, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1000))
+    assert np.array_equal(rescaled, out)  # the same linear map applied to the data and the range
+    signed = decode_image(_dicom((data.astype(np.int16) - 2048), bits_stored=12))
+    assert np.abs(signed.astype(int) - out).max() <= 1
+
+
+def test_dicom_filling_little_of_its_bit_depth_is_stretched_robustly() -> None:
+    """16 bits declared, 12 used: shown over the full 16-bit range the film would be black, so the data are
+    stretched between their 0.5 and 99.5 percentiles; one hot pixel does not compress the rest."""
+    data = (_ramp(high=3000, dtype=np.uint16) + 500).astype(np.uint16)
+    data[0, 0] = 4095
+    out = decode_image(_dicom(data, bits_stored=16))
     assert out[1, 0] <= 3 and out[1, -1] >= 252
     assert np.all(np.diff(out[1].astype(int)) >= 0)
+
+
+def test_a_film_saved_as_dicom_reads_as_its_png() -> None:
+    """The same pixels as PNG, as 8-bit MONOCHROME2 and as 16-bit MONOCHROME1 (inverted, scaled by 257) decode
+    to the same array: no train/serve skew between the ways a film arrives."""
+    film = _ramp(high=230, dtype=np.uint8) + 10
+    for dicom in (
+        _dicom(film, bits_stored=8),
+        _dicom(((255 - film.astype(np.uint16)) * 257), photometric="MONOCHROME1"),
+    ):
+        assert np.array_equal(decode_image(dicom), decode_image(_png(film)))
 
 
 def test_dicom_without_preamble_rgb_and_multiframe() -> None:

@@ -25,8 +25,10 @@ DICOM_MAGIC_OFFSET = 128
 
 # PIL plugins we let loose on untrusted bytes: common raster formats with a real magic number.
 _PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP", "PPM", "JPEG2000")
-# Percentiles used to stretch DICOM data that carries no window.
+# Percentiles used to stretch DICOM data that carries no window and fills little of its stored bit range.
 _ROBUST_LOW, _ROBUST_HIGH = 0.5, 99.5
+# Without a window, data spanning at least this share of the range its stored bits hold is shown over that range.
+_MIN_RANGE_SHARE = 0.25
 # ITU-R BT.601 luma weights for RGB -> gray.
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -304,7 +306,8 @@ def _require_decoder(syntax: Any, label: str) -> None:
 
 
 def _dicom_gray(arr: np.ndarray, ds: Any, invert: bool) -> np.ndarray:
-    """Modality LUT, then the first VOI LUT or window when present (else a robust stretch), then polarity."""
+    """Modality LUT, then the first VOI LUT or window when present, else the range the stored bits hold (a robust
+    stretch for data filling little of it), then polarity; see docs/guide/serving.md (DICOM input)."""
     from pydicom.pixels import apply_modality_lut
 
     values = np.asarray(apply_modality_lut(arr, ds))
@@ -317,17 +320,44 @@ def _dicom_gray(arr: np.ndarray, ds: Any, invert: bool) -> np.ndarray:
     except Exception:  # malformed window/LUT: fall back to the data's own range rather than reject the image
         unit = None
     if unit is None:
-        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-        if finite.size == 0:
-            unit = np.zeros(values.shape, dtype=np.float64)
-        else:
-            low, high = np.percentile(finite, [_ROBUST_LOW, _ROBUST_HIGH])
-            if high <= low:
-                low, high = float(finite.min()), float(finite.max())
-            unit = _scale_range(values, float(low), float(high))
+        unit = _without_window(values, ds)
     if invert:
         unit = 1.0 - np.clip(unit, 0.0, 1.0)
     return _to_u8(unit)
+
+
+def _without_window(values: np.ndarray, ds: Any) -> np.ndarray:
+    """Values without a VOI transform mapped to [0, 1]: over the range the stored bits hold (through the modality
+    LUT), so a film saved as DICOM reads as the same pixels as its PNG (8 bits as they are; 16 bits scaled by
+    257 back to them); data spanning under a quarter of that range (a declared bit depth the detector does not
+    use) are stretched between their 0.5 and 99.5 percentiles instead."""
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.float64)
+    stored = _stored_range(ds)
+    if stored is not None and float(finite.max()) - float(finite.min()) >= _MIN_RANGE_SHARE * (stored[1] - stored[0]):
+        return _scale_range(values, *stored)
+    low, high = np.percentile(finite, [_ROBUST_LOW, _ROBUST_HIGH])
+    if high <= low:
+        low, high = float(finite.min()), float(finite.max())
+    return _scale_range(values, float(low), float(high))
+
+
+def _stored_range(ds: Any) -> tuple[float, float] | None:
+    """The lowest and highest value the stored bits can hold, after the modality LUT (None: bit depth unknown)."""
+    from pydicom.pixels import apply_modality_lut
+
+    bits = int(ds.get("BitsStored") or 0)
+    if not 1 <= bits <= 32:
+        return None
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    ends = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1])
+    try:
+        mapped = np.asarray(apply_modality_lut(ends, ds), dtype=np.float64)
+    except Exception:  # a malformed modality LUT: the stored range is unknown
+        return None
+    low, high = float(mapped.min()), float(mapped.max())
+    return (low, high) if high > low else None
 
 
 def _apply_window(values: np.ndarray, ds: Any) -> np.ndarray:
