@@ -101,6 +101,10 @@ class Settings(BaseSettings):
         description="Confidence is 'low' when P(abnormal) is this close to its threshold or the top two "
         "classes are this close.",
     )
+    fhir_patient_system: str = Field(
+        default="urn:care-companion:mrn",
+        description="The identifier system of patients' MRNs in FHIR resources (the hospital's own URI).",
+    )
 
     environment: Literal["development", "production"] = Field(
         default="development", description="production refuses insecure defaults (the development JWT secret)."

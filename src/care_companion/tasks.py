@@ -67,6 +67,17 @@ class ServingSpec(BaseModel):
     )
 
 
+SNOMED_CT = "http://snomed.info/sct"
+
+
+class ClinicalCode(BaseModel):
+    """A code of a clinical terminology (what FHIR calls a Coding and DICOM a code sequence item)."""
+
+    system: str = Field(default=SNOMED_CT, description="The terminology's URI (SNOMED CT by default).")
+    code: str
+    display: str
+
+
 class TaskSpec(BaseModel):
     """A clinical task: its classes, disease (positive) classes, reject class, views, body part and recipe."""
 
@@ -91,6 +102,11 @@ class TaskSpec(BaseModel):
     fetcher: str | None = Field(default=None, description="'module:function' downloading the public data set.")
     recipe: Recipe = Field(default_factory=Recipe)
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    codes: dict[str, ClinicalCode] = Field(
+        default_factory=dict,
+        description="Terminology codes of the classes, for results sent to hospital systems (FHIR); a class "
+        "without one is sent as text only.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -108,6 +124,7 @@ class TaskSpec(BaseModel):
             self.title = f"{self.body_part.capitalize()} radiograph"
         named = [self.negative, *self.positives, *([self.reject] if self.reject else [])]
         missing = [c for c in named if c not in self.classes]
+        missing += [c for c in self.codes if c not in self.classes]
         if missing:
             raise ValueError(f"task {self.name!r}: {', '.join(missing)} not among its classes {self.classes}")
         if len(set(self.views)) != len(self.views) or not self.views:
@@ -182,6 +199,11 @@ CHEST = TaskSpec(
     fetcher="care_companion.data.chest:fetch_chest",
     recipe=Recipe(),
     serving=ServingSpec(upload_help="A frontal chest radiograph: PNG, JPEG or DICOM.", legacy_paths=["/predict_chest"]),
+    codes={
+        "normal": ClinicalCode(code="17621005", display="Normal (qualifier value)"),
+        "pneumonia": ClinicalCode(code="233604007", display="Pneumonia (disorder)"),
+        "tuberculosis": ClinicalCode(code="56717001", display="Tuberculosis (disorder)"),
+    },
 )
 
 WRIST = TaskSpec(
@@ -206,6 +228,10 @@ WRIST = TaskSpec(
         missing_view_note="a fracture can show in one view only",
         legacy_paths=["/predict_wrist"],
     ),
+    codes={
+        "normal": ClinicalCode(code="17621005", display="Normal (qualifier value)"),
+        "fracture": ClinicalCode(code="125605004", display="Fracture of bone (disorder)"),
+    },
 )
 
 TASKS: dict[str, TaskSpec] = {}

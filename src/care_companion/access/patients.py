@@ -19,6 +19,7 @@ from care_companion.errors import RequestError
 from care_companion.records.models import Feedback, Image, Patient, Prediction, Study, User
 from care_companion.records.repos import (
     DEFAULT_LIMIT,
+    MAX_LIMIT,
     NotFound,
     create_patient,
     create_study,
@@ -331,6 +332,26 @@ def prediction_heatmap(
         raise NotFound(f"{what} has no heat map of view {chosen!r}; it has {', '.join(views)}")
     audit(session, user, "prediction.heatmap", "study", study.id, request_id=request_id, prediction_id=prediction.id)
     return dict(views[chosen])
+
+
+def prediction_record(
+    *, session: Session, user: User, prediction_id: int, request_id: str | None = None
+) -> tuple[Prediction, Study, list[Feedback]]:
+    """A stored prediction of a study ``user`` sees, with the study and the radiologists' verdicts on that
+    prediction (oldest first), to report to a hospital system; audited as ``prediction.report``.
+
+    Raises:
+        NotFound: no such prediction, its study is in another department, or it was kept without a study.
+    """
+    prediction = get_prediction(session=session, prediction_id=prediction_id)
+    what = f"prediction {prediction_id}"
+    if prediction.study_id is None:
+        raise NotFound(f"{what} not found")
+    study = visible_study(session, user, prediction.study_id, what=what)
+    rows, _ = list_feedback(session=session, study_id=study.id, limit=MAX_LIMIT)
+    verdicts = [f for f in rows if f.prediction_id in (prediction.id, None)]  # None: a verdict on the whole study
+    audit(session, user, "prediction.report", "study", study.id, request_id=request_id, prediction_id=prediction.id)
+    return prediction, study, verdicts
 
 
 def image_for_viewing(*, session: Session, user: User, image_id: int, request_id: str | None = None) -> Image:

@@ -370,6 +370,12 @@ def get_prediction(*, session: Session, prediction_id: int) -> Prediction:
     return _get(session, Prediction, prediction_id, "prediction")
 
 
+def model_versions(*, session: Session) -> list[tuple[str, str | None]]:
+    """Each (model name, version) that answered a stored prediction."""
+    stmt = select(Prediction.model_name, Prediction.model_version).distinct()
+    return [(name, version) for name, version in session.execute(stmt)]
+
+
 def list_predictions(
     *,
     session: Session,

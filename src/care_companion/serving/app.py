@@ -24,6 +24,7 @@ from care_companion.records.db import check_migrated, database_unavailable, make
 from care_companion.serving.admin_routes import admin_router
 from care_companion.serving.auth import auth_router
 from care_companion.serving.feedback_routes import feedback_router
+from care_companion.serving.fhir_routes import fhir_router
 from care_companion.serving.http_errors import install_error_handlers
 from care_companion.serving.manager import ModelManager
 from care_companion.serving.middleware import RequestGuard
@@ -204,6 +205,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | Non
         ops,
         auth_router,
         records_router,
+        fhir_router,
         feedback_router,
         admin_router,
         monitoring_router,

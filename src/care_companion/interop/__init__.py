@@ -1,0 +1,1 @@
+"""Speaking hospital standards: results as FHIR resources (and, later, DICOM)."""
