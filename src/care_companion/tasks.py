@@ -102,6 +102,9 @@ class TaskSpec(BaseModel):
     fetcher: str | None = Field(default=None, description="'module:function' downloading the public data set.")
     recipe: Recipe = Field(default_factory=Recipe)
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    procedure: ClinicalCode | None = Field(
+        default=None, description="The imaging procedure the task reads (DICOM SR 'procedure reported')."
+    )
     codes: dict[str, ClinicalCode] = Field(
         default_factory=dict,
         description="Terminology codes of the classes, for results sent to hospital systems (FHIR); a class "
@@ -199,6 +202,7 @@ CHEST = TaskSpec(
     fetcher="care_companion.data.chest:fetch_chest",
     recipe=Recipe(),
     serving=ServingSpec(upload_help="A frontal chest radiograph: PNG, JPEG or DICOM.", legacy_paths=["/predict_chest"]),
+    procedure=ClinicalCode(code="399208008", display="Plain X-ray of chest (procedure)"),
     codes={
         "normal": ClinicalCode(code="17621005", display="Normal (qualifier value)"),
         "pneumonia": ClinicalCode(code="233604007", display="Pneumonia (disorder)"),
@@ -228,6 +232,7 @@ WRIST = TaskSpec(
         missing_view_note="a fracture can show in one view only",
         legacy_paths=["/predict_wrist"],
     ),
+    procedure=ClinicalCode(code="39714003", display="Skeletal X-ray of wrist and hand (procedure)"),
     codes={
         "normal": ClinicalCode(code="17621005", display="Normal (qualifier value)"),
         "fracture": ClinicalCode(code="125605004", display="Fracture of bone (disorder)"),
