@@ -73,6 +73,31 @@ def dicom_bytes(
     return buf.getvalue()
 
 
+def dicom_film(
+    pixels: np.ndarray,
+    *,
+    body_part: str = "CHEST",
+    view: str = "PA",
+    patient: str = "MRN-77",
+    study: str | None = None,
+    **attributes: object,
+) -> Any:
+    """A film as a modality sends it (a pydicom ``Dataset``): patient, study and series attributes, body part and
+    view position."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(pixels, bits_stored=8 if pixels.dtype == np.uint8 else 16)))
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = patient, "Doe^Jane", "19800101", "F"
+    ds.StudyInstanceUID = study or pydicom.uid.generate_uid()
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyID, ds.AccessionNumber, ds.StudyDate, ds.StudyTime = "1", "ACC-1", "20261203", "093000"
+    ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
+    ds.BodyPartExamined, ds.ViewPosition = body_part, view
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    return ds
+
+
 def migrated(settings: Settings) -> Settings:
     """``settings`` after migrating its records database (the service refuses an unmigrated one)."""
     from care_companion.records.db import upgrade

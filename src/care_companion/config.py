@@ -101,6 +101,21 @@ class Settings(BaseSettings):
         description="Confidence is 'low' when P(abnormal) is this close to its threshold or the top two "
         "classes are this close.",
     )
+    dicom_ae_title: str = Field(default="CARECOMPANION", max_length=16, description="Our DICOM AE title.")
+    dicom_port: int = Field(default=11112, description="Port the DICOM receiver (`dicom listen`) listens on.")
+    dicom_allowed_calling: list[str] = Field(
+        default_factory=list, description="Calling AE titles the receiver accepts (empty: any)."
+    )
+    dicom_settle_seconds: float = Field(
+        default=10.0, ge=0, description="Quiet time after a study's last instance before it is predicted on."
+    )
+    dicom_max_associations: int = Field(default=8, ge=1, description="Most DICOM associations at once.")
+    dicom_service_url: str = Field(
+        default="http://127.0.0.1:8000", description="The Care Companion service the DICOM receiver sends studies to."
+    )
+    dicom_api_key: SecretStr | None = Field(
+        default=None, description="API key (a technician's) the DICOM receiver uses with the service."
+    )
     fhir_patient_system: str = Field(
         default="urn:care-companion:mrn",
         description="The identifier system of patients' MRNs in FHIR resources (the hospital's own URI).",

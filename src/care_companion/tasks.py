@@ -96,6 +96,10 @@ class TaskSpec(BaseModel):
     dicom_body_parts: list[str] = Field(
         default_factory=list, description="DICOM BodyPartExamined values routed to this task."
     )
+    dicom_views: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="For each view, the DICOM ViewPosition values that are that view (a one-view task takes any).",
+    )
     importers: dict[str, str] = Field(
         default_factory=dict, description="Importer name -> 'module:function' building a data-set version."
     )
@@ -128,6 +132,7 @@ class TaskSpec(BaseModel):
         named = [self.negative, *self.positives, *([self.reject] if self.reject else [])]
         missing = [c for c in named if c not in self.classes]
         missing += [c for c in self.codes if c not in self.classes]
+        missing += [f"view {v}" for v in self.dicom_views if v not in self.views]
         if missing:
             raise ValueError(f"task {self.name!r}: {', '.join(missing)} not among its classes {self.classes}")
         if len(set(self.views)) != len(self.views) or not self.views:
@@ -220,6 +225,7 @@ WRIST = TaskSpec(
     views=["pa", "lateral"],
     body_part="wrist",
     dicom_body_parts=["WRIST", "HAND"],
+    dicom_views={"pa": ["PA", "AP"], "lateral": ["LL", "RL", "LAT", "LATERAL"]},
     importers={
         "grazpedwri": "care_companion.data.wrist:import_wrist",
         "fracatlas": "care_companion.data.wrist:import_fracatlas",

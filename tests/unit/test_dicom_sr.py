@@ -19,22 +19,14 @@ from care_companion import REVIEW_WARNING
 from care_companion.interop.dicom_sr import MANUFACTURER, PRIVATE_SCHEME, heatmap_sc, result_sr
 from care_companion.interop.fhir import AiResult, Verdict
 from care_companion.tasks import CHEST
-from tests.helpers import dicom_bytes
+from tests.helpers import dicom_film
 
 AT = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 
 
 def source() -> Dataset:
-    """A chest film as a modality sends it: patient, study and series attributes."""
-    ds = pydicom.dcmread(
-        io.BytesIO(dicom_bytes((np.arange(96 * 96) % 251).reshape(96, 96).astype(np.uint8), bits_stored=8))
-    )
-    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "MRN-77", "Doe^Jane", "19800101", "F"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
-    ds.StudyID, ds.AccessionNumber, ds.StudyDate, ds.StudyTime = "1", "ACC-1", "20261203", "093000"
-    ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
-    ds.BodyPartExamined = "CHEST"
-    return ds
+    """A chest film as a modality sends it."""
+    return dicom_film((np.arange(96 * 96) % 251).reshape(96, 96).astype(np.uint8))
 
 
 def result(*verdicts: Verdict) -> AiResult:

@@ -1,0 +1,147 @@
+"""A settled DICOM study through the service's own API, as an upload would go: the patient matched or registered
+by ``PatientID`` in the department of the receiver's API key, one prediction per study with each view's film,
+so records, object store, monitoring and audit see it as they see an upload.
+
+The service answers over HTTP; a refusal (4xx: not the task's body part, a bad film) is final and logged with the
+study, while a service that cannot answer (connection error, 5xx, 503) leaves the study in the spool to be
+tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+from pydicom.dataset import Dataset
+
+from care_companion.interop.dicom_inbox import Spool, Unroutable, route
+from care_companion.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class ServiceDown(Exception):
+    """The service could not answer now; the study stays in the spool."""
+
+
+@dataclass
+class StudyOutcome:
+    """What became of one settled study."""
+
+    study_uid: str
+    task: str | None = None
+    status: int | None = None  # the service's HTTP status for the prediction
+    answer: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def mrn_of(ds: Dataset) -> str:
+    """The record number a DICOM patient is filed under: ``PatientID``, with ``^issuer`` when an issuer is given.
+
+    Raises:
+        Unroutable: no ``PatientID``.
+    """
+    patient = str(ds.get("PatientID", "") or "").strip()
+    if not patient:
+        raise Unroutable("no PatientID: the study cannot be filed under a patient")
+    issuer = str(ds.get("IssuerOfPatientID", "") or "").strip()
+    return f"{patient}^{issuer}" if issuer else patient
+
+
+class ServiceGateway:
+    """The service's HTTP API as the DICOM receiver uses it (an ``httpx.Client`` with the service's base URL)."""
+
+    def __init__(self, client: httpx.Client, api_key: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, path, headers=self.headers, timeout=60.0, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServiceDown(f"{method} {path}: {exc}") from exc
+        if response.status_code >= 500:
+            raise ServiceDown(f"{method} {path}: HTTP {response.status_code} {response.text[:200]}")
+        return response
+
+    def patient_id(self, ds: Dataset) -> int:
+        """The service's id of the study's patient: found by exact MRN, else registered from the DICOM header.
+
+        Raises:
+            Unroutable: no PatientID, or the MRN belongs to a patient the key's department cannot see.
+            ServiceDown: the service could not answer.
+        """
+        mrn = mrn_of(ds)
+        found = self._call("GET", "/v1/patients", params={"q": mrn, "limit": 100})
+        if found.status_code == 200:
+            for patient in found.json().get("data", []):
+                if patient.get("mrn") == mrn:
+                    return int(patient["id"])
+        name = str(ds.get("PatientName", "") or "").replace("^", " ").strip() or f"DICOM patient {mrn}"
+        body: dict[str, Any] = {"mrn": mrn, "name": name, "sex": _sex(ds)}
+        birth = str(ds.get("PatientBirthDate", "") or "")
+        if len(birth) == 8 and birth.isdigit():
+            body["birth_date"] = f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"
+        created = self._call("POST", "/v1/patients", json=body)
+        if created.status_code != 201:
+            raise Unroutable(f"patient {mrn}: the service answered {created.status_code} {created.text[:200]}")
+        return int(created.json()["id"])
+
+    def predict(self, task: TaskSpec, films: dict[str, Path], patient_id: int) -> httpx.Response:
+        """One prediction of ``task`` on the study's films (view → DICOM file), filed under the patient."""
+        fields = task.upload_fields
+        files = {
+            (view if task.multiview else fields[0]): (path.name, path.read_bytes(), "application/dicom")
+            for view, path in films.items()
+        }
+        return self._call("POST", f"/v1/predict/{task.name}", files=files, data={"patient_id": str(patient_id)})
+
+
+def process_study(spool: Spool, study: str, gateway: ServiceGateway, tasks: list[TaskSpec]) -> StudyOutcome:
+    """Predict on a settled study through the service and move it to ``done/``; a study the service could not
+    take now stays (:class:`ServiceDown` is raised)."""
+    outcome = StudyOutcome(study_uid=study)
+    films: dict[str, tuple[Path, Dataset]] = {}
+    task: TaskSpec | None = None
+    for path in spool.instances(study):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        routed = route(ds, tasks)
+        if task is not None and routed.task.name != task.name:
+            outcome.problems.append(f"{path.name}: {routed.task.name}, not {task.name}; left out")
+            continue
+        task = routed.task
+        if routed.view in films:
+            outcome.problems.append(f"{path.name}: a second {routed.view} film; the first is used")
+            continue
+        films[routed.view] = (path, ds)
+    if task is None:
+        spool.finish(study)
+        return outcome
+    outcome.task = task.name
+    missing = [v for v in task.views if v not in films]
+    if missing:
+        outcome.problems.append(f"missing view(s) {', '.join(missing)}: predicted on what arrived")
+    first = next(iter(films.values()))[1]
+    try:
+        patient = gateway.patient_id(first)
+    except Unroutable as exc:
+        outcome.problems.append(str(exc))
+        spool.finish(study)
+        return outcome
+    response = gateway.predict(task, {view: path for view, (path, _) in films.items()}, patient)
+    outcome.status = response.status_code
+    outcome.answer = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code != 200:
+        outcome.problems.append(f"the service refused the study: {response.status_code} {outcome.answer}")
+    log.info("DICOM study %s (%s): %s %s", study, task.name, response.status_code, "; ".join(outcome.problems))
+    spool.finish(study)
+    return outcome
+
+
+def _sex(ds: Dataset) -> str:
+    sex = str(ds.get("PatientSex", "") or "").strip().upper()
+    return sex if sex in ("M", "F", "O") else "U"

@@ -1,0 +1,143 @@
+"""The DICOM C-STORE receiver: a sender gets a clear status for every instance (kept, no pixel data, no task reads
+it, too large), acknowledged instances are on disk before success is sent (a new receiver on the same spool
+finds them), calling AE titles outside the allowed list are rejected, and a settled study goes through the
+service as an upload would: patient registered from the DICOM header, one prediction per study, a missing view
+flagged."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from care_companion.interop.dicom_gateway import ServiceGateway, process_study
+from care_companion.interop.dicom_inbox import Spool
+from care_companion.interop.dicom_listener import NO_PIXEL_DATA, TOO_LARGE, UNROUTABLE, Receiver, start_listener
+from care_companion.tasks import CHEST, WRIST
+from tests.conftest import write_bundle
+from tests.helpers import dicom_film, seed_users, service_client, tokens_for
+
+USERS = (("tech", "technician", "er"),)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def film(seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random((96, 96)) * 255).astype(np.uint8)
+
+
+def send(port: int, instances: list[Dataset], calling: str = "MODALITY") -> list[int | None]:
+    """C-STORE each instance; the status of each (None when the association was refused)."""
+    from pynetdicom import AE, StoragePresentationContexts
+
+    ae = AE(ae_title=calling)
+    ae.requested_contexts = StoragePresentationContexts
+    association = ae.associate("127.0.0.1", port, ae_title="CARECOMPANION")
+    if not association.is_established:
+        return [None] * len(instances)
+    try:
+        return [int(association.send_c_store(ds).Status) for ds in instances]
+    finally:
+        association.release()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[Receiver, int]]:
+    spool = Spool(tmp_path / "spool")
+    receiver = Receiver(spool=spool, tasks=[CHEST, WRIST], max_pixels=200 * 200)
+    port = free_port()
+    server = start_listener(
+        receiver, port=port, ae_title="CARECOMPANION", allowed_calling=["MODALITY", "PACS"], max_associations=4
+    )
+    try:
+        yield receiver, port
+    finally:
+        server.shutdown()
+
+
+def test_every_instance_gets_a_clear_status_and_acknowledged_ones_are_on_disk(receiver: tuple[Receiver, int]) -> None:
+    rec, port = receiver
+    chest = dicom_film(film(1), body_part="CHEST", view="PA")
+    knee = dicom_film(film(2), body_part="KNEE")
+    report = dicom_film(film(3))
+    del report.PixelData
+    huge = dicom_film(film(4))
+    huge.Rows, huge.Columns = 1000, 1000  # declared larger than the receiver's limit
+    statuses = send(port, [chest, knee, report, huge])
+    assert statuses == [0x0000, UNROUTABLE, NO_PIXEL_DATA, TOO_LARGE]
+    assert rec.received == [chest.SOPInstanceUID]
+    again = Spool(rec.spool.root)  # a receiver started after a crash finds what was acknowledged
+    assert again.studies() == [chest.StudyInstanceUID]
+    kept = pydicom.dcmread(again.instances(chest.StudyInstanceUID)[0])
+    assert kept.SOPInstanceUID == chest.SOPInstanceUID and np.array_equal(kept.pixel_array, chest.pixel_array)
+    assert [p.name for p in (rec.spool.unroutable).iterdir()] == [f"{knee.SOPInstanceUID}.dcm"]  # kept apart
+    assert send(port, [chest], calling="STRANGER") == [None]  # not an allowed calling AE title
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    wrist = write_bundle(tmp_path / "wrist", task=WRIST, backbone="test_resnet", reject_bias=-20)
+    with service_client(tmp_path / "service", login=False, wrist_model=str(wrist)) as client:
+        app: Any = client.app
+        with app.state.sessions() as session, session.begin():
+            seed_users(session, USERS)
+        token = tokens_for(app.state.settings, USERS)["tech"]
+        yield {"client": client, "gateway": ServiceGateway(client, token), "token": token}
+
+
+def test_a_settled_study_goes_through_the_service_as_an_upload(
+    receiver: tuple[Receiver, int], service: dict[str, Any]
+) -> None:
+    rec, port = receiver
+    study = pydicom.uid.generate_uid()
+    chest = dicom_film(film(5), body_part="CHEST", patient="P-100")
+    wrist_pa = dicom_film(film(6), body_part="WRIST", view="PA", patient="P-100", study=study)
+    assert send(port, [chest, wrist_pa]) == [0, 0]
+    outcomes = {s: process_study(rec.spool, s, service["gateway"], [CHEST, WRIST]) for s in rec.spool.settled(0)}
+    assert set(outcomes) == {chest.StudyInstanceUID, study} and rec.spool.studies() == []
+    first = outcomes[chest.StudyInstanceUID]
+    assert first.task == "chest" and first.status == 200 and first.answer["label"] == "pneumonia"
+    second = outcomes[study]
+    assert second.task == "wrist" and second.status == 200
+    assert any("missing view(s) lateral" in p for p in second.problems)
+    assert second.answer["views_used"] == ["pa"]
+    headers = {"Authorization": f"Bearer {service['token']}"}
+    patients = service["client"].get("/v1/patients", params={"q": "P-100"}, headers=headers).json()["data"]
+    assert [(p["mrn"], p["name"], p["sex"]) for p in patients] == [("P-100", "Doe Jane", "F")]  # registered once
+    studies = service["client"].get("/v1/studies", params={"patient_id": patients[0]["id"]}, headers=headers)
+    assert sorted(s["task"] for s in studies.json()["data"]) == ["chest", "wrist"]  # one study each, stored
+    images = service["client"].get(f"/v1/studies/{second.answer['study_id']}/images", headers=headers).json()
+    assert [i["view"] for i in images] == ["pa"]
+
+
+def test_a_study_waits_in_the_spool_while_the_service_is_down(receiver: tuple[Receiver, int]) -> None:
+    import httpx
+
+    from care_companion.interop.dicom_gateway import ServiceDown
+
+    rec, port = receiver
+    chest = dicom_film(film(7))
+    assert send(port, [chest]) == [0]
+    nobody = httpx.Client(base_url=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with nobody, pytest.raises(ServiceDown):
+        process_study(rec.spool, chest.StudyInstanceUID, ServiceGateway(nobody, "key"), [CHEST, WRIST])
+    assert rec.spool.studies() == [chest.StudyInstanceUID]  # still waiting, to be tried again
+
+
+def test_listen_without_an_api_key_is_a_clear_error(cli_env: Path) -> None:
+    from typer.testing import CliRunner
+
+    from care_companion.cli.main import app
+
+    result = CliRunner().invoke(app, ["dicom", "listen"])
+    assert result.exit_code == 2 and "CARE_DICOM_API_KEY" in result.output
