@@ -3,6 +3,7 @@
 #   prometheus                 prometheus + promtool (tests/unit/test_deploy_monitoring.py,
 #                              tests/integration/test_prometheus_scrape.py)
 #   chromium, chromium-driver  the browser tests (pytest -m browser)
+#   orthanc, orthanc-dicomweb  a real PACS for the DICOM round trip (tests/integration/test_orthanc_roundtrip.py)
 #
 # Idempotent: installs only what is missing, and does nothing (exit 0) where apt-get is absent or cannot be
 # used (not root and no password-less sudo, apt-get update failing); the tests then skip with the reason.
@@ -44,9 +45,11 @@ declare -A options=(
     [prometheus]="--no-install-recommends"
     [chromium]=""
     [chromium-driver]=""
+    [orthanc]="--no-install-recommends"
+    [orthanc-dicomweb]="--no-install-recommends"
 )
 missing=()
-for package in prometheus chromium chromium-driver; do
+for package in prometheus chromium chromium-driver orthanc orthanc-dicomweb; do
     if installed "$package"; then
         say "$package: already installed"
     else

@@ -35,7 +35,7 @@ done
 PYTHON=${PYTHON:-.venv/bin/python}
 STAMP_DIR=${STAMP_DIR:-.venv}
 FAILED_STAMP="$STAMP_DIR/.system-deps-failed"
-PACKAGES=(prometheus chromium chromium-driver)
+PACKAGES=(prometheus chromium chromium-driver orthanc orthanc-dicomweb)
 say() { echo "setup-test-env: $*"; }
 
 # -- 1. Debian packages -------------------------------------------------------------------------------------
@@ -45,6 +45,8 @@ present() {
         prometheus) command -v promtool >/dev/null 2>&1 && { command -v prometheus >/dev/null 2>&1 || [[ -x /usr/bin/prometheus ]]; } ;;
         chromium) [[ -x /usr/bin/chromium ]] ;;
         chromium-driver) command -v chromedriver >/dev/null 2>&1 ;;
+        orthanc) [[ -x /usr/sbin/Orthanc ]] ;;
+        orthanc-dicomweb) [[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] ;;
     esac
 }
 missing() {

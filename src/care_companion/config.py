@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     dicom_service_url: str = Field(
         default="http://127.0.0.1:8000", description="The Care Companion service the DICOM receiver sends studies to."
     )
+    dicom_results_destination: str = Field(
+        default="",
+        description="Where the results of received studies (SR, heat-map Secondary Captures) are sent: "
+        "AET@host:port (empty: not sent).",
+    )
     dicom_api_key: SecretStr | None = Field(
         default=None, description="API key (a technician's) the DICOM receiver uses with the service."
     )

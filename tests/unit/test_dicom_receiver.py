@@ -141,3 +141,30 @@ def test_listen_without_an_api_key_is_a_clear_error(cli_env: Path) -> None:
 
     result = CliRunner().invoke(app, ["dicom", "listen"])
     assert result.exit_code == 2 and "CARE_DICOM_API_KEY" in result.output
+
+
+def test_results_wait_in_the_outbox_while_the_pacs_is_down(tmp_path: Path) -> None:
+    """Results the PACS cannot take now are kept and sent on a later round, oldest first, none twice."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink
+
+    port = free_port()
+    sink = ResultsSink(Outbox(tmp_path / "outbox"), Destination("PACS", "127.0.0.1", port), "CARECOMPANION")
+    first, second = dicom_film(film(8)), dicom_film(film(9))
+    assert sink.deliver([first, second]) == 0 and len(sink.outbox.pending()) == 2  # nobody listens yet
+    stored: list[str] = []
+
+    def keep(event: Any) -> int:
+        stored.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    pacs = AE(ae_title="PACS")
+    pacs.supported_contexts = AllStoragePresentationContexts
+    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
+    try:
+        assert sink.retry() == 2 and sink.outbox.pending() == []
+    finally:
+        server.shutdown()
+    assert stored == [first.SOPInstanceUID, second.SOPInstanceUID]
+    assert sink.retry() == 0

@@ -18,7 +18,9 @@ import httpx
 import pydicom
 from pydicom.dataset import Dataset
 
+from care_companion.imaging.decode import decode_image
 from care_companion.interop.dicom_inbox import Spool, Unroutable, route
+from care_companion.interop.dicom_results import ResultsSink, answer_result, result_instances
 from care_companion.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class StudyOutcome:
     status: int | None = None  # the service's HTTP status for the prediction
     answer: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    results_sent: int = 0  # result instances (SR, Secondary Captures) sent to the PACS now
 
 
 def mrn_of(ds: Dataset) -> str:
@@ -91,6 +94,11 @@ class ServiceGateway:
             raise Unroutable(f"patient {mrn}: the service answered {created.status_code} {created.text[:200]}")
         return int(created.json()["id"])
 
+    def heatmap_png(self, prediction_id: int, view: str) -> bytes | None:
+        """A stored prediction's heat map of one view (PNG), or None when it has none."""
+        response = self._call("GET", f"/v1/predictions/{prediction_id}/heatmap/{view}.png")
+        return response.content if response.status_code == 200 else None
+
     def predict(self, task: TaskSpec, films: dict[str, Path], patient_id: int) -> httpx.Response:
         """One prediction of ``task`` on the study's films (view → DICOM file), filed under the patient."""
         fields = task.upload_fields
@@ -101,9 +109,12 @@ class ServiceGateway:
         return self._call("POST", f"/v1/predict/{task.name}", files=files, data={"patient_id": str(patient_id)})
 
 
-def process_study(spool: Spool, study: str, gateway: ServiceGateway, tasks: list[TaskSpec]) -> StudyOutcome:
+def process_study(
+    spool: Spool, study: str, gateway: ServiceGateway, tasks: list[TaskSpec], results: ResultsSink | None = None
+) -> StudyOutcome:
     """Predict on a settled study through the service and move it to ``done/``; a study the service could not
-    take now stays (:class:`ServiceDown` is raised)."""
+    take now stays (:class:`ServiceDown` is raised). With ``results``, the study's SR and heat-map Secondary
+    Captures go to the PACS (through the outbox)."""
     outcome = StudyOutcome(study_uid=study)
     films: dict[str, tuple[Path, Dataset]] = {}
     task: TaskSpec | None = None
@@ -137,9 +148,32 @@ def process_study(spool: Spool, study: str, gateway: ServiceGateway, tasks: list
     outcome.answer = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
     if response.status_code != 200:
         outcome.problems.append(f"the service refused the study: {response.status_code} {outcome.answer}")
+    elif results is not None:
+        outcome.results_sent = _deliver(results, gateway, task, films, outcome.answer, mrn_of(first))
     log.info("DICOM study %s (%s): %s %s", study, task.name, response.status_code, "; ".join(outcome.problems))
     spool.finish(study)
     return outcome
+
+
+def _deliver(
+    results: ResultsSink,
+    gateway: ServiceGateway,
+    task: TaskSpec,
+    films: dict[str, tuple[Path, Dataset]],
+    answer: dict[str, Any],
+    mrn: str,
+) -> int:
+    """Build the study's SR and heat-map Secondary Captures and hand them to ``results``."""
+    sources = {view: pydicom.dcmread(path) for view, (path, _) in films.items()}
+    pixels = {view: decode_image(path.read_bytes(), name=path.name) for view, (path, _) in films.items()}
+    prediction = int(answer.get("prediction_id") or 0)
+    instances = result_instances(
+        answer_result(answer, task, mrn),
+        sources,
+        pixels,
+        lambda view: gateway.heatmap_png(prediction, view) if prediction else None,
+    )
+    return results.deliver(instances)
 
 
 def _sex(ds: Dataset) -> str:

@@ -32,6 +32,7 @@ from care_companion.config import Settings
 from care_companion.errors import ConfigError
 from care_companion.interop.dicom_gateway import ServiceDown, ServiceGateway, StudyOutcome, process_study
 from care_companion.interop.dicom_inbox import Spool, Unroutable, instance_uid, route, study_uid
+from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink
 from care_companion.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -125,13 +126,16 @@ def run_worker(
     stop: threading.Event,
     poll_seconds: float = 1.0,
     on_outcome: Callable[[StudyOutcome], None] | None = None,
+    results: ResultsSink | None = None,
 ) -> None:
     """Send each settled study through the service until ``stop`` is set; a study the service cannot take now
-    is tried again on a later round."""
+    is tried again on a later round, and so are results the PACS did not take."""
     while not stop.is_set():
+        if results is not None:
+            results.retry()
         for study in spool.settled(settle_seconds):
             try:
-                outcome = process_study(spool, study, gateway, tasks)
+                outcome = process_study(spool, study, gateway, tasks, results)
             except ServiceDown as exc:
                 log.warning("DICOM study %s waits: %s", study, exc)
                 break
@@ -172,6 +176,13 @@ def run_receiver(settings: Settings, stop: threading.Event) -> None:
     try:
         with httpx.Client(base_url=settings.dicom_service_url) as client:
             gateway = ServiceGateway(client, settings.dicom_api_key.get_secret_value())
-            run_worker(spool, gateway, tasks, settle_seconds=settings.dicom_settle_seconds, stop=stop)
+            results = None
+            if settings.dicom_results_destination:
+                results = ResultsSink(
+                    Outbox(spool.root / "outbox"),
+                    Destination.parse(settings.dicom_results_destination),
+                    settings.dicom_ae_title,
+                )
+            run_worker(spool, gateway, tasks, settle_seconds=settings.dicom_settle_seconds, stop=stop, results=results)
     finally:
         server.shutdown()

@@ -1,0 +1,179 @@
+"""Results of a received study back to the PACS: the Structured Report and one heat-map Secondary Capture per view
+read, built from the service's answer and the study's source instances, sent by C-STORE to the configured
+destination; what cannot be sent now waits in the spool's ``outbox/`` and is sent again on a later round."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from care_companion.interop.dicom_sr import heatmap_sc, result_sr
+from care_companion.interop.fhir import AiResult
+from care_companion.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+class SendFailed(Exception):
+    """The destination could not be reached or did not accept an instance."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM node results are sent to: ``AET@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """``AET@host:port``.
+
+        Raises:
+            ValueError: another form.
+        """
+        try:
+            ae_title, address = text.split("@", 1)
+            host, port = address.rsplit(":", 1)
+            return cls(ae_title.strip(), host.strip(), int(port))
+        except ValueError as exc:
+            raise ValueError(f"DICOM destination {text!r}: expected AET@host:port") from exc
+
+
+def answer_result(answer: dict[str, Any], task: TaskSpec, patient_mrn: str) -> AiResult:
+    """The result a service answer (``POST /v1/predict/{task}``) describes, as the report builders take it."""
+    model = answer.get("model") or {}
+    decision = answer.get("decision") or {}
+    return AiResult(
+        prediction_id=int(answer.get("prediction_id") or 0),
+        task=task,
+        label=str(answer["label"]),
+        probabilities={k: float(v) for k, v in (answer.get("probabilities") or {}).items()},
+        threshold=float(decision.get("threshold", 0.0)),
+        positive=bool(decision.get("positive", False)),
+        confidence=str(answer.get("confidence", "")),
+        model_name=str(model.get("name", task.name)),
+        model_version=model.get("version"),
+        created_at=datetime.now(UTC),
+        study_id=int(answer.get("study_id") or 0),
+        accession=None,
+        patient_mrn=patient_mrn,
+    )
+
+
+def overlay(film: np.ndarray, heatmap_rgba: np.ndarray) -> np.ndarray:
+    """An RGB picture of a grayscale film with a see-through RGBA heat map of the same size laid over it."""
+    base = np.repeat(np.asarray(film, dtype=np.float64)[..., None], 3, axis=-1)
+    alpha = heatmap_rgba[..., 3:4].astype(np.float64) / 255.0
+    return np.rint(base * (1 - alpha) + heatmap_rgba[..., :3] * alpha).clip(0, 255).astype(np.uint8)
+
+
+def result_instances(
+    result: AiResult,
+    sources: Mapping[str, Dataset],
+    films: Mapping[str, np.ndarray],
+    heatmap_png: Callable[[str], bytes | None],
+) -> list[Dataset]:
+    """The SR of a study and a heat-map Secondary Capture per view read (``heatmap_png(view)``: the PNG, or None
+    without a map), each in the source study."""
+    out = [result_sr(result, list(sources.values()))]
+    for view, source in sources.items():
+        png = heatmap_png(view)
+        if png is None or view not in films:
+            continue
+        rgba = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+        if rgba.shape[:2] != films[view].shape:
+            continue
+        out.append(heatmap_sc(source, overlay(films[view], rgba), model=f"{result.model_name} {result.model_version}"))
+    return out
+
+
+def send(instances: list[Dataset], destination: Destination, calling_ae: str) -> None:
+    """C-STORE each instance to ``destination``.
+
+    Raises:
+        SendFailed: no association, or an instance not accepted.
+    """
+    from pynetdicom import AE
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        Comprehensive3DSRStorage,
+        ComprehensiveSRStorage,
+        SecondaryCaptureImageStorage,
+    )
+
+    ae = AE(ae_title=calling_ae)
+    for context in (Comprehensive3DSRStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+        ae.add_requested_context(context)
+    association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not association.is_established:
+        raise SendFailed(f"no association with {destination.ae_title}@{destination.host}:{destination.port}")
+    try:
+        for ds in instances:
+            status = association.send_c_store(ds)
+            code = int(getattr(status, "Status", -1))
+            if code not in (0x0000, 0xB000, 0xB006, 0xB007):
+                raise SendFailed(f"{destination.ae_title} refused {ds.SOPInstanceUID}: status 0x{code & 0xFFFF:04X}")
+    finally:
+        association.release()
+
+
+class Outbox:
+    """Results not sent yet (``outbox/`` in the spool), oldest first."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, instances: list[Dataset]) -> None:
+        """Keep instances to send later (written whole, then renamed)."""
+        for ds in instances:
+            tmp = self.root / f".{ds.SOPInstanceUID}.part"
+            ds.save_as(tmp, enforce_file_format=True)
+            tmp.replace(self.root / f"{datetime.now(UTC).strftime('%Y%m%d%H%M%S%f')}-{ds.SOPInstanceUID}.dcm")
+
+    def pending(self) -> list[Path]:
+        """Waiting results, oldest first."""
+        return sorted(self.root.glob("*.dcm"))
+
+    def flush(self, sender: Callable[[list[Dataset]], None]) -> int:
+        """Send what waits, oldest first, removing each once sent; stops at the first failure (kept for the next
+        round). Returns how many were sent."""
+        sent = 0
+        for path in self.pending():
+            try:
+                sender([pydicom.dcmread(path)])
+            except SendFailed as exc:
+                log.warning("results wait in the outbox (%d): %s", len(self.pending()), exc)
+                break
+            path.unlink(missing_ok=True)
+            sent += 1
+        return sent
+
+
+@dataclass
+class ResultsSink:
+    """Where a received study's results go: kept in the outbox first, then sent (what fails waits there)."""
+
+    outbox: Outbox
+    destination: Destination
+    calling_ae: str
+
+    def deliver(self, instances: list[Dataset]) -> int:
+        """Keep ``instances`` in the outbox and send everything waiting; returns how many were sent now."""
+        self.outbox.put(instances)
+        return self.retry()
+
+    def retry(self) -> int:
+        """Send what waits in the outbox; returns how many were sent."""
+        return self.outbox.flush(lambda batch: send(batch, self.destination, self.calling_ae))
