@@ -1,0 +1,130 @@
+"""Faults on the DICOM way in: an association aborted mid-study and a receiver killed mid-study (SIGKILL) lose no
+acknowledged instance and leave nothing half-written; the receiver keeps serving other senders."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from care_companion.interop.dicom_inbox import Spool
+from care_companion.interop.dicom_listener import Receiver, start_listener
+from care_companion.tasks import CHEST, WRIST
+from tests.helpers import dicom_film
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def study(count: int, seed: int) -> list[pydicom.Dataset]:
+    uid = pydicom.uid.generate_uid()
+    rng = np.random.default_rng(seed)
+    return [dicom_film((rng.random((128, 128)) * 255).astype(np.uint8), patient="F-1", study=uid) for _ in range(count)]
+
+
+def associate(port: int) -> object:
+    from pynetdicom import AE, StoragePresentationContexts
+
+    ae = AE(ae_title="MODALITY")
+    ae.requested_contexts = StoragePresentationContexts
+    association = ae.associate("127.0.0.1", port, ae_title="CARECOMPANION")
+    assert association.is_established
+    return association
+
+
+def test_an_association_aborted_mid_study_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    port = free_port()
+    server = start_listener(
+        Receiver(spool, [CHEST, WRIST], 10**8),
+        port=port,
+        ae_title="CARECOMPANION",
+        allowed_calling=[],
+        max_associations=4,
+    )
+    try:
+        films = study(3, 1)
+        association = associate(port)
+        assert int(association.send_c_store(films[0]).Status) == 0  # type: ignore[attr-defined]
+        association.abort()  # type: ignore[attr-defined]  # the sender goes away mid-study
+        later = associate(port)  # and the receiver still serves
+        assert int(later.send_c_store(films[1]).Status) == 0  # type: ignore[attr-defined]
+        later.release()  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+    kept = {pydicom.dcmread(p).SOPInstanceUID for p in spool.instances(str(films[0].StudyInstanceUID))}
+    assert kept == {films[0].SOPInstanceUID, films[1].SOPInstanceUID}
+    assert not list(spool.root.rglob(".*.part"))
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Iterator[tuple[dict[str, str], int]]:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CARE_")},
+        "CARE_DATA_DIR": str(tmp_path / "care-data"),
+        "CARE_DICOM_PORT": str(port),
+        "CARE_DICOM_API_KEY": "cc_unused",
+        "CARE_DICOM_SERVICE_URL": f"http://127.0.0.1:{free_port()}",  # the service is down: studies stay
+        "CARE_DICOM_SETTLE_SECONDS": "0",
+        "CARE_NO_PROGRESS": "1",
+    }
+    yield env, port
+
+
+def start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "care_companion", "dicom", "listen"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.2)
+    process.kill()
+    pytest.fail("the DICOM receiver did not start listening")
+
+
+def test_a_receiver_killed_mid_study_loses_no_acknowledged_instance(listening: tuple[dict[str, str], int]) -> None:
+    env, port = listening
+    films = study(4, 2)
+    process = start(env, port)
+    acknowledged = []
+    try:
+        association = associate(port)
+        for ds in films[:3]:
+            assert int(association.send_c_store(ds).Status) == 0  # type: ignore[attr-defined]
+            acknowledged.append(ds.SOPInstanceUID)
+        process.send_signal(signal.SIGKILL)  # mid-study, the association still open
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    spool = Spool(Path(env["CARE_DATA_DIR"]) / "dicom-spool")
+    uid = str(films[0].StudyInstanceUID)
+    assert {pydicom.dcmread(p).SOPInstanceUID for p in spool.instances(uid)} == set(acknowledged)
+    restarted = start(env, port)  # a new receiver takes the rest of the study
+    try:
+        association = associate(port)
+        assert int(association.send_c_store(films[3]).Status) == 0  # type: ignore[attr-defined]
+        association.release()  # type: ignore[attr-defined]
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=20)
+    assert len(spool.instances(uid)) == 4 and not list(spool.root.rglob(".*.part"))
