@@ -24,6 +24,7 @@ from care_companion.records.repos import (
     create_patient,
     create_study,
     get_patient,
+    get_patient_by_mrn,
     get_prediction,
     get_study,
     list_feedback,
@@ -106,6 +107,20 @@ def add_patient(*, session: Session, user: User, patient_in: PatientBase, reques
     )
     audit(session, user, "patient.create", "patient", patient.id, request_id=request_id, department=department)
     return patient
+
+
+def patient_for_mrn(*, session: Session, user: User, patient_in: PatientBase, request_id: str | None = None) -> Patient:
+    """The patient with ``patient_in.mrn`` when ``user`` sees them, else a new one from ``patient_in`` in the
+    user's department (studies arriving over DICOM name their patient by MRN).
+
+    Raises:
+        NotFound: the MRN belongs to a patient of another department.
+    """
+    existing = get_patient_by_mrn(session=session, mrn=patient_in.mrn)
+    if existing is not None:
+        check_department(user, existing.department, what=f"patient with MRN {patient_in.mrn}")
+        return existing
+    return add_patient(session=session, user=user, patient_in=patient_in, request_id=request_id)
 
 
 def find_patients(

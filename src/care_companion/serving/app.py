@@ -23,6 +23,7 @@ from care_companion.reconcile import sweep_orphans
 from care_companion.records.db import check_migrated, database_unavailable, make_engine, session_factory
 from care_companion.serving.admin_routes import admin_router
 from care_companion.serving.auth import auth_router
+from care_companion.serving.dicomweb_routes import dicomweb_router
 from care_companion.serving.feedback_routes import feedback_router
 from care_companion.serving.fhir_routes import fhir_router
 from care_companion.serving.http_errors import install_error_handlers
@@ -206,6 +207,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | Non
         auth_router,
         records_router,
         fhir_router,
+        dicomweb_router,
         feedback_router,
         admin_router,
         monitoring_router,
@@ -215,7 +217,8 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | Non
         app.include_router(router)
 
     def limit_for(path: str) -> int:
-        return settings.max_batch_upload_bytes if path.endswith("/batch") else settings.max_upload_bytes
+        several = path.endswith("/batch") or path.startswith("/dicomweb/")  # several images in one body
+        return settings.max_batch_upload_bytes if several else settings.max_upload_bytes
 
     paths = frozenset(getattr(route, "path", "") for router in routers for route in router.routes)
     app.add_middleware(RequestGuard, metrics=metrics, limit_for=limit_for, paths=paths)

@@ -28,14 +28,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from care_companion.access.audit import audit
 from care_companion.access.credentials import check_permission
-from care_companion.access.patients import add_study, study_for_upload, visible_patient
+from care_companion.access.patients import add_study, patient_for_mrn, study_for_upload, visible_patient
 from care_companion.config import Settings
 from care_companion.errors import RequestError, ServiceUnavailable
 from care_companion.imaging.decode import sniff_format
 from care_companion.records.db import database_unavailable
 from care_companion.records.models import User
 from care_companion.records.repos import add_image, add_prediction
-from care_companion.records.schemas import PredictionCreate, StudyCreate
+from care_companion.records.schemas import PatientBase, PredictionCreate, StudyCreate
 from care_companion.security import Permission
 from care_companion.serving.predict import Upload
 from care_companion.serving.schemas import HEATMAP_PATH, PredictionResult
@@ -124,6 +124,19 @@ class RecordKeeper:
         if study_id is None and patient_id is None:
             return Caller(user.id, user.username, None)
         return await asyncio.to_thread(self._authorise, user, study_id, task, patient_id)
+
+    async def patient_for(self, user: User, patient_in: PatientBase, *, request_id: str | None = None) -> int:
+        """The id of the patient with ``patient_in.mrn`` the uploader sees, registered from ``patient_in`` when
+        new (:func:`~care_companion.access.patients.patient_for_mrn`; 403, 404, 503)."""
+        return await asyncio.to_thread(self._patient_for, user, patient_in, request_id)
+
+    def _patient_for(self, user: User, patient_in: PatientBase, request_id: str | None) -> int:
+        try:
+            with self.sessions() as session, session.begin():
+                check_permission(user, Permission.WRITE_RECORDS)
+                return patient_for_mrn(session=session, user=user, patient_in=patient_in, request_id=request_id).id
+        except DBAPIError as exc:
+            raise database_unavailable(exc) from exc
 
     @contextmanager
     def _lease(self, key: str | None) -> Iterator[None]:

@@ -1,0 +1,75 @@
+"""DICOMweb STOW-RS (``POST /dicomweb/studies``): systems that push over HTTP send DICOM instances; each study is
+routed and predicted on as a DICOM C-STORE study or an upload is, under the same login rules (a user who may
+upload and write records; the patient found by MRN or registered in the caller's department)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import APIRouter, Request, Response
+
+from care_companion.errors import CareError
+from care_companion.interop.dicom_gateway import mrn_of
+from care_companion.interop.dicomweb import CANNOT_UNDERSTAND, DICOM_JSON, sort_instances, split_related, stow_response
+from care_companion.records.schemas import PatientBase
+from care_companion.serving.deps import PredictorDep, RecordsDep, Uploader
+from care_companion.serving.predict import Upload
+from care_companion.serving.schemas import AUTH_ERRORS, error_doc
+from care_companion.tasks import all_tasks
+
+dicomweb_router = APIRouter(tags=["dicomweb"], responses=AUTH_ERRORS)
+
+
+@dicomweb_router.post(
+    "/dicomweb/studies",
+    response_class=Response,
+    summary="Store DICOM instances (STOW-RS) and predict on each study",
+    responses={
+        200: {"content": {DICOM_JSON: {}}, "description": "Every instance stored; results in the records."},
+        202: {"content": {DICOM_JSON: {}}, "description": "Some instances refused (Failed SOP Sequence)."},
+        409: {"content": {DICOM_JSON: {}}, "description": "No instance stored."},
+        415: error_doc("Not multipart/related DICOM."),
+    },
+    openapi_extra={"requestBody": {"required": True, "content": {'multipart/related; type="application/dicom"': {}}}},
+)
+async def stow(request: Request, predictor: PredictorDep, records: RecordsDep, user: Uploader) -> Response:
+    """Each study in the body is predicted on with the films of its views (``BodyPartExamined`` and
+    ``ViewPosition`` route them, as for the DICOM receiver) and kept under its patient; an instance no task reads,
+    without pixel data or unreadable is listed in the Failed SOP Sequence, never guessed at."""
+    parts = split_related(request.headers.get("content-type", ""), await request.body())
+    sorted_ = sort_instances(parts, all_tasks())
+    failed = list(sorted_.failed)
+    stored = []
+    state = request.scope.get("state", {})
+    request_id, started = state.get("request_id", "-"), state.get("started", time.perf_counter())
+    for study in sorted_.studies.values():
+        task, header = study.task, study.header
+        try:
+            name = (
+                str(header.get("PatientName", "") or "").replace("^", " ").strip() or f"DICOM patient {mrn_of(header)}"
+            )
+            patient = await records.patient_for(
+                user,
+                PatientBase(mrn=mrn_of(header), name=name, department=user.department or "-"),
+                request_id=request_id,
+            )
+            caller = await records.authorise(user, None, task.name, patient_id=patient)
+            uploads = {view: Upload(name, data) for view, (name, data, _) in study.views.items()}
+            if task.multiview:
+                result = await predictor.predict_study(
+                    task.name, {v: uploads.get(v) for v in task.views}, request_id=request_id, started=started
+                )
+            else:
+                result = await predictor.predict(task.name, uploads[task.views[0]], request_id=request_id, started=started)
+            used = [(view, uploads[view]) for view in uploads if view in result.views_used]
+            await records.keep(caller, used, result)
+            stored += [ds for view, (_, _, ds) in study.views.items() if view in result.views_used]
+        except (CareError, ValueError) as exc:
+            reason = getattr(exc, "detail", str(exc))
+            failed += [
+                (str(ds.get("SOPClassUID", "")), str(ds.SOPInstanceUID), CANNOT_UNDERSTAND, reason)
+                for _, _, ds in study.views.values()
+            ]
+    status = 200 if not failed else (202 if stored else 409)
+    return Response(json.dumps(stow_response(stored, failed)), status_code=status, media_type=DICOM_JSON)
