@@ -98,6 +98,45 @@ def dicom_film(
     return ds
 
 
+def ai_result(*verdicts: Any, label: str = "pneumonia") -> Any:
+    """A stored chest result (prediction 12 of study 5, patient MRN-77, model chest 3) with these verdicts."""
+    from datetime import UTC, datetime
+
+    from care_companion.interop.fhir import AiResult
+    from care_companion.tasks import CHEST
+
+    return AiResult(
+        prediction_id=12,
+        task=CHEST,
+        label=label,
+        probabilities={"normal": 0.04, "pneumonia": 0.84, "tuberculosis": 0.11, "unknown": 0.01},
+        threshold=0.21,
+        positive=True,
+        confidence="high",
+        model_name="chest",
+        model_version="3",
+        created_at=datetime(2026, 12, 3, 9, 30, tzinfo=UTC),
+        study_id=5,
+        accession="ACC-1",
+        patient_mrn="MRN-77",
+        verdicts=verdicts,
+    )
+
+
+@contextmanager
+def clinic(root: Path, users: tuple[tuple[str, str, str], ...]) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """A running service on a constant chest bundle and a (briefly trained) two-view wrist bundle, with these
+    (username, role, department) users; yields the client and each user's token."""
+    from care_companion.tasks import WRIST
+
+    wrist = write_bundle(root / "wrist", task=WRIST, backbone="test_resnet", reject_bias=-20)
+    with service_client(root / "service", login=False, wrist_model=str(wrist)) as client:
+        app: Any = client.app
+        with app.state.sessions() as session, session.begin():
+            seed_users(session, users)
+        yield client, tokens_for(app.state.settings, users)
+
+
 def migrated(settings: Settings) -> Settings:
     """``settings`` after migrating its records database (the service refuses an unmigrated one)."""
     from care_companion.records.db import upgrade

@@ -20,8 +20,7 @@ from care_companion.interop.dicom_gateway import ServiceGateway, process_study
 from care_companion.interop.dicom_inbox import Spool
 from care_companion.interop.dicom_listener import NO_PIXEL_DATA, TOO_LARGE, UNROUTABLE, Receiver, start_listener
 from care_companion.tasks import CHEST, WRIST
-from tests.conftest import write_bundle
-from tests.helpers import dicom_film, seed_users, service_client, tokens_for
+from tests.helpers import clinic, dicom_film
 
 USERS = (("tech", "technician", "er"),)
 
@@ -86,13 +85,8 @@ def test_every_instance_gets_a_clear_status_and_acknowledged_ones_are_on_disk(re
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    wrist = write_bundle(tmp_path / "wrist", task=WRIST, backbone="test_resnet", reject_bias=-20)
-    with service_client(tmp_path / "service", login=False, wrist_model=str(wrist)) as client:
-        app: Any = client.app
-        with app.state.sessions() as session, session.begin():
-            seed_users(session, USERS)
-        token = tokens_for(app.state.settings, USERS)["tech"]
-        yield {"client": client, "gateway": ServiceGateway(client, token), "token": token}
+    with clinic(tmp_path, USERS) as (client, tokens):
+        yield {"client": client, "gateway": ServiceGateway(client, tokens["tech"]), "token": tokens["tech"]}
 
 
 def test_a_settled_study_goes_through_the_service_as_an_upload(

@@ -17,8 +17,8 @@ from pydicom.sr.codedict import codes
 
 from care_companion import REVIEW_WARNING
 from care_companion.interop.dicom_sr import MANUFACTURER, PRIVATE_SCHEME, heatmap_sc, result_sr
-from care_companion.interop.fhir import AiResult, Verdict
-from care_companion.tasks import CHEST
+from care_companion.interop.fhir import Verdict
+from tests.helpers import ai_result as result
 from tests.helpers import dicom_film
 
 AT = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
@@ -27,25 +27,6 @@ AT = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 def source() -> Dataset:
     """A chest film as a modality sends it."""
     return dicom_film((np.arange(96 * 96) % 251).reshape(96, 96).astype(np.uint8))
-
-
-def result(*verdicts: Verdict) -> AiResult:
-    return AiResult(
-        prediction_id=12,
-        task=CHEST,
-        label="pneumonia",
-        probabilities={"normal": 0.04, "pneumonia": 0.84, "tuberculosis": 0.11, "unknown": 0.01},
-        threshold=0.21,
-        positive=True,
-        confidence="high",
-        model_name="chest",
-        model_version="3",
-        created_at=AT,
-        study_id=5,
-        accession="ACC-1",
-        patient_mrn="MRN-77",
-        verdicts=verdicts,
-    )
 
 
 def written(ds: Dataset) -> Dataset:

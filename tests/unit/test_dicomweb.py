@@ -12,9 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from care_companion.tasks import WRIST
-from tests.conftest import write_bundle
-from tests.helpers import dicom_film, seed_users, service_client, tokens_for
+from tests.helpers import clinic, dicom_film
 
 USERS = (("tech", "technician", "er"),)
 BOUNDARY = "care-boundary-7"
@@ -37,12 +35,8 @@ def related(parts: list[bytes]) -> tuple[bytes, str]:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    wrist = write_bundle(tmp_path / "wrist", task=WRIST, backbone="test_resnet", reject_bias=-20)
-    with service_client(tmp_path / "service", login=False, wrist_model=str(wrist)) as client:
-        app: Any = client.app
-        with app.state.sessions() as session, session.begin():
-            seed_users(session, USERS)
-        yield {"client": client, "tokens": tokens_for(app.state.settings, USERS)}
+    with clinic(tmp_path, USERS) as (client, tokens):
+        yield {"client": client, "tokens": tokens}
 
 
 def post(world: dict[str, Any], parts: list[bytes], user: str = "tech", content_type: str | None = None) -> Any:

@@ -23,7 +23,6 @@ from care_companion.errors import RequestError
 from care_companion.interop.fhir import (
     FHIR_MEDIA_TYPE,
     REPORT_STATUSES,
-    AiResult,
     Verdict,
     checked,
     device,
@@ -33,30 +32,12 @@ from care_companion.interop.fhir import (
 )
 from care_companion.records.repos import create_patient
 from care_companion.records.schemas import PatientCreate
-from care_companion.tasks import CHEST, SNOMED_CT, WRIST
-from tests.helpers import seed_users, service_client, tokens_for
+from care_companion.tasks import SNOMED_CT, WRIST
+from tests.helpers import ai_result as result
+from tests.helpers import clinic
 
 AT = datetime(2026, 12, 3, 9, 30, tzinfo=UTC)
 USERS = (("tech", "technician", "er"), ("rad", "radiologist", "er"), ("far", "radiologist", "icu"))
-
-
-def result(*verdicts: Verdict, task: Any = CHEST, label: str = "pneumonia") -> AiResult:
-    return AiResult(
-        prediction_id=12,
-        task=task,
-        label=label,
-        probabilities={"normal": 0.04, "pneumonia": 0.84, "tuberculosis": 0.11, "unknown": 0.01},
-        threshold=0.21,
-        positive=True,
-        confidence="high",
-        model_name="chest",
-        model_version="3",
-        created_at=AT,
-        study_id=5,
-        accession="ACC-1",
-        patient_mrn="MRN-77",
-        verdicts=verdicts,
-    )
 
 
 def round_trips(resource: dict[str, Any], cls: Any) -> Any:
@@ -100,7 +81,7 @@ def test_a_verdict_makes_it_final_and_a_changed_verdict_amended() -> None:
 
 
 def test_a_class_without_a_code_is_sent_as_text() -> None:
-    report = diagnostic_report(result(task=CHEST, label="unknown"))
+    report = diagnostic_report(result(label="unknown"))
     assert report["conclusionCode"] == [{"text": "unknown"}]
     assert WRIST.codes["fracture"].code == "125605004"
 
@@ -124,13 +105,12 @@ def png() -> bytes:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root: Path = tmp_path_factory.mktemp("fhir")
-    with service_client(root / "service", login=False) as client:
+    with clinic(root, USERS) as (client, tokens):
         app: Any = client.app
         with app.state.sessions() as session, session.begin():
-            seed_users(session, USERS)
             patient = create_patient(session=session, patient_in=PatientCreate(mrn="F1", name="Al", department="er"))
             patient_id = patient.id
-        yield {"client": client, "patient": patient_id, "tokens": tokens_for(app.state.settings, USERS)}
+        yield {"client": client, "patient": patient_id, "tokens": tokens}
 
 
 def call(world: dict[str, Any], method: str, path: str, user: str, **kwargs: Any) -> Any:

@@ -60,28 +60,27 @@ def route(ds: Dataset, tasks: list[TaskSpec]) -> Routed:
     raise Unroutable(f"{task.name}: ViewPosition {position or '(empty)'} is none of its views {', '.join(task.views)}")
 
 
-def study_uid(ds: Dataset) -> str:
-    """The instance's ``StudyInstanceUID``, checked to be a UID (it names a folder).
+def checked_uid(ds: Dataset, keyword: str) -> str:
+    """The instance's UID attribute ``keyword`` (``StudyInstanceUID``, ``SOPInstanceUID``), checked to be a UID
+    (these name folders and files).
 
     Raises:
         Unroutable: missing or malformed.
     """
-    uid = str(ds.get("StudyInstanceUID", "") or "")
+    uid = str(ds.get(keyword, "") or "")
     if not _UID.match(uid):
-        raise Unroutable(f"StudyInstanceUID {uid or '(empty)'} is not a DICOM UID")
+        raise Unroutable(f"{keyword} {uid or '(empty)'} is not a DICOM UID")
     return uid
+
+
+def study_uid(ds: Dataset) -> str:
+    """The instance's checked ``StudyInstanceUID``."""
+    return checked_uid(ds, "StudyInstanceUID")
 
 
 def instance_uid(ds: Dataset) -> str:
-    """The instance's ``SOPInstanceUID``, checked to be a UID.
-
-    Raises:
-        Unroutable: missing or malformed.
-    """
-    uid = str(ds.get("SOPInstanceUID", "") or "")
-    if not _UID.match(uid):
-        raise Unroutable(f"SOPInstanceUID {uid or '(empty)'} is not a DICOM UID")
-    return uid
+    """The instance's checked ``SOPInstanceUID``."""
+    return checked_uid(ds, "SOPInstanceUID")
 
 
 class Spool:

@@ -61,7 +61,9 @@ async def stow(request: Request, predictor: PredictorDep, records: RecordsDep, u
                     task.name, {v: uploads.get(v) for v in task.views}, request_id=request_id, started=started
                 )
             else:
-                result = await predictor.predict(task.name, uploads[task.views[0]], request_id=request_id, started=started)
+                result = await predictor.predict(
+                    task.name, uploads[task.views[0]], request_id=request_id, started=started
+                )
             used = [(view, uploads[view]) for view in uploads if view in result.views_used]
             await records.keep(caller, used, result)
             stored += [ds for view, (_, _, ds) in study.views.items() if view in result.views_used]

@@ -7,7 +7,7 @@ department rules, each read audited; the model version as a Device.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 
@@ -28,44 +28,6 @@ def _fhir(resource: dict[str, Any]) -> Response:
     return Response(json.dumps(resource), media_type=fhir.FHIR_MEDIA_TYPE, headers={"Cache-Control": "no-store"})
 
 
-def _result(
-    prediction_id: int, session: SessionDep, user: Reader, settings: SettingsDep, request_id: RequestId
-) -> fhir.AiResult:
-    prediction, study, verdicts = patients.prediction_record(
-        session=session, user=user, prediction_id=prediction_id, request_id=request_id
-    )
-    return fhir.ai_result(prediction, study, verdicts, mrn_system=settings.fhir_patient_system)
-
-
-@fhir_router.get(
-    "/fhir/DiagnosticReport/{prediction_id}",
-    response_class=Response,
-    responses=FHIR_RESOURCE,
-    summary="A result as a FHIR DiagnosticReport",
-)
-def read_report(
-    prediction_id: int, session: SessionDep, user: Reader, settings: SettingsDep, request_id: RequestId
-) -> Response:
-    """The stored prediction as a DiagnosticReport: ``preliminary`` (the AI's answer and the review warning)
-    until a radiologist's verdict, then ``final`` with their reading (``amended`` when a later verdict changed
-    it)."""
-    return _fhir(fhir.diagnostic_report(_result(prediction_id, session, user, settings, request_id)))
-
-
-@fhir_router.get(
-    "/fhir/Observation/{prediction_id}",
-    response_class=Response,
-    responses=FHIR_RESOURCE,
-    summary="A result's AI finding as a FHIR Observation",
-)
-def read_observation(
-    prediction_id: int, session: SessionDep, user: Reader, settings: SettingsDep, request_id: RequestId
-) -> Response:
-    """The AI's finding: the decided class (SNOMED CT where the task codes it), each class's calibrated
-    probability and the operating point, positive or negative, the model as its device."""
-    return _fhir(fhir.observation(_result(prediction_id, session, user, settings, request_id)))
-
-
 @fhir_router.get(
     "/fhir/Device/{device_id}", response_class=Response, responses=FHIR_RESOURCE, summary="A model version as a Device"
 )
@@ -75,3 +37,31 @@ def read_device(device_id: str, session: SessionDep, user: Reader) -> Response:
         if fhir.device_id(name, version) == device_id:
             return _fhir(fhir.device(name, version))
     raise NotFound(f"device {device_id} not found")
+
+
+BUILDERS = {"DiagnosticReport": fhir.diagnostic_report, "Observation": fhir.observation}
+
+
+@fhir_router.get(
+    "/fhir/{resource_type}/{prediction_id}",
+    response_class=Response,
+    responses=FHIR_RESOURCE,
+    summary="A result as a FHIR DiagnosticReport or its AI finding as an Observation",
+)
+def read_result(
+    resource_type: Literal["DiagnosticReport", "Observation"],
+    prediction_id: int,
+    session: SessionDep,
+    user: Reader,
+    settings: SettingsDep,
+    request_id: RequestId,
+) -> Response:
+    """A stored prediction as a ``DiagnosticReport`` (``preliminary``, the AI's answer and the review warning,
+    until a radiologist's verdict; then ``final`` with their reading, ``amended`` when a later verdict changed it)
+    or as an ``Observation`` (the decided class, SNOMED CT where the task codes it, each class's calibrated
+    probability and the operating point, the model as its device)."""
+    prediction, study, verdicts = patients.prediction_record(
+        session=session, user=user, prediction_id=prediction_id, request_id=request_id
+    )
+    result = fhir.ai_result(prediction, study, verdicts, mrn_system=settings.fhir_patient_system)
+    return _fhir(BUILDERS[resource_type](result))
