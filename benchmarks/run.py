@@ -6,6 +6,7 @@ import sys
 
 from benchmarks import (
     chest_recipe,
+    dicom_throughput,
     drift_power,
     heatmap_cost,
     int8,
@@ -25,6 +26,7 @@ def main() -> None:
         int8,
         serve_load,
         heatmap_cost,
+        dicom_throughput,
         drift_power,
     ):
         print(f"== {module.__name__}", flush=True)
