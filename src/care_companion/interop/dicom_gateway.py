@@ -64,7 +64,7 @@ class ServiceGateway:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self.client.request(method, path, headers=self.headers, timeout=60.0, **kwargs)
+            response = self.client.request(method, path, headers=self.headers, **kwargs)
         except httpx.HTTPError as exc:
             raise ServiceDown(f"{method} {path}: {exc}") from exc
         if response.status_code >= 500:

@@ -174,7 +174,7 @@ def run_receiver(settings: Settings, stop: threading.Event) -> None:
         max_associations=settings.dicom_max_associations,
     )
     try:
-        with httpx.Client(base_url=settings.dicom_service_url) as client:
+        with httpx.Client(base_url=settings.dicom_service_url, timeout=60.0) as client:
             gateway = ServiceGateway(client, settings.dicom_api_key.get_secret_value())
             results = None
             if settings.dicom_results_destination:
