@@ -162,3 +162,54 @@ def test_results_wait_in_the_outbox_while_the_pacs_is_down(tmp_path: Path) -> No
         server.shutdown()
     assert stored == [first.SOPInstanceUID, second.SOPInstanceUID]
     assert sink.retry() == 0
+
+
+def test_a_verdict_sends_a_verified_report_that_supersedes_the_first(tmp_path: Path) -> None:
+    """The receiver sends a study's SR to the PACS; once a radiologist corrects the result, it sends a new,
+    verified SR naming the first as its predecessor, once."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    from care_companion.interop.dicom_gateway import follow_verdicts
+    from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink, SentReports
+
+    stored: list[Dataset] = []
+
+    def keep(event: Any) -> int:
+        stored.append(event.dataset)
+        return 0x0000
+
+    pacs_port = free_port()
+    pacs = AE(ae_title="PACS")
+    pacs.supported_contexts = AllStoragePresentationContexts
+    server = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
+    spool = Spool(tmp_path / "spool")
+    sink = ResultsSink(
+        Outbox(spool.root / "outbox"),
+        Destination("PACS", "127.0.0.1", pacs_port),
+        "CARECOMPANION",
+        SentReports(spool.root / "sent"),
+    )
+    chest = dicom_film(film(10), patient="V-1")
+    spool.keep(chest)
+    users = (("tech", "technician", "er"), ("rad", "radiologist", "er"))
+    try:
+        with clinic(tmp_path, users) as (client, tokens):
+            gateway = ServiceGateway(client, tokens["tech"])
+            outcome = process_study(spool, chest.StudyInstanceUID, gateway, [CHEST, WRIST], sink)
+            first = [ds for ds in stored if ds.Modality == "SR"]
+            assert outcome.status == 200 and len(first) == 1 and first[0].VerificationFlag == "UNVERIFIED"
+            assert follow_verdicts(spool, gateway, sink) == 0  # no verdict yet
+            verdict = client.post(
+                f"/v1/studies/{outcome.answer['study_id']}/feedback",
+                json={"true_label": "normal"},
+                headers={"Authorization": f"Bearer {tokens['rad']}"},
+            )
+            assert verdict.status_code == 201, verdict.text
+            assert follow_verdicts(spool, gateway, sink) == 1
+            assert follow_verdicts(spool, gateway, sink) == 0  # once
+    finally:
+        server.shutdown()
+    reports = [ds for ds in stored if ds.Modality == "SR"]
+    assert len(reports) == 2 and reports[1].VerificationFlag == "VERIFIED"
+    predecessor = reports[1].PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert predecessor.ReferencedSOPInstanceUID == reports[0].SOPInstanceUID

@@ -10,7 +10,8 @@ tried again.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ from pydicom.dataset import Dataset
 
 from care_companion.imaging.decode import decode_image
 from care_companion.interop.dicom_inbox import Spool, Unroutable, route
-from care_companion.interop.dicom_results import ResultsSink, answer_result, result_instances
-from care_companion.tasks import TaskSpec
+from care_companion.interop.dicom_results import ResultsSink, SentReport, answer_result, result_instances
+from care_companion.interop.dicom_sr import result_sr
+from care_companion.interop.fhir import Verdict
+from care_companion.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,26 @@ class ServiceGateway:
             raise Unroutable(f"patient {mrn}: the service answered {created.status_code} {created.text[:200]}")
         return int(created.json()["id"])
 
+    def report_status(self, prediction_id: int) -> str | None:
+        """The stored result's FHIR report status (preliminary, final, amended), or None when it is not found."""
+        response = self._call("GET", f"/fhir/DiagnosticReport/{prediction_id}")
+        return str(response.json().get("status")) if response.status_code == 200 else None
+
+    def verdicts(self, study_id: int, prediction_id: int) -> list[Verdict]:
+        """The radiologists' verdicts on a result, oldest first."""
+        response = self._call("GET", f"/v1/studies/{study_id}/feedback", params={"limit": 500})
+        rows = response.json().get("data", []) if response.status_code == 200 else []
+        return [
+            Verdict(
+                row["true_label"],
+                bool(row["agrees"]),
+                datetime.fromisoformat(row["created_at"]),
+                row.get("comment", ""),
+            )
+            for row in rows
+            if row.get("prediction_id") in (prediction_id, None)
+        ]
+
     def heatmap_png(self, prediction_id: int, view: str) -> bytes | None:
         """A stored prediction's heat map of one view (PNG), or None when it has none."""
         response = self._call("GET", f"/v1/predictions/{prediction_id}/heatmap/{view}.png")
@@ -149,7 +172,7 @@ def process_study(
     if response.status_code != 200:
         outcome.problems.append(f"the service refused the study: {response.status_code} {outcome.answer}")
     elif results is not None:
-        outcome.results_sent = _deliver(results, gateway, task, films, outcome.answer, mrn_of(first))
+        outcome.results_sent = _deliver(results, gateway, task, films, outcome.answer, mrn_of(first), study)
     log.info("DICOM study %s (%s): %s %s", study, task.name, response.status_code, "; ".join(outcome.problems))
     spool.finish(study)
     return outcome
@@ -162,8 +185,10 @@ def _deliver(
     films: dict[str, tuple[Path, Dataset]],
     answer: dict[str, Any],
     mrn: str,
+    study_uid: str,
 ) -> int:
-    """Build the study's SR and heat-map Secondary Captures and hand them to ``results``."""
+    """Build the study's SR and heat-map Secondary Captures, hand them to ``results`` and note the SR as sent
+    (to be superseded after a verdict: :func:`follow_verdicts`)."""
     sources = {view: pydicom.dcmread(path) for view, (path, _) in films.items()}
     pixels = {view: decode_image(path.read_bytes(), name=path.name) for view, (path, _) in films.items()}
     prediction = int(answer.get("prediction_id") or 0)
@@ -173,7 +198,32 @@ def _deliver(
         pixels,
         lambda view: gateway.heatmap_png(prediction, view) if prediction else None,
     )
-    return results.deliver(instances)
+    sent = results.deliver(instances)
+    if prediction and results.sent is not None:
+        report = SentReport(prediction, int(answer.get("study_id") or 0), study_uid, task.name, mrn, answer, "")
+        results.sent.record(report, instances[0])
+    return sent
+
+
+def follow_verdicts(spool: Spool, gateway: ServiceGateway, results: ResultsSink) -> int:
+    """For each SR sent whose result a radiologist has since judged, send a new, verified SR that supersedes it
+    (the study's source instances from ``done/``); returns how many were sent."""
+    if results.sent is None:
+        return 0
+    superseded = 0
+    for report in results.sent.waiting():
+        status = gateway.report_status(report.prediction_id)
+        if status is None or status == report.status:
+            continue
+        verdicts = gateway.verdicts(report.study_id, report.prediction_id)
+        result = replace(answer_result(report.answer, get_task(report.task), report.mrn), verdicts=verdicts)
+        sources = [pydicom.dcmread(path) for path in sorted((spool.done / report.study_uid).glob("*.dcm"))]
+        sr = result_sr(result, sources, previous=pydicom.dcmread(report.sr_file))
+        results.deliver([sr])
+        report.status = status
+        results.sent.record(report, sr)
+        superseded += 1
+    return superseded
 
 
 def _sex(ds: Dataset) -> str:

@@ -30,9 +30,15 @@ from pydicom.dataset import Dataset
 
 from care_companion.config import Settings
 from care_companion.errors import ConfigError
-from care_companion.interop.dicom_gateway import ServiceDown, ServiceGateway, StudyOutcome, process_study
+from care_companion.interop.dicom_gateway import (
+    ServiceDown,
+    ServiceGateway,
+    StudyOutcome,
+    follow_verdicts,
+    process_study,
+)
 from care_companion.interop.dicom_inbox import Spool, Unroutable, instance_uid, route, study_uid
-from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink
+from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink, SentReports
 from care_companion.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -133,6 +139,10 @@ def run_worker(
     while not stop.is_set():
         if results is not None:
             results.retry()
+            try:
+                follow_verdicts(spool, gateway, results)
+            except ServiceDown as exc:
+                log.warning("verdicts not followed now: %s", exc)
         for study in spool.settled(settle_seconds):
             try:
                 outcome = process_study(spool, study, gateway, tasks, results)
@@ -182,6 +192,7 @@ def run_receiver(settings: Settings, stop: threading.Event) -> None:
                     Outbox(spool.root / "outbox"),
                     Destination.parse(settings.dicom_results_destination),
                     settings.dicom_ae_title,
+                    SentReports(spool.root / "sent"),
                 )
             run_worker(spool, gateway, tasks, settle_seconds=settings.dicom_settle_seconds, stop=stop, results=results)
     finally:

@@ -168,6 +168,7 @@ class ResultsSink:
     outbox: Outbox
     destination: Destination
     calling_ae: str
+    sent: SentReports | None = None  # the SRs sent, followed until a verdict supersedes them
 
     def deliver(self, instances: list[Dataset]) -> int:
         """Keep ``instances`` in the outbox and send everything waiting; returns how many were sent now."""
@@ -177,3 +178,44 @@ class ResultsSink:
     def retry(self) -> int:
         """Send what waits in the outbox; returns how many were sent."""
         return self.outbox.flush(lambda batch: send(batch, self.destination, self.calling_ae))
+
+
+@dataclass
+class SentReport:
+    """An SR sent for a received study, followed until a radiologist's verdict supersedes it."""
+
+    prediction_id: int
+    study_id: int
+    study_uid: str
+    task: str
+    mrn: str
+    answer: dict[str, Any]
+    sr_file: str  # the latest SR sent (the predecessor of the next)
+    status: str = "preliminary"  # the result's FHIR status when that SR was sent
+
+
+class SentReports:
+    """The SRs sent for received studies (``sent/`` in the spool): each one's latest SR and the status it showed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def record(self, report: SentReport, sr: Dataset) -> None:
+        """Keep ``sr`` as the report's latest SR and the report itself (each file written whole, then renamed)."""
+        import json
+
+        sr_path = self.root / f"{report.prediction_id}-{sr.SOPInstanceUID}.sr.dcm"
+        sr.save_as(sr_path.with_suffix(".part"), enforce_file_format=True)
+        sr_path.with_suffix(".part").replace(sr_path)
+        report.sr_file = str(sr_path)
+        entry = self.root / f"{report.prediction_id}.json"
+        entry.with_suffix(".part").write_text(json.dumps(report.__dict__))
+        entry.with_suffix(".part").replace(entry)
+
+    def waiting(self) -> list[SentReport]:
+        """Reports still preliminary: their result may yet get a verdict."""
+        import json
+
+        reports = [SentReport(**json.loads(p.read_text())) for p in sorted(self.root.glob("*.json"))]
+        return [r for r in reports if r.status == "preliminary"]
