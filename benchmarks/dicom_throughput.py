@@ -30,6 +30,7 @@ from care_companion.imaging.decode import decode_file
 from care_companion.interop.dicom_gateway import ServiceGateway, process_study
 from care_companion.interop.dicom_inbox import Spool
 from care_companion.interop.dicom_listener import Receiver, start_listener
+from care_companion.interop.dicom_results import Destination, send
 from care_companion.records.db import upgrade
 from care_companion.serving.app import create_app
 from care_companion.tasks import CHEST, WRIST
@@ -71,26 +72,13 @@ def free_port() -> int:
 
 def over_dicom(client: TestClient, key: str, instances: list[pydicom.Dataset], root: Path) -> float:
     """Seconds from the first C-STORE to the last study stored through the service."""
-    from pynetdicom import AE, StoragePresentationContexts
-
     spool = Spool(root / "spool")
     port = free_port()
-    server = start_listener(
-        Receiver(spool, [CHEST, WRIST], 10**8),
-        port=port,
-        ae_title="CARECOMPANION",
-        allowed_calling=[],
-        max_associations=4,
-    )
+    server = start_listener(Receiver(spool, [CHEST, WRIST], 10**8), port=port)
     gateway = ServiceGateway(client, key)
     started = time.perf_counter()
     try:
-        ae = AE(ae_title="BENCH")
-        ae.requested_contexts = StoragePresentationContexts
-        association = ae.associate("127.0.0.1", port, ae_title="CARECOMPANION")
-        for ds in instances:
-            assert int(association.send_c_store(ds).Status) == 0
-        association.release()
+        send(instances, Destination("CARECOMPANION", "127.0.0.1", port), "BENCH")  # one association
         for study in spool.settled(0):
             outcome = process_study(spool, study, gateway, [CHEST, WRIST])
             assert outcome.status == 200, outcome.problems

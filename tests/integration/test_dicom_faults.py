@@ -47,13 +47,7 @@ def associate(port: int) -> object:
 def test_an_association_aborted_mid_study_keeps_what_was_acknowledged(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     port = free_port()
-    server = start_listener(
-        Receiver(spool, [CHEST, WRIST], 10**8),
-        port=port,
-        ae_title="CARECOMPANION",
-        allowed_calling=[],
-        max_associations=4,
-    )
+    server = start_listener(Receiver(spool, [CHEST, WRIST], 10**8), port=port)
     try:
         films = study(3, 1)
         association = associate(port)

@@ -97,9 +97,9 @@ def start_listener(
     receiver: Receiver,
     *,
     port: int,
-    ae_title: str,
-    allowed_calling: list[str],
-    max_associations: int,
+    ae_title: str = "CARECOMPANION",
+    allowed_calling: list[str] | tuple[str, ...] = (),
+    max_associations: int = 8,
     host: str = "0.0.0.0",
 ) -> Any:
     """Start the C-STORE server in background threads; returns the pynetdicom server (``shutdown()`` stops it)."""
