@@ -20,12 +20,7 @@ from care_companion.interop.dicom_inbox import Spool
 from care_companion.interop.dicom_listener import Receiver, start_listener
 from care_companion.tasks import CHEST, WRIST
 from tests.helpers import dicom_film
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.processes import free_port
 
 
 def study(count: int, seed: int) -> list[pydicom.Dataset]:

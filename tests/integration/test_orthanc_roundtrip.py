@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,18 +29,13 @@ from care_companion.interop.dicom_results import Destination, Outbox, ResultsSin
 from care_companion.tasks import CHEST, WRIST
 from tests.conftest import shared_path, write_bundle
 from tests.helpers import dicom_film, seed_users, service_client, tokens_for
+from tests.processes import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 PLUGINS = Path("/usr/share/orthanc/plugins")
 USERS = (("tech", "technician", "er"),)
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

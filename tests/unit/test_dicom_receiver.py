@@ -6,7 +6,6 @@ flagged."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,9 @@ from care_companion.interop.dicom_inbox import Spool
 from care_companion.interop.dicom_listener import NO_PIXEL_DATA, TOO_LARGE, UNROUTABLE, Receiver, start_listener
 from care_companion.tasks import CHEST, WRIST
 from tests.helpers import clinic, dicom_film
+from tests.processes import free_port
 
 USERS = (("tech", "technician", "er"),)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def film(seed: int) -> np.ndarray:

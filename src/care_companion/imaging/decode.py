@@ -226,6 +226,11 @@ def _pil_to_gray(img: Any, label: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- DICOM
 
 
+def has_pixel_data(ds: Any) -> bool:
+    """Whether a DICOM data set holds an image (integer, float or double-float pixel data)."""
+    return any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
 def _decode_dicom(data: bytes, label: str, limits: DecodeLimits) -> np.ndarray:
     """Decode a DICOM file's first frame to display-ready 8-bit grayscale."""
     import pydicom
@@ -238,7 +243,7 @@ def _decode_dicom(data: bytes, label: str, limits: DecodeLimits) -> np.ndarray:
         raise InvalidImageError(f"{label}: the DICOM file is cut short or corrupt ({exc})", reason="truncated") from exc
     if len(ds) == 0:
         raise InvalidImageError(f"{label}: the DICOM file is cut short (no data elements)", reason="truncated")
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not has_pixel_data(ds):
         if "Rows" in ds or "Columns" in ds:  # pydicom stops quietly at EOF: image attributes but no pixels = cut
             raise InvalidImageError(f"{label}: the DICOM file is cut short before its pixel data", reason="truncated")
         raise InvalidImageError(f"{label}: the DICOM file has no pixel data (e.g. a report)", reason="no_pixel_data")

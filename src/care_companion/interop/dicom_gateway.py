@@ -9,6 +9,7 @@ tried again.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -27,6 +28,21 @@ from care_companion.interop.fhir import Verdict
 from care_companion.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Film:
+    """A spooled instance, read once: its file name, bytes and data set."""
+
+    name: str
+    data: bytes
+    ds: Dataset
+
+    @classmethod
+    def read(cls, path: Path) -> Film:
+        """The instance in ``path``."""
+        data = path.read_bytes()
+        return cls(path.name, data, pydicom.dcmread(io.BytesIO(data)))
 
 
 class ServiceDown(Exception):
@@ -58,6 +74,21 @@ def mrn_of(ds: Dataset) -> str:
     return f"{patient}^{issuer}" if issuer else patient
 
 
+def patient_fields(ds: Dataset) -> dict[str, Any]:
+    """A new patient's record from a DICOM header: MRN (:func:`mrn_of`), name, sex and birth date when given.
+
+    Raises:
+        Unroutable: no ``PatientID``.
+    """
+    mrn = mrn_of(ds)
+    name = str(ds.get("PatientName", "") or "").replace("^", " ").strip() or f"DICOM patient {mrn}"
+    fields: dict[str, Any] = {"mrn": mrn, "name": name, "sex": _sex(ds)}
+    birth = str(ds.get("PatientBirthDate", "") or "")
+    if len(birth) == 8 and birth.isdigit():
+        fields["birth_date"] = f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"
+    return fields
+
+
 class ServiceGateway:
     """The service's HTTP API as the DICOM receiver uses it (an ``httpx.Client`` with the service's base URL)."""
 
@@ -81,17 +112,13 @@ class ServiceGateway:
             Unroutable: no PatientID, or the MRN belongs to a patient the key's department cannot see.
             ServiceDown: the service could not answer.
         """
-        mrn = mrn_of(ds)
+        body = patient_fields(ds)
+        mrn = body["mrn"]
         found = self._call("GET", "/v1/patients", params={"q": mrn, "limit": 100})
         if found.status_code == 200:
             for patient in found.json().get("data", []):
                 if patient.get("mrn") == mrn:
                     return int(patient["id"])
-        name = str(ds.get("PatientName", "") or "").replace("^", " ").strip() or f"DICOM patient {mrn}"
-        body: dict[str, Any] = {"mrn": mrn, "name": name, "sex": _sex(ds)}
-        birth = str(ds.get("PatientBirthDate", "") or "")
-        if len(birth) == 8 and birth.isdigit():
-            body["birth_date"] = f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"
         created = self._call("POST", "/v1/patients", json=body)
         if created.status_code != 201:
             raise Unroutable(f"patient {mrn}: the service answered {created.status_code} {created.text[:200]}")
@@ -122,12 +149,12 @@ class ServiceGateway:
         response = self._call("GET", f"/v1/predictions/{prediction_id}/heatmap/{view}.png")
         return response.content if response.status_code == 200 else None
 
-    def predict(self, task: TaskSpec, films: dict[str, Path], patient_id: int) -> httpx.Response:
-        """One prediction of ``task`` on the study's films (view → DICOM file), filed under the patient."""
+    def predict(self, task: TaskSpec, films: dict[str, Film], patient_id: int) -> httpx.Response:
+        """One prediction of ``task`` on the study's films (by view), filed under the patient."""
         fields = task.upload_fields
         files = {
-            (view if task.multiview else fields[0]): (path.name, path.read_bytes(), "application/dicom")
-            for view, path in films.items()
+            (view if task.multiview else fields[0]): (film.name, film.data, "application/dicom")
+            for view, film in films.items()
         }
         return self._call("POST", f"/v1/predict/{task.name}", files=files, data={"patient_id": str(patient_id)})
 
@@ -139,11 +166,11 @@ def process_study(
     take now stays (:class:`ServiceDown` is raised). With ``results``, the study's SR and heat-map Secondary
     Captures go to the PACS (through the outbox)."""
     outcome = StudyOutcome(study_uid=study)
-    films: dict[str, tuple[Path, Dataset]] = {}
+    films: dict[str, Film] = {}
     task: TaskSpec | None = None
     for path in spool.instances(study):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        routed = route(ds, tasks)
+        film = Film.read(path)
+        routed = route(film.ds, tasks)
         if task is not None and routed.task.name != task.name:
             outcome.problems.append(f"{path.name}: {routed.task.name}, not {task.name}; left out")
             continue
@@ -151,7 +178,7 @@ def process_study(
         if routed.view in films:
             outcome.problems.append(f"{path.name}: a second {routed.view} film; the first is used")
             continue
-        films[routed.view] = (path, ds)
+        films[routed.view] = film
     if task is None:
         spool.finish(study)
         return outcome
@@ -159,14 +186,14 @@ def process_study(
     missing = [v for v in task.views if v not in films]
     if missing:
         outcome.problems.append(f"missing view(s) {', '.join(missing)}: predicted on what arrived")
-    first = next(iter(films.values()))[1]
+    first = next(iter(films.values())).ds
     try:
         patient = gateway.patient_id(first)
     except Unroutable as exc:
         outcome.problems.append(str(exc))
         spool.finish(study)
         return outcome
-    response = gateway.predict(task, {view: path for view, (path, _) in films.items()}, patient)
+    response = gateway.predict(task, films, patient)
     outcome.status = response.status_code
     outcome.answer = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
     if response.status_code != 200:
@@ -182,15 +209,15 @@ def _deliver(
     results: ResultsSink,
     gateway: ServiceGateway,
     task: TaskSpec,
-    films: dict[str, tuple[Path, Dataset]],
+    films: dict[str, Film],
     answer: dict[str, Any],
     mrn: str,
     study_uid: str,
 ) -> int:
     """Build the study's SR and heat-map Secondary Captures, hand them to ``results`` and note the SR as sent
     (to be superseded after a verdict: :func:`follow_verdicts`)."""
-    sources = {view: pydicom.dcmread(path) for view, (path, _) in films.items()}
-    pixels = {view: decode_image(path.read_bytes(), name=path.name) for view, (path, _) in films.items()}
+    sources = {view: film.ds for view, film in films.items()}
+    pixels = {view: decode_image(film.data, name=film.name) for view, film in films.items()}
     prediction = int(answer.get("prediction_id") or 0)
     instances = result_instances(
         answer_result(answer, task, mrn),

@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 
 from care_companion.config import Settings
 from care_companion.errors import ConfigError
+from care_companion.imaging.decode import has_pixel_data
 from care_companion.interop.dicom_gateway import (
     ServiceDown,
     ServiceGateway,
@@ -62,7 +63,7 @@ class Receiver:
             sop = instance_uid(ds)
         except Unroutable as exc:
             return BAD_UID, str(exc)
-        if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if not has_pixel_data(ds):
             return NO_PIXEL_DATA, "no pixel data: nothing to read"
         pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1)
         if pixels > self.max_pixels:

@@ -14,6 +14,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from care_companion.errors import RequestError
+from care_companion.imaging.decode import has_pixel_data
 from care_companion.interop.dicom_inbox import Unroutable, instance_uid, route, study_uid
 from care_companion.tasks import TaskSpec
 
@@ -67,13 +68,13 @@ def sort_instances(parts: list[bytes], tasks: list[TaskSpec]) -> StowRequest:
     out = StowRequest()
     for index, data in enumerate(parts):
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            ds = pydicom.dcmread(io.BytesIO(data))
             sop_class, sop = str(ds.get("SOPClassUID", "")), instance_uid(ds)
             study = study_uid(ds)
         except Exception as exc:  # not DICOM, or no usable UIDs
             out.failed.append(("", f"part {index + 1}", CANNOT_UNDERSTAND, f"not a readable DICOM instance: {exc}"))
             continue
-        if "PixelData" not in pydicom.dcmread(io.BytesIO(data), specific_tags=["PixelData"]):
+        if not has_pixel_data(ds):
             out.failed.append((sop_class, sop, NO_PIXEL_DATA, "no pixel data"))
             continue
         try:

@@ -5,16 +5,16 @@ upload and write records; the patient found by MRN or registered in the caller's
 from __future__ import annotations
 
 import json
-import time
 
 from fastapi import APIRouter, Request, Response
 
 from care_companion.errors import CareError
-from care_companion.interop.dicom_gateway import mrn_of
+from care_companion.interop.dicom_gateway import patient_fields
 from care_companion.interop.dicomweb import CANNOT_UNDERSTAND, DICOM_JSON, sort_instances, split_related, stow_response
 from care_companion.records.schemas import PatientBase
 from care_companion.serving.deps import PredictorDep, RecordsDep, Uploader
 from care_companion.serving.predict import Upload
+from care_companion.serving.routes import predict_and_keep, request_meta
 from care_companion.serving.schemas import AUTH_ERRORS, error_doc
 from care_companion.tasks import all_tasks
 
@@ -41,31 +41,17 @@ async def stow(request: Request, predictor: PredictorDep, records: RecordsDep, u
     sorted_ = sort_instances(parts, all_tasks())
     failed = list(sorted_.failed)
     stored = []
-    state = request.scope.get("state", {})
-    request_id, started = state.get("request_id", "-"), state.get("started", time.perf_counter())
+    request_id, started = request_meta(request)
     for study in sorted_.studies.values():
         task, header = study.task, study.header
         try:
-            name = (
-                str(header.get("PatientName", "") or "").replace("^", " ").strip() or f"DICOM patient {mrn_of(header)}"
-            )
-            patient = await records.patient_for(
-                user,
-                PatientBase(mrn=mrn_of(header), name=name, department=user.department or "-"),
-                request_id=request_id,
-            )
+            patient_in = PatientBase(**patient_fields(header), department=user.department or "-")
+            patient = await records.patient_for(user, patient_in, request_id=request_id)
             caller = await records.authorise(user, None, task.name, patient_id=patient)
             uploads = {view: Upload(name, data) for view, (name, data, _) in study.views.items()}
-            if task.multiview:
-                result = await predictor.predict_study(
-                    task.name, {v: uploads.get(v) for v in task.views}, request_id=request_id, started=started
-                )
-            else:
-                result = await predictor.predict(
-                    task.name, uploads[task.views[0]], request_id=request_id, started=started
-                )
-            used = [(view, uploads[view]) for view in uploads if view in result.views_used]
-            await records.keep(caller, used, result)
+            result = await predict_and_keep(
+                task, uploads, predictor, records, caller, request_id=request_id, started=started
+            )
             stored += [ds for view, (_, _, ds) in study.views.items() if view in result.views_used]
         except (CareError, ValueError) as exc:
             reason = getattr(exc, "detail", str(exc))

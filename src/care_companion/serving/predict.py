@@ -16,7 +16,6 @@ import numpy as np
 from care_companion.config import Settings
 from care_companion.errors import CareError, InvalidImageError, NotForTask, RequestError, error_code
 from care_companion.imaging.decode import DecodeLimits
-from care_companion.models.bundle import BundleMeta
 from care_companion.models.heatmap import shown, view_maps
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.serving.engine import Inference, Prepared, ServedModel
@@ -49,19 +48,24 @@ def _model_ref(model: ServedModel) -> ModelRef:
     return ModelRef(name=model.meta.task, version=model.source.version, alias=model.source.alias, demo=model.meta.demo)
 
 
-def heatmap_of(meta: BundleMeta, inference: Inference, label: str, sizes: dict[str, tuple[int, int]]) -> Heatmap | None:
+def heatmap_of(
+    model: ServedModel, inference: Inference, label: str, sizes: dict[str, tuple[int, int]]
+) -> Heatmap | None:
     """The heat map of a decision (``label``) on each view read, at its film's ``sizes`` (None for a model
     exported without class maps)."""
     if inference.class_maps is None:
         return None
-    task = meta.task_spec()
+    task = model.task
     decided = task.index(label)
     maps = view_maps(task, inference.class_maps, inference.probabilities, decided, inference.present)
     return Heatmap(
         shows=shown(task, decided),
         views={
             view: ViewHeatmap(
-                grid=np.round(grid, 4).tolist(), centres=meta.map_centres, height=sizes[view][0], width=sizes[view][1]
+                grid=np.round(grid, 4).tolist(),
+                centres=model.meta.map_centres,
+                height=sizes[view][0],
+                width=sizes[view][1],
             )
             for view, grid in maps.items()
             if view in sizes
@@ -180,7 +184,7 @@ class Predictor:
             )
         self.metrics.observe_prediction(task, found.label, found.positive, found.probabilities[found.label], confidence)
         return PredictionResult(
-            heatmap=heatmap_of(model.meta, inference, found.label, prepared.sizes),
+            heatmap=heatmap_of(model, inference, found.label, prepared.sizes),
             request_id=request_id,
             task=task,
             label=found.label,

@@ -14,7 +14,7 @@ from care_companion.records.models import User
 from care_companion.security import Permission
 from care_companion.serving.deps import MetricsDep, ModelsDep, PredictorDep, RecordsDep, Uploader, require_briefly
 from care_companion.serving.engine import ServedModel
-from care_companion.serving.persistence import RecordKeeper
+from care_companion.serving.persistence import Caller, RecordKeeper
 from care_companion.serving.predict import Predictor, Upload
 from care_companion.serving.schemas import (
     AUTH_ERRORS,
@@ -44,7 +44,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _request_meta(request: Request) -> tuple[str, float]:
+def request_meta(request: Request) -> tuple[str, float]:
+    """The request's id and the time it started (set by the middleware)."""
     state = request.scope.get("state", {})
     return state.get("request_id", "-"), state.get("started", time.perf_counter())
 
@@ -103,23 +104,42 @@ async def _predict_task(
     request: Request, spec: TaskSpec, predictor: Predictor, records: RecordKeeper, user: User
 ) -> PredictionResult:
     """One prediction of any task: one file per view (``file`` for a one-view task), optionally a study."""
-    request_id, started = _request_meta(request)
+    request_id, started = request_meta(request)
     form = await _form(request, spec, files=len(spec.upload_fields) * 2)
     study_id, patient_id = _int_field(form, "study_id"), _int_field(form, "patient_id")
     caller = await records.authorise(user, study_id, spec.name, patient_id=patient_id)
+    views: dict[str, Upload] = {}
     if not spec.multiview:
         parts = _files(form, "file") or _files(form, spec.views[0])
         if not parts:
             raise RequestError("file: Field required", code="invalid_request")
-        upload = await _read(parts[0], "file")
+        views[spec.views[0]] = await _read(parts[0], "file")
+    for view in spec.views if spec.multiview else []:
+        parts = _files(form, view)
+        if parts:
+            views[view] = await _read(parts[0], view)
+    return await predict_and_keep(spec, views, predictor, records, caller, request_id=request_id, started=started)
+
+
+async def predict_and_keep(
+    spec: TaskSpec,
+    views: dict[str, Upload],
+    predictor: Predictor,
+    records: RecordKeeper,
+    caller: Caller,
+    *,
+    request_id: str,
+    started: float,
+) -> PredictionResult:
+    """One prediction of ``spec`` on the given views' films (a one-view task: its one view), kept for ``caller``
+    with the films the model read: what an upload and a DICOMweb study both do."""
+    if not spec.multiview:
+        upload = views[spec.views[0]]
         result = await predictor.predict(spec.name, upload, request_id=request_id, started=started)
         return await records.keep(caller, [(spec.views[0], upload)], result)
-    views: dict[str, Upload | None] = {}
-    for view in spec.views:
-        parts = _files(form, view)
-        views[view] = await _read(parts[0], view) if parts else None
-    result = await predictor.predict_study(spec.name, views, request_id=request_id, started=started)
-    kept = [(view, upload) for view, upload in views.items() if upload is not None and view in result.views_used]
+    given: dict[str, Upload | None] = {view: views.get(view) for view in spec.views}
+    result = await predictor.predict_study(spec.name, given, request_id=request_id, started=started)
+    kept = [(view, upload) for view, upload in views.items() if view in result.views_used]
     return await records.keep(caller, kept, result)
 
 
@@ -196,7 +216,7 @@ def predict_router() -> APIRouter:
             raise RequestError(
                 f"task {spec.name!r} has no batch route; send one study at a time", code="not_found", status=404
             )
-        request_id, started = _request_meta(request)
+        request_id, started = request_meta(request)
         caller = await records.authorise(user, None, spec.name)
         form = await _form(request, spec, files=predictor.settings.batch_max_images + 1)
         parts = _files(form, "files")
