@@ -118,6 +118,23 @@ class Settings(BaseSettings):
         description="Where the results of received studies (SR, heat-map Secondary Captures) are sent: "
         "AET@host:port (empty: not sent).",
     )
+    dicom_follow_seconds: float = Field(
+        default=30.0, gt=0, description="How often the DICOM receiver asks the service for new verdicts on its results."
+    )
+    dicom_follow_days: float = Field(
+        default=14.0, gt=0, description="How long a result sent to the PACS is followed for verdicts (days)."
+    )
+    dicom_metrics_port: int = Field(
+        default=9112, ge=0, description="Port of the DICOM receiver's Prometheus metrics (0: not served)."
+    )
+    dicom_tls_cert: Path | None = Field(default=None, description="PEM certificate: the DICOM receiver speaks TLS.")
+    dicom_tls_key: Path | None = Field(default=None, description="PEM private key of CARE_DICOM_TLS_CERT.")
+    dicom_tls_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: DICOM senders must show a certificate it signed (mutual TLS)."
+    )
+    dicom_pacs_url: str = Field(
+        default="", description="The PACS's DICOMweb root (QIDO-RS/WADO-RS), for `dicom pull` (e.g. .../dicom-web)."
+    )
     dicom_api_key: SecretStr | None = Field(
         default=None, description="API key (a technician's) the DICOM receiver uses with the service."
     )

@@ -20,11 +20,13 @@ import numpy as np
 import pydicom
 import pytest
 
+from care_companion.config import Settings
 from care_companion.data.synthetic_wrist import synthetic_wrist_studies
 from care_companion.imaging.decode import decode_file
 from care_companion.interop.dicom_gateway import ServiceGateway, process_study
 from care_companion.interop.dicom_inbox import Spool
-from care_companion.interop.dicom_listener import Receiver, start_listener
+from care_companion.interop.dicom_listener import NO_PIXEL_DATA, UNROUTABLE, Receiver, pull_study, start_listener
+from care_companion.interop.dicom_pull import PullError
 from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink
 from care_companion.tasks import CHEST, WRIST
 from tests.conftest import shared_path, write_bundle
@@ -126,8 +128,14 @@ def test_studies_from_orthanc_come_back_with_their_report(orthanc: dict[str, Any
             seed_users(session, USERS)
         gateway = ServiceGateway(client, tokens_for(app.state.settings, USERS)["tech"])
         outcomes = [process_study(spool, s, gateway, [CHEST, WRIST], results) for s in spool.settled(0)]
-    assert len(outcomes) == 3 and all(o.status == 200 for o in outcomes), [o.problems for o in outcomes]
-    assert results.outbox.pending() == []  # everything sent
+        assert len(outcomes) == 3 and all(o.status == 200 for o in outcomes), [o.problems for o in outcomes]
+        assert results.outbox.pending() == []  # everything sent
+        _check_reports(pacs, sent, outcomes)
+        _pull_again(orthanc, client, gateway.headers["Authorization"].split()[1], outcomes, tmp_path)
+
+
+def _check_reports(pacs: httpx.Client, sent: list[pydicom.Dataset], outcomes: list[Any]) -> None:
+    """Each study's SR in Orthanc holds the service's answer; a heat-map Secondary Capture per view read."""
 
     patients = {str(ds.StudyInstanceUID): str(ds.PatientID) for ds in sent}
     for outcome in outcomes:
@@ -151,6 +159,31 @@ def test_studies_from_orthanc_come_back_with_their_report(orthanc: dict[str, Any
             json={"Level": "Instance", "Query": {"StudyInstanceUID": outcome.study_uid, "Modality": "OT"}},
         ).json()
         assert len(captures) == len(answer["views_used"])  # a heat-map Secondary Capture per view read
+
+
+def _pull_again(orthanc: dict[str, Any], client: Any, token: str, outcomes: list[Any], tmp_path: Path) -> None:
+    """``dicom pull`` of a chest study now in Orthanc with our results: WADO-RS brings the film, our SR and our
+    heat map; only the film is read (the SR has no pixels, our Secondary Capture is our own result), a new
+    prediction is made and its SR goes back to Orthanc; a study Orthanc lacks is a clear error."""
+    pacs: httpx.Client = orthanc["client"]
+    chest = next(o for o in outcomes if o.task == "chest")
+    settings = Settings(
+        data_dir=tmp_path / "puller",
+        dicom_pacs_url=f"{pacs.base_url}/dicom-web",
+        dicom_api_key=token,
+        dicom_results_destination=f"ORTHANC@127.0.0.1:{orthanc['dicom']}",
+    )
+    pulled = pull_study(settings, chest.study_uid, service=client)
+    codes = sorted(code for _, code, _ in pulled.statuses)
+    assert codes == [0x0000, NO_PIXEL_DATA, UNROUTABLE], pulled.statuses
+    assert pulled.outcome is not None and pulled.outcome.status == 200, pulled.outcome
+    assert pulled.outcome.answer["prediction_id"] != chest.answer["prediction_id"]
+    reports = pacs.post(
+        "/tools/find", json={"Level": "Instance", "Query": {"StudyInstanceUID": chest.study_uid, "Modality": "SR"}}
+    ).json()
+    assert len(reports) == 2  # the first reading's SR and the new one
+    with pytest.raises(PullError, match="has no study"):
+        pull_study(settings, "1.2.3.4.5", service=client)
 
 
 def _items(ds: Any) -> Iterator[Any]:

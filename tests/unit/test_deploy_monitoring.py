@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from care_companion.config import Settings
+from care_companion.interop.dicom_metrics import ReceiverMetrics
 from care_companion.monitoring.metrics import ServiceMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +48,7 @@ EXPECTED_ALERTS = {
     "CareLowOnlineSensitivity",
     "CareModelNotLoaded",
     "CareServiceDown",
+    "CareDicomResultsWaiting",
 }
 SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 # series suffixes prometheus_client writes for each metric type, and the extra label they carry
@@ -68,8 +71,8 @@ needs_promtool = pytest.mark.skipif(
 )
 
 
-def label_names(metrics: ServiceMetrics) -> dict[str, tuple[str, ...]]:
-    """Label names of the metric objects ServiceMetrics holds as attributes, by metric (family) name."""
+def label_names(metrics: ServiceMetrics | ReceiverMetrics) -> dict[str, tuple[str, ...]]:
+    """Label names of the metric objects a metrics holder keeps as attributes, by metric (family) name."""
     found: dict[str, tuple[str, ...]] = {}
     for value in vars(metrics).values():
         name, labelnames = getattr(value, "_name", None), getattr(value, "_labelnames", None)
@@ -82,17 +85,19 @@ def label_names(metrics: ServiceMetrics) -> dict[str, tuple[str, ...]]:
 def declared_series() -> dict[str, set[str] | None]:
     """Every series name the service can expose, with its label names (None: any labels, e.g. info metrics).
 
-    Names come from rendering ServiceMetrics and from its registry's metric families (a labelled metric with no
-    children yet renders nothing, but its family is still collected); label names from the metric objects.
+    Names come from rendering ServiceMetrics and from the metric families of its registry and the DICOM
+    receiver's (a labelled metric with no children yet renders nothing, but its family is still collected);
+    label names from the metric objects.
     """
     metrics = ServiceMetrics()
-    labels_of = label_names(metrics)
     series: dict[str, set[str] | None] = {}
-    for family in metrics.registry.collect():
-        base = family.name
-        for suffix, extra in SUFFIXES.get(family.type, (("", set()),)):
-            known = labels_of.get(base)
-            series[base + suffix] = None if known is None or family.type == "info" else {*known, *extra}
+    for holder in (metrics, ReceiverMetrics()):
+        labels_of = label_names(holder)
+        for family in holder.registry.collect():
+            base = family.name
+            for suffix, extra in SUFFIXES.get(family.type, (("", set()),)):
+                known = labels_of.get(base)
+                series[base + suffix] = None if known is None or family.type == "info" else {*known, *extra}
     for line in metrics.render().decode().splitlines():
         if line and not line.startswith("#"):
             series.setdefault(re.split(r"[{ ]", line, maxsplit=1)[0], None)
@@ -103,7 +108,8 @@ def declared_series() -> dict[str, set[str] | None]:
 
 def metric_families() -> set[str]:
     """Family names as written in prose (e.g. ``care_batch_size`` for the histogram's series)."""
-    return {family.name for family in ServiceMetrics().registry.collect()} | set(NEW_DRIFT_METRICS)
+    holders = (ServiceMetrics(), ReceiverMetrics())
+    return {family.name for holder in holders for family in holder.registry.collect()} | set(NEW_DRIFT_METRICS)
 
 
 def load_yaml(path: Path) -> Any:
@@ -209,6 +215,9 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules() -> None:
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "care-companion")
     assert job.get("metrics_path", "/metrics") == "/metrics"
     assert any(t.endswith(":8000") for sc in job["static_configs"] for t in sc["targets"])
+    dicom = next(j for j in config["scrape_configs"] if j["job_name"] == "care-dicom")
+    default_port = Settings.model_fields["dicom_metrics_port"].default
+    assert any(t.endswith(f":{default_port}") for sc in dicom["static_configs"] for t in sc["targets"])
     assert load_yaml(ALERTS_TEST)["rule_files"] == ["alerts.yml"]
 
 

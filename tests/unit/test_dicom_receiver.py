@@ -6,6 +6,8 @@ flagged."""
 
 from __future__ import annotations
 
+import io
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,13 +124,25 @@ def test_a_study_waits_in_the_spool_while_the_service_is_down(receiver: tuple[Re
     assert rec.spool.studies() == [chest.StudyInstanceUID]  # still waiting, to be tried again
 
 
-def test_listen_without_an_api_key_is_a_clear_error(cli_env: Path) -> None:
+def test_listen_and_pull_without_their_settings_are_clear_errors(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from care_companion.cli.main import app
+    from care_companion.config import get_settings
 
     result = CliRunner().invoke(app, ["dicom", "listen"])
     assert result.exit_code == 2 and "CARE_DICOM_API_KEY" in result.output
+    result = CliRunner().invoke(app, ["dicom", "pull", "--study", "1.2.3"])
+    assert result.exit_code == 2 and "CARE_DICOM_PACS_URL" in result.output
+    monkeypatch.setenv("CARE_DICOM_PACS_URL", f"http://127.0.0.1:{free_port()}/dicom-web")
+    monkeypatch.setenv("CARE_DICOM_API_KEY", "cc_test")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["dicom", "pull", "--study", "1.2.3"])
+    assert result.exit_code == 2 and "pacs_unavailable" in result.output and "cannot be reached" in result.output
+    result = CliRunner().invoke(app, ["dicom", "pull", "--study", "../etc"])
+    assert result.exit_code == 2 and "not a DICOM UID" in result.output
 
 
 def test_results_wait_in_the_outbox_while_the_pacs_is_down(tmp_path: Path) -> None:
@@ -158,9 +172,10 @@ def test_results_wait_in_the_outbox_while_the_pacs_is_down(tmp_path: Path) -> No
     assert sink.retry() == 0
 
 
-def test_a_verdict_sends_a_verified_report_that_supersedes_the_first(tmp_path: Path) -> None:
+def test_each_verdict_sends_a_verified_report_that_supersedes_the_last(tmp_path: Path) -> None:
     """The receiver sends a study's SR to the PACS; once a radiologist corrects the result, it sends a new,
-    verified SR naming the first as its predecessor, once."""
+    verified SR naming the first as its predecessor, once; a later verdict that amends the finding sends a third
+    SR superseding the second. The training copy of the received film carries no patient identifiers."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
     from care_companion.interop.dicom_gateway import follow_verdicts
@@ -193,17 +208,42 @@ def test_a_verdict_sends_a_verified_report_that_supersedes_the_first(tmp_path: P
             first = [ds for ds in stored if ds.Modality == "SR"]
             assert outcome.status == 200 and len(first) == 1 and first[0].VerificationFlag == "UNVERIFIED"
             assert follow_verdicts(spool, gateway, sink) == 0  # no verdict yet
-            verdict = client.post(
-                f"/v1/studies/{outcome.answer['study_id']}/feedback",
-                json={"true_label": "normal"},
-                headers={"Authorization": f"Bearer {tokens['rad']}"},
-            )
-            assert verdict.status_code == 201, verdict.text
+
+            def verdict(label: str) -> None:
+                answer = client.post(
+                    f"/v1/studies/{outcome.answer['study_id']}/feedback",
+                    json={"true_label": label},
+                    headers={"Authorization": f"Bearer {tokens['rad']}"},
+                )
+                assert answer.status_code == 201, answer.text
+
+            verdict("normal")
             assert follow_verdicts(spool, gateway, sink) == 1
             assert follow_verdicts(spool, gateway, sink) == 0  # once
+            verdict("tuberculosis")  # a second radiologist's reading amends the first
+            assert follow_verdicts(spool, gateway, sink) == 1
+            assert follow_verdicts(spool, gateway, sink) == 0
+            assert sink.sent is not None and [r.status for r in sink.sent.followed(1)] == ["amended"]
+            app: Any = client.app
+            store = app.state.store
+            copies = [key for key in store.list("feedback/") if key.endswith(".dcm")]
+            assert copies, "the received film was not copied for training"
+            for key in copies:
+                copy = pydicom.dcmread(io.BytesIO(store.get_bytes(key)))
+                assert copy.PatientIdentityRemoved == "YES"
+                assert "Doe" not in str(copy.PatientName) and str(copy.get("PatientID", "")) != "V-1"
+                assert not copy.get("PatientBirthDate") and copy.StudyInstanceUID != chest.StudyInstanceUID
     finally:
         server.shutdown()
     reports = [ds for ds in stored if ds.Modality == "SR"]
-    assert len(reports) == 2 and reports[1].VerificationFlag == "VERIFIED"
-    predecessor = reports[1].PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
-    assert predecessor.ReferencedSOPInstanceUID == reports[0].SOPInstanceUID
+    assert len(reports) == 3 and [r.VerificationFlag for r in reports] == ["UNVERIFIED", "VERIFIED", "VERIFIED"]
+    for earlier, later in itertools.pairwise(reports):
+        predecessor = later.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        assert predecessor.ReferencedSOPInstanceUID == earlier.SOPInstanceUID
+    assert any("tuberculosis" in str(item.get("TextValue", "")) for item in _items(reports[2]))
+
+
+def _items(ds: Any) -> Iterator[Any]:
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _items(item)

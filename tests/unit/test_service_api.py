@@ -54,6 +54,7 @@ ALL_PATHS = {
     "/fhir/Device/{device_id}",
     "/fhir/{resource_type}/{prediction_id}",
     "/dicomweb/studies",
+    "/v1/dicom/audit",
     "/v1/predictions/{prediction_id}/heatmap.png",
     "/v1/worklist",
     "/v1/images/{image_id}/film.png",

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from care_companion.records.models import AuditLog, User
 from care_companion.records.repos import write_audit
+from care_companion.records.schemas import DicomEvent
 
 
 class _HasId(Protocol):
@@ -52,3 +53,28 @@ def audit(
         request_id=request_id,
         detail=detail,
     )
+
+
+def record_dicom_events(
+    session: Session, user: User, events: Iterable[DicomEvent], *, request_id: str | None = None
+) -> int:
+    """One audit row per DICOM instance the receiver (signed in as ``user``) took or sent: ``dicom.received`` or
+    ``dicom.sent``, the SOP Instance UID as the resource, its study, class, status, peer AE title and time.
+    Returns how many rows were written."""
+    count = 0
+    for event in events:
+        audit(
+            session,
+            user,
+            event.action,
+            "dicom_instance",
+            event.sop_instance_uid or None,
+            request_id=request_id,
+            study_uid=event.study_uid,
+            sop_class_uid=event.sop_class_uid,
+            status=event.status,
+            peer=event.peer,
+            at=event.at.isoformat(),
+        )
+        count += 1
+    return count

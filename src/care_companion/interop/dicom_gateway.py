@@ -24,7 +24,8 @@ from care_companion.imaging.decode import decode_image
 from care_companion.interop.dicom_inbox import Spool, Unroutable, route
 from care_companion.interop.dicom_results import ResultsSink, SentReport, answer_result, result_instances
 from care_companion.interop.dicom_sr import result_sr
-from care_companion.interop.fhir import Verdict
+from care_companion.interop.fhir import Verdict, result_status
+from care_companion.records.schemas import DicomEvent
 from care_companion.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,16 @@ class ServiceGateway:
             raise Unroutable(f"patient {mrn}: the service answered {created.status_code} {created.text[:200]}")
         return int(created.json()["id"])
 
-    def report_status(self, prediction_id: int) -> str | None:
-        """The stored result's FHIR report status (preliminary, final, amended), or None when it is not found."""
-        response = self._call("GET", f"/fhir/DiagnosticReport/{prediction_id}")
-        return str(response.json().get("status")) if response.status_code == 200 else None
+    def record_events(self, events: list[DicomEvent]) -> None:
+        """Have the service write an audit row for each event.
+
+        Raises:
+            ServiceDown: the service could not answer, or did not record them (they wait for a later round).
+        """
+        body = {"events": [event.model_dump(mode="json") for event in events]}
+        response = self._call("POST", "/v1/dicom/audit", json=body)
+        if response.status_code != 201:
+            raise ServiceDown(f"audit events not recorded: HTTP {response.status_code} {response.text[:200]}")
 
     def verdicts(self, study_id: int, prediction_id: int) -> list[Verdict]:
         """The radiologists' verdicts on a result, oldest first."""
@@ -232,22 +239,23 @@ def _deliver(
     return sent
 
 
-def follow_verdicts(spool: Spool, gateway: ServiceGateway, results: ResultsSink) -> int:
-    """For each SR sent whose result a radiologist has since judged, send a new, verified SR that supersedes it
-    (the study's source instances from ``done/``); returns how many were sent."""
+def follow_verdicts(spool: Spool, gateway: ServiceGateway, results: ResultsSink, *, follow_days: float = 14.0) -> int:
+    """For each SR sent whose result has more radiologists' verdicts than that SR shows, send a new SR that
+    supersedes it: verified, with the latest reading (the first verdict makes the result final, a later one that
+    changes the label amends it, and each such verdict gets its own SR). The study's source instances come from
+    ``done/``; reports sent more than ``follow_days`` ago are no longer followed. Returns how many SRs were sent."""
     if results.sent is None:
         return 0
     superseded = 0
-    for report in results.sent.waiting():
-        status = gateway.report_status(report.prediction_id)
-        if status is None or status == report.status:
-            continue
+    for report in results.sent.followed(follow_days):
         verdicts = gateway.verdicts(report.study_id, report.prediction_id)
+        if len(verdicts) <= report.verdicts:
+            continue
         result = replace(answer_result(report.answer, get_task(report.task), report.mrn), verdicts=verdicts)
         sources = [pydicom.dcmread(path) for path in sorted((spool.done / report.study_uid).glob("*.dcm"))]
         sr = result_sr(result, sources, previous=pydicom.dcmread(report.sr_file))
         results.deliver([sr])
-        report.status = status
+        report.status, report.verdicts = result_status(verdicts), len(verdicts)
         results.sent.record(report, sr)
         superseded += 1
     return superseded

@@ -3,7 +3,9 @@ grouped by study until the study has settled.
 
 Routing uses the task registry: ``BodyPartExamined`` must be one of a task's ``dicom_body_parts``, and for a
 multi-view task ``ViewPosition`` one of a view's ``dicom_views`` values. An instance no task accepts is kept
-apart (``unroutable/``) and refused with a clear status; nothing is guessed.
+apart (``unroutable/``) and refused with a clear status; nothing is guessed. Our own results (``Manufacturer``
+Care Companion: the SR and heat-map Secondary Captures, which carry their source's body part) are never read
+as films, should the PACS send them back.
 
 The spool (``CARE_DATA_DIR/dicom-spool`` by default) holds ``incoming/<StudyInstanceUID>/<SOPInstanceUID>.dcm``,
 each written to a temporary name, flushed to disk and renamed before the sender hears success, so an
@@ -25,6 +27,7 @@ from pydicom.dataset import Dataset
 from care_companion.tasks import TaskSpec
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
+RESULTS_MANUFACTURER = "Care Companion"  # the Manufacturer of the SR and Secondary Captures we write
 
 
 class Unroutable(Exception):
@@ -43,9 +46,11 @@ def route(ds: Dataset, tasks: list[TaskSpec]) -> Routed:
     """The task and view of an instance, from its ``BodyPartExamined`` and ``ViewPosition``.
 
     Raises:
-        Unroutable: no task reads its body part, or the task has several views and its view position is none of
-            them.
+        Unroutable: one of our own results, no task reads its body part, or the task has several views and its
+            view position is none of them.
     """
+    if str(ds.get("Manufacturer", "") or "").strip() == RESULTS_MANUFACTURER:
+        raise Unroutable(f"{ds.get('SeriesDescription', 'an instance')} is a Care Companion result, not a film")
     part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     position = str(ds.get("ViewPosition", "") or "").strip().upper()
     task = next((t for t in tasks if part and part in [p.upper() for p in t.dicom_body_parts]), None)
@@ -67,7 +72,15 @@ def checked_uid(ds: Dataset, keyword: str) -> str:
     Raises:
         Unroutable: missing or malformed.
     """
-    uid = str(ds.get(keyword, "") or "")
+    return checked_uid_text(str(ds.get(keyword, "") or ""), keyword)
+
+
+def checked_uid_text(uid: str, keyword: str) -> str:
+    """``uid`` checked to be a DICOM UID (``keyword`` names it in the error).
+
+    Raises:
+        Unroutable: empty or malformed.
+    """
     if not _UID.match(uid):
         raise Unroutable(f"{keyword} {uid or '(empty)'} is not a DICOM UID")
     return uid

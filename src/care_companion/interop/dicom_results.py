@@ -7,8 +7,8 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from care_companion.interop.dicom_audit import AuditQueue, event_of
+from care_companion.interop.dicom_metrics import ReceiverMetrics
 from care_companion.interop.dicom_sr import heatmap_sc, result_sr
 from care_companion.interop.fhir import AiResult
 from care_companion.tasks import TaskSpec
@@ -146,29 +148,42 @@ class Outbox:
         """Waiting results, oldest first."""
         return sorted(self.root.glob("*.dcm"))
 
-    def flush(self, sender: Callable[[list[Dataset]], None]) -> int:
-        """Send what waits, oldest first, removing each once sent; stops at the first failure (kept for the next
-        round). Returns how many were sent."""
+    def flush(
+        self,
+        sender: Callable[[list[Dataset]], None],
+        on_sent: Callable[[Dataset], None] | None = None,
+        on_failure: Callable[[SendFailed], None] | None = None,
+    ) -> int:
+        """Send what waits, oldest first, removing each once sent (``on_sent`` is told of it); stops at the first
+        failure (kept for the next round; ``on_failure`` is told). Returns how many were sent."""
         sent = 0
         for path in self.pending():
+            ds = pydicom.dcmread(path)
             try:
-                sender([pydicom.dcmread(path)])
+                sender([ds])
             except SendFailed as exc:
                 log.warning("results wait in the outbox (%d): %s", len(self.pending()), exc)
+                if on_failure is not None:
+                    on_failure(exc)
                 break
             path.unlink(missing_ok=True)
             sent += 1
+            if on_sent is not None:
+                on_sent(ds)
         return sent
 
 
 @dataclass
 class ResultsSink:
-    """Where a received study's results go: kept in the outbox first, then sent (what fails waits there)."""
+    """Where a received study's results go: kept in the outbox first, then sent (what fails waits there); with
+    ``audit`` and ``metrics``, each instance sent is an audit event, and sends and what waits are counted."""
 
     outbox: Outbox
     destination: Destination
     calling_ae: str
     sent: SentReports | None = None  # the SRs sent, followed until a verdict supersedes them
+    audit: AuditQueue | None = None
+    metrics: ReceiverMetrics | None = None
 
     def deliver(self, instances: list[Dataset]) -> int:
         """Keep ``instances`` in the outbox and send everything waiting; returns how many were sent now."""
@@ -177,7 +192,22 @@ class ResultsSink:
 
     def retry(self) -> int:
         """Send what waits in the outbox; returns how many were sent."""
-        return self.outbox.flush(lambda batch: send(batch, self.destination, self.calling_ae))
+        count = self.outbox.flush(
+            lambda batch: send(batch, self.destination, self.calling_ae), on_sent=self._sent, on_failure=self._failed
+        )
+        if self.metrics is not None:
+            self.metrics.outbox_pending.set(len(self.outbox.pending()))
+        return count
+
+    def _sent(self, ds: Dataset) -> None:
+        if self.metrics is not None:
+            self.metrics.results_sent.inc()
+        if self.audit is not None:
+            self.audit.add(event_of(ds, "dicom.sent", peer=self.destination.ae_title))
+
+    def _failed(self, _exc: SendFailed) -> None:
+        if self.metrics is not None:
+            self.metrics.send_failures.inc()
 
 
 @dataclass
@@ -192,6 +222,8 @@ class SentReport:
     answer: dict[str, Any]
     sr_file: str  # the latest SR sent (the predecessor of the next)
     status: str = "preliminary"  # the result's FHIR status when that SR was sent
+    verdicts: int = 0  # how many radiologists' verdicts that SR shows
+    sent_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())  # when the first SR was sent
 
 
 class SentReports:
@@ -213,9 +245,10 @@ class SentReports:
         entry.with_suffix(".part").write_text(json.dumps(report.__dict__))
         entry.with_suffix(".part").replace(entry)
 
-    def waiting(self) -> list[SentReport]:
-        """Reports still preliminary: their result may yet get a verdict."""
+    def followed(self, days: float) -> list[SentReport]:
+        """Reports whose first SR was sent less than ``days`` ago: their result may yet get a (further) verdict."""
         import json
 
+        since = datetime.now(UTC) - timedelta(days=days)
         reports = [SentReport(**json.loads(p.read_text())) for p in sorted(self.root.glob("*.json"))]
-        return [r for r in reports if r.status == "preliminary"]
+        return [r for r in reports if datetime.fromisoformat(r.sent_at) >= since]

@@ -27,10 +27,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from care_companion import REVIEW_WARNING
+from care_companion.interop.dicom_inbox import RESULTS_MANUFACTURER as MANUFACTURER
 from care_companion.interop.fhir import AiResult
 from care_companion.tasks import SNOMED_CT, ClinicalCode, TaskSpec
 
-MANUFACTURER = "Care Companion"
 PRIVATE_SCHEME = "99CARE"  # this project's private coding scheme (DICOM PS3.16: '99' prefix)
 _SCHEMES = {SNOMED_CT: "SCT", "http://loinc.org": "LN"}
 SR_SERIES_NUMBER = 9901

@@ -213,6 +213,28 @@ class FeedbackPublic(_Public):
     created_at: datetime
 
 
+DicomAction = Literal["dicom.received", "dicom.sent"]
+_DICOM_UID = r"^[0-9.]{0,64}$"
+
+
+class DicomEvent(BaseModel):
+    """A DICOM instance the receiver took (with the status it answered) or sent to the PACS."""
+
+    action: DicomAction
+    sop_instance_uid: str = Field(max_length=64, pattern=_DICOM_UID)
+    study_uid: str = Field(default="", max_length=64, pattern=_DICOM_UID)
+    sop_class_uid: str = Field(default="", max_length=64, pattern=_DICOM_UID)
+    status: int = Field(default=0, ge=0, le=0xFFFF, description="The DICOM status answered or received.")
+    peer: str = Field(default="", max_length=16, description="The calling AE title (received) or the destination's.")
+    at: datetime = Field(description="When the instance was received or sent.")
+
+
+class DicomEvents(BaseModel):
+    """A batch of the receiver's DICOM events."""
+
+    events: list[DicomEvent] = Field(min_length=1, max_length=1000)
+
+
 class AuditPublic(_Public):
     """One audit log row."""
 

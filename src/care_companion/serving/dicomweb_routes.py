@@ -1,18 +1,21 @@
-"""DICOMweb STOW-RS (``POST /dicomweb/studies``): systems that push over HTTP send DICOM instances; each study is
-routed and predicted on as a DICOM C-STORE study or an upload is, under the same login rules (a user who may
-upload and write records; the patient found by MRN or registered in the caller's department)."""
+"""DICOM over HTTP. DICOMweb STOW-RS (``POST /dicomweb/studies``): systems that push over HTTP send DICOM
+instances; each study is routed and predicted on as a DICOM C-STORE study or an upload is, under the same login
+rules (a user who may upload and write records; the patient found by MRN or registered in the caller's
+department). ``POST /v1/dicom/audit``: the DICOM receiver's audit rows (every instance received and sent)."""
 
 from __future__ import annotations
 
 import json
 
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
 
+from care_companion.access.audit import record_dicom_events
 from care_companion.errors import CareError
 from care_companion.interop.dicom_gateway import patient_fields
 from care_companion.interop.dicomweb import CANNOT_UNDERSTAND, DICOM_JSON, sort_instances, split_related, stow_response
-from care_companion.records.schemas import PatientBase
-from care_companion.serving.deps import PredictorDep, RecordsDep, Uploader
+from care_companion.records.schemas import DicomEvents, PatientBase
+from care_companion.serving.deps import PredictorDep, RecordsDep, RequestId, SessionDep, Uploader, Writer
 from care_companion.serving.predict import Upload
 from care_companion.serving.routes import predict_and_keep, request_meta
 from care_companion.serving.schemas import AUTH_ERRORS, error_doc
@@ -61,3 +64,16 @@ async def stow(request: Request, predictor: PredictorDep, records: RecordsDep, u
             ]
     status = 200 if not failed else (202 if stored else 409)
     return Response(json.dumps(stow_response(stored, failed)), status_code=status, media_type=DICOM_JSON)
+
+
+class AuditRecorded(BaseModel):
+    """How many audit rows were written."""
+
+    recorded: int
+
+
+@dicomweb_router.post("/v1/dicom/audit", response_model=AuditRecorded, status_code=201)
+def dicom_audit(body: DicomEvents, session: SessionDep, user: Writer, request_id: RequestId) -> AuditRecorded:
+    """The DICOM receiver's events, one audit row each: an instance received (``dicom.received``, with the status
+    it was answered) or a result instance sent to the PACS (``dicom.sent``), under the receiver's login."""
+    return AuditRecorded(recorded=record_dicom_events(session, user, body.events, request_id=request_id))
