@@ -1,5 +1,7 @@
 """Faults on the DICOM way in: an association aborted mid-study and a receiver killed mid-study (SIGKILL) lose no
-acknowledged instance and leave nothing half-written; the receiver keeps serving other senders."""
+acknowledged instance and leave nothing half-written; a flood of associations past the limit is refused while the
+admitted ones are served; an instance in a transfer syntax the receiver does not take is never accepted; the
+receiver keeps serving other senders."""
 
 from __future__ import annotations
 
@@ -88,6 +90,66 @@ def start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         time.sleep(0.2)
     process.kill()
     pytest.fail("the DICOM receiver did not start listening")
+
+
+def test_a_flood_of_associations_is_refused_past_the_limit_and_the_receiver_keeps_serving(tmp_path: Path) -> None:
+    from pynetdicom import AE, StoragePresentationContexts
+
+    spool = Spool(tmp_path / "spool")
+    port = free_port()
+    server = start_listener(Receiver(spool, [CHEST, WRIST], 10**8), port=port, max_associations=2)
+
+    def try_associate() -> object:
+        ae = AE(ae_title="FLOOD")
+        ae.requested_contexts = StoragePresentationContexts
+        ae.acse_timeout = ae.network_timeout = 5
+        return ae.associate("127.0.0.1", port, ae_title="CARECOMPANION")
+
+    try:
+        held = [try_associate() for _ in range(2)]
+        assert all(a.is_established for a in held)  # type: ignore[attr-defined]
+        flood = [try_associate() for _ in range(20)]
+        assert not any(a.is_established for a in flood)  # type: ignore[attr-defined]  # refused, not queued
+        films = study(2, 3)
+        assert int(held[0].send_c_store(films[0]).Status) == 0  # type: ignore[attr-defined]  # admitted: served
+        for association in held:
+            association.release()  # type: ignore[attr-defined]
+        time.sleep(0.5)
+        later = associate(port)  # the flood over, a sender is served again
+        assert int(later.send_c_store(films[1]).Status) == 0  # type: ignore[attr-defined]
+        later.release()  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+    assert len(spool.instances(str(films[0].StudyInstanceUID))) == 2
+
+
+def test_an_unsupported_transfer_syntax_is_refused_at_negotiation(tmp_path: Path) -> None:
+    """A sender offering an instance only in a private compressed transfer syntax gets no presentation context
+    (so it cannot send what nobody here could decode); the association itself stands (its echo is answered)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    private = "1.2.826.0.1.3680043.9.9999.1"
+    spool = Spool(tmp_path / "spool")
+    port = free_port()
+    server = start_listener(Receiver(spool, [CHEST, WRIST], 10**8), port=port)
+    try:
+        ae = AE(ae_title="MODALITY")
+        film = study(1, 4)[0]
+        ae.add_requested_context(str(film.SOPClassUID), [private])
+        ae.add_requested_context(Verification)
+        association = ae.associate("127.0.0.1", port, ae_title="CARECOMPANION")
+        assert association.is_established
+        accepted = {str(c.abstract_syntax) for c in association.accepted_contexts}
+        rejected = {str(c.abstract_syntax) for c in association.rejected_contexts}
+        assert str(film.SOPClassUID) in rejected and str(film.SOPClassUID) not in accepted
+        with pytest.raises(ValueError):  # no accepted context for the film: it is never sent
+            association.send_c_store(film)
+        assert int(association.send_c_echo().Status) == 0
+        association.release()
+    finally:
+        server.shutdown()
+    assert spool.studies() == []
 
 
 def test_a_receiver_killed_mid_study_loses_no_acknowledged_instance(listening: tuple[dict[str, str], int]) -> None:
