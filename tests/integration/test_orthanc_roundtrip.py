@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,10 @@ from care_companion.interop.dicom_inbox import Spool
 from care_companion.interop.dicom_listener import NO_PIXEL_DATA, UNROUTABLE, Receiver, pull_study, start_listener
 from care_companion.interop.dicom_pull import PullError
 from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink
+from care_companion.records.repos import list_predictions
 from care_companion.tasks import CHEST, WRIST
 from tests.conftest import shared_path, write_bundle
-from tests.helpers import dicom_film, seed_users, service_client, tokens_for
+from tests.helpers import dicom_film, migrated, seed_users, service_client, tokens_for
 from tests.processes import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
@@ -159,6 +163,78 @@ def _check_reports(pacs: httpx.Client, sent: list[pydicom.Dataset], outcomes: li
             json={"Level": "Instance", "Query": {"StudyInstanceUID": outcome.study_uid, "Modality": "OT"}},
         ).json()
         assert len(captures) == len(answer["views_used"])  # a heat-map Secondary Capture per view read
+
+
+@contextmanager
+def live_service(root: Path, users: tuple[tuple[str, str, str], ...]) -> Iterator[tuple[str, Any, dict[str, str]]]:
+    """The service on a free loopback port (uvicorn in a thread) with the chest test bundle and a wrist bundle;
+    yields its URL, the app and each user's token."""
+    import uvicorn
+
+    from care_companion.serving.app import create_app
+
+    port = free_port()
+    chest = write_bundle(root / "chest")
+    wrist = write_bundle(root / "wrist", task=WRIST, backbone="test_resnet", reject_bias=-20)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith(("CARE_", "MLFLOW_"))]:
+            mp.delenv(name)
+        settings = Settings(
+            data_dir=root / "care-data", chest_model=str(chest), wrist_model=str(wrist), model_poll_seconds=0
+        )
+        app: Any = create_app(migrated(settings))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not server.started:
+                assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+                time.sleep(0.1)
+            with app.state.sessions() as session, session.begin():
+                seed_users(session, users)
+            yield f"http://127.0.0.1:{port}", app, tokens_for(settings, users)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
+def test_studies_pushed_by_stow_rs_come_back_by_wado_rs(orthanc: dict[str, Any], tmp_path: Path) -> None:
+    """Orthanc pushes a chest film and a wrist study to the service over STOW-RS (its DICOMweb client), the service
+    predicts, and Orthanc retrieves the results over QIDO-RS/WADO-RS from the service: each study's SR lands in
+    Orthanc with the finding, probability and model version of the prediction kept in our records."""
+    pacs: httpx.Client = orthanc["client"]
+    sent = films()[1:]  # a normal chest film and the wrist study
+    for ds in sent:
+        buffer = tmp_path / "upload.dcm"
+        ds.save_as(buffer, enforce_file_format=True)
+        assert pacs.post("/instances", content=buffer.read_bytes()).status_code == 200
+    with live_service(tmp_path / "live", USERS) as (url, app, tokens):
+        server = {"Url": f"{url}/dicomweb", "HttpHeaders": {"Authorization": f"Bearer {tokens['tech']}"}}
+        assert pacs.put("/dicom-web/servers/care", json=server).status_code == 200
+        pushed = pacs.post("/dicom-web/servers/care/stow", json={"Resources": pacs.get("/studies").json()})
+        assert pushed.status_code == 200, pushed.text
+        study_uids = sorted({str(ds.StudyInstanceUID) for ds in sent})
+        fetched = pacs.post(
+            "/dicom-web/servers/care/retrieve", json={"Resources": [{"Study": uid} for uid in study_uids]}
+        )
+        assert fetched.status_code == 200, fetched.text
+        with app.state.sessions() as session:
+            predictions, _ = list_predictions(session=session)
+            kept = {p.task: (p.label, p.probabilities, p.model_version) for p in predictions}
+    assert sorted(kept) == ["chest", "wrist"]
+    for uid in study_uids:
+        found = pacs.post(
+            "/tools/find", json={"Level": "Instance", "Query": {"StudyInstanceUID": uid, "Modality": "SR"}}
+        ).json()
+        assert len(found) == 1, f"no SR of study {uid} in Orthanc"
+        sr = pydicom.dcmread(io.BytesIO(pacs.get(f"/instances/{found[0]}/file").content))
+        task = WRIST if any(ds.BodyPartExamined == "WRIST" and ds.StudyInstanceUID == uid for ds in sent) else CHEST
+        label, probabilities, version = kept[task.name]
+        code = task.codes.get(label)
+        assert _finding(sr) == (code.code if code else f"{task.name}-{label}")
+        assert _probabilities(sr)[_finding(sr)] == pytest.approx(probabilities[label], abs=1e-6)
+        assert (version or "unversioned") in _texts(sr)
 
 
 def _pull_again(orthanc: dict[str, Any], client: Any, token: str, outcomes: list[Any], tmp_path: Path) -> None:

@@ -82,3 +82,71 @@ def test_login_and_media_type_rules(world: dict[str, Any]) -> None:
     assert unsigned.status_code == 401
     nothing = post(world, [encoded(dicom_film(film(6), body_part="KNEE"))])  # no task reads it
     assert nothing.status_code == 409 and "00081199" not in nothing.json()
+
+
+def test_results_of_a_pushed_study_are_retrievable_over_wado_rs(tmp_path: Path) -> None:
+    """After STOW-RS, GET /dicomweb/studies/{uid} gives the study's SR and heat-map Secondary Capture, the same
+    instances on every request; after a radiologist's verdict the SR is a new, verified instance naming the first as
+    its predecessor; one instance by its UIDs; another department's user, an unknown or malformed UID get nothing."""
+    from care_companion.interop.dicomweb import split_related
+
+    users = (("tech", "technician", "er"), ("rad", "radiologist", "er"), ("other", "technician", "icu"))
+    with clinic(tmp_path, users) as (client, tokens):
+        world = {"client": client, "tokens": tokens}
+        chest = dicom_film(film(7), body_part="CHEST", patient="S-2")
+        assert post(world, [encoded(chest)]).status_code == 200
+
+        def retrieve(path: str, user: str = "tech") -> Any:
+            return client.get(f"/dicomweb/studies/{path}", headers={"Authorization": f"Bearer {tokens[user]}"})
+
+        def instances(answer: Any) -> list[pydicom.Dataset]:
+            assert answer.status_code == 200, answer.text
+            parts = split_related(answer.headers["content-type"], answer.content)
+            return [pydicom.dcmread(io.BytesIO(part)) for part in parts]
+
+        first = instances(retrieve(chest.StudyInstanceUID))
+        assert sorted(ds.Modality for ds in first) == ["OT", "SR"]  # the report and one heat map (one view)
+        sr = next(ds for ds in first if ds.Modality == "SR")
+        assert sr.StudyInstanceUID == chest.StudyInstanceUID and sr.PatientID == "S-2"
+        assert sr.VerificationFlag == "UNVERIFIED"
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == chest.SOPInstanceUID
+        again = instances(retrieve(chest.StudyInstanceUID))
+        assert sorted(ds.SOPInstanceUID for ds in again) == sorted(ds.SOPInstanceUID for ds in first)  # stable
+
+        study_id = client.get(
+            "/v1/studies", params={"q": ""}, headers={"Authorization": f"Bearer {tokens['tech']}"}
+        ).json()["data"][0]["id"]
+        verdict = client.post(
+            f"/v1/studies/{study_id}/feedback",
+            json={"true_label": "normal"},
+            headers={"Authorization": f"Bearer {tokens['rad']}"},
+        )
+        assert verdict.status_code == 201, verdict.text
+        after = instances(retrieve(chest.StudyInstanceUID))
+        verified = next(ds for ds in after if ds.Modality == "SR")
+        assert verified.VerificationFlag == "VERIFIED" and verified.SOPInstanceUID != sr.SOPInstanceUID
+        predecessor = verified.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        assert predecessor.ReferencedSOPInstanceUID == sr.SOPInstanceUID
+        capture = next(ds for ds in after if ds.Modality == "OT")
+        assert capture.SOPInstanceUID == next(ds for ds in first if ds.Modality == "OT").SOPInstanceUID
+
+        one = instances(
+            retrieve(f"{chest.StudyInstanceUID}/series/{capture.SeriesInstanceUID}/instances/{capture.SOPInstanceUID}")
+        )
+        assert [ds.SOPInstanceUID for ds in one] == [capture.SOPInstanceUID]
+        assert retrieve(f"{chest.StudyInstanceUID}/series/1.2/instances/1.3").status_code == 404
+        series = retrieve(f"{chest.StudyInstanceUID}/series")  # QIDO-RS, as a PACS asks before retrieving
+        assert series.headers["content-type"].startswith("application/dicom+json")
+        found = {m["0020000E"]["Value"][0]: m for m in series.json()}
+        assert set(found) == {ds.SeriesInstanceUID for ds in after}
+        assert found[capture.SeriesInstanceUID]["00080060"]["Value"] == ["OT"]
+        assert found[capture.SeriesInstanceUID]["00201209"]["Value"] == [1]
+        listed = retrieve(f"{chest.StudyInstanceUID}/series/{verified.SeriesInstanceUID}/instances").json()
+        assert [m["00080018"]["Value"][0] for m in listed] == [verified.SOPInstanceUID]
+        whole = instances(retrieve(f"{chest.StudyInstanceUID}/series/{verified.SeriesInstanceUID}"))
+        assert [ds.SOPInstanceUID for ds in whole] == [verified.SOPInstanceUID]
+        assert retrieve(chest.StudyInstanceUID, user="other").status_code == 404  # another department's study
+        assert retrieve("1.2.3.4").status_code == 404
+        assert retrieve("not-a-uid").status_code == 422
+        assert client.get(f"/dicomweb/studies/{chest.StudyInstanceUID}").status_code == 401

@@ -9,6 +9,7 @@ write at all) are checked by the caller, before these functions run.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
@@ -27,6 +28,7 @@ from care_companion.records.repos import (
     get_patient_by_mrn,
     get_prediction,
     get_study,
+    images_of_dicom_study,
     list_feedback,
     list_images,
     list_predictions,
@@ -382,3 +384,58 @@ def image_for_viewing(*, session: Session, user: User, image_id: int, request_id
     study = visible_study(session, user, image.study_id, what=what)
     audit(session, user, "image.view", "study", study.id, request_id=request_id, image_id=image.id, view=image.view)
     return image
+
+
+@dataclass(frozen=True)
+class DicomStudyResult:
+    """A stored prediction on films uploaded as DICOM, with what its reports are built from: the study, the
+    radiologists' verdicts on it (oldest first) and the film of each view it read."""
+
+    prediction: Prediction
+    study: Study
+    verdicts: list[Feedback]
+    films: dict[str, Image]
+
+
+def dicom_study_results(
+    *, session: Session, user: User, study_uid: str, request_id: str | None = None
+) -> list[DicomStudyResult]:
+    """The results of the DICOM study ``study_uid`` (StudyInstanceUID) in the records studies ``user`` sees, oldest
+    first; each one's film per view is the latest of that view uploaded with or before it. Audited as
+    ``prediction.report`` per result.
+
+    Raises:
+        NotFound: no film of that study was uploaded, or none in a study ``user`` sees.
+    """
+    by_study: dict[int, list[Image]] = {}
+    for image in images_of_dicom_study(session=session, study_uid=study_uid):
+        by_study.setdefault(image.study_id, []).append(image)
+    out: list[DicomStudyResult] = []
+    for study_id, images in by_study.items():
+        try:
+            study = visible_study(session, user, study_id, what=f"DICOM study {study_uid}")
+        except NotFound:
+            continue
+        predictions, _ = list_predictions(session=session, study_id=study.id, limit=MAX_LIMIT)
+        rows, _ = list_feedback(session=session, study_id=study.id, limit=MAX_LIMIT)
+        for prediction in sorted(predictions, key=lambda p: p.id):
+            films: dict[str, Image] = {}
+            for image in images:  # upload order: a later film of a view replaces an earlier one
+                if image.created_at <= prediction.created_at or image.id == prediction.image_id:
+                    films[image.view] = image
+            if not films:
+                continue
+            verdicts = [f for f in rows if f.prediction_id in (prediction.id, None)]
+            out.append(DicomStudyResult(prediction, study, verdicts, films))
+            audit(
+                session,
+                user,
+                "prediction.report",
+                "study",
+                study.id,
+                request_id=request_id,
+                prediction_id=prediction.id,
+            )
+    if not out:
+        raise NotFound(f"DICOM study {study_uid} not found")
+    return out

@@ -231,6 +231,21 @@ def has_pixel_data(ds: Any) -> bool:
     return any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
+def dicom_study_uid(data: bytes) -> str | None:
+    """The StudyInstanceUID of a DICOM file (its header only), or None: not DICOM, none given, or not a UID."""
+    import re
+
+    import pydicom
+
+    has_preamble = data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble, stop_before_pixels=True)
+        uid = str(ds.get("StudyInstanceUID", "") or "")
+    except Exception:  # not DICOM: no study UID
+        return None
+    return uid if re.fullmatch(r"[0-9.]{1,64}", uid) else None
+
+
 def _decode_dicom(data: bytes, label: str, limits: DecodeLimits) -> np.ndarray:
     """Decode a DICOM file's first frame to display-ready 8-bit grayscale."""
     import pydicom

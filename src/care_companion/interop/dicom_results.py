@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from care_companion.interop.dicom_audit import AuditQueue, event_of
 from care_companion.interop.dicom_metrics import ReceiverMetrics
-from care_companion.interop.dicom_sr import heatmap_sc, result_sr
+from care_companion.interop.dicom_sr import heatmap_sc, random_uid, result_sr
 from care_companion.interop.fhir import AiResult
 from care_companion.tasks import TaskSpec
 
@@ -89,7 +89,19 @@ def result_instances(
 ) -> list[Dataset]:
     """The SR of a study and a heat-map Secondary Capture per view read (``heatmap_png(view)``: the PNG, or None
     without a map), each in the source study."""
-    out = [result_sr(result, list(sources.values()))]
+    return [result_sr(result, list(sources.values())), *heatmap_captures(result, sources, films, heatmap_png)]
+
+
+def heatmap_captures(
+    result: AiResult,
+    sources: Mapping[str, Dataset],
+    films: Mapping[str, np.ndarray],
+    heatmap_png: Callable[[str], bytes | None],
+    uid: Callable[[str], str] = random_uid,
+) -> list[Dataset]:
+    """A heat-map Secondary Capture per view read that has a map of the film's size (``uid``: the UIDs by role,
+    suffixed with the view)."""
+    out = []
     for view, source in sources.items():
         png = heatmap_png(view)
         if png is None or view not in films:
@@ -97,8 +109,19 @@ def result_instances(
         rgba = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
         if rgba.shape[:2] != films[view].shape:
             continue
-        out.append(heatmap_sc(source, overlay(films[view], rgba), model=f"{result.model_name} {result.model_version}"))
+        out.append(
+            heatmap_sc(
+                source,
+                overlay(films[view], rgba),
+                model=f"{result.model_name} {result.model_version}",
+                uid=_suffixed(uid, view),
+            )
+        )
     return out
+
+
+def _suffixed(uid: Callable[[str], str], suffix: str) -> Callable[[str], str]:
+    return lambda role: uid(f"{role}-{suffix}")
 
 
 def send(instances: list[Dataset], destination: Destination, calling_ae: str) -> None:

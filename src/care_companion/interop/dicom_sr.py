@@ -18,7 +18,7 @@ one it supersedes (Predecessor Documents), marked complete and verified by the r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,13 +57,26 @@ def model_uid(result: AiResult) -> str:
     return str(generate_uid(entropy_srcs=[MANUFACTURER, result.model_name, result.model_version or ""]))
 
 
-def result_sr(result: AiResult, sources: Sequence[Dataset], *, previous: Dataset | None = None) -> Dataset:
+def random_uid(_key: str) -> str:
+    """A new UID (the default UID source: each object built is a new instance)."""
+    return str(generate_uid())
+
+
+def result_sr(
+    result: AiResult,
+    sources: Sequence[Dataset],
+    *,
+    previous: Dataset | None = None,
+    uid: Callable[[str], str] = random_uid,
+) -> Dataset:
     """The AI result of ``sources`` (the study's films, DICOM) as a Comprehensive 3D SR.
 
     Args:
         result: the stored result, with its verdicts.
         sources: the source instances (at least one; patient and study attributes come from the first).
         previous: an earlier report of this result that this one supersedes (after a radiologist's verdict).
+        uid: the UID of each new identifier by its role (``sr``, ``sr-series``, ``tracking-...``); a stable
+            source builds the same instance again.
 
     Raises:
         ValueError: no source instance.
@@ -98,7 +111,7 @@ def result_sr(result: AiResult, sources: Sequence[Dataset], *, previous: Dataset
     algorithm = AlgorithmIdentification(name=result.model_name, version=version, manufacturer=MANUFACTURER)
     unit = codes.UCUM.NoUnits
     decision = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier=f"AI result {result.prediction_id}"),
+        tracking_identifier=TrackingIdentifier(uid=uid("tracking"), identifier=f"AI result {result.prediction_id}"),
         algorithm_id=algorithm,
         qualitative_evaluations=[QualitativeEvaluation(codes.DCM.Finding, class_concept(result.task, result.label))],
         measurements=[
@@ -112,7 +125,7 @@ def result_sr(result: AiResult, sources: Sequence[Dataset], *, previous: Dataset
     )
     per_class = [
         MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier=f"P({name})"),
+            tracking_identifier=TrackingIdentifier(uid=uid(f"tracking-{name}"), identifier=f"P({name})"),
             finding_type=class_concept(result.task, name),
             algorithm_id=algorithm,
             measurements=[Measurement(name=codes.DCM.Probability, value=float(p), unit=unit, algorithm_id=algorithm)],
@@ -139,9 +152,9 @@ def result_sr(result: AiResult, sources: Sequence[Dataset], *, previous: Dataset
     return Comprehensive3DSR(
         evidence=list(sources),
         content=report[0],
-        series_instance_uid=generate_uid(),
+        series_instance_uid=uid("sr-series"),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=uid("sr"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=verified,
@@ -154,8 +167,11 @@ def result_sr(result: AiResult, sources: Sequence[Dataset], *, previous: Dataset
     )
 
 
-def heatmap_sc(source: Dataset, overlay_rgb: np.ndarray, *, model: str) -> Dataset:
-    """The heat map laid over a source film as a Secondary Capture in the source's study (RGB, 8 bits)."""
+def heatmap_sc(
+    source: Dataset, overlay_rgb: np.ndarray, *, model: str, uid: Callable[[str], str] = random_uid
+) -> Dataset:
+    """The heat map laid over a source film as a Secondary Capture in the source's study (RGB, 8 bits; ``uid``:
+    the UIDs of its series and instance by role, ``sc-series`` and ``sc``)."""
     from highdicom.sc import SCImage
 
     return SCImage.from_ref_dataset(
@@ -164,9 +180,9 @@ def heatmap_sc(source: Dataset, overlay_rgb: np.ndarray, *, model: str) -> Datas
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=generate_uid(),
+        series_instance_uid=uid("sc-series"),
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=uid("sc"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         patient_orientation=("L", "F"),

@@ -5,6 +5,7 @@ by study, and the response dataset (DICOM JSON: Referenced SOP Sequence, Failed 
 from __future__ import annotations
 
 import io
+import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -112,3 +113,18 @@ def stow_response(stored: list[Dataset], failed: list[tuple[str, str, int, str]]
     if failed:
         response["00081198"] = {"vr": "SQ", "Value": [item(c, s, r) for c, s, r, _ in failed]}
     return response
+
+
+def related_body(instances: list[Dataset]) -> tuple[bytes, str]:
+    """A WADO-RS answer: ``instances`` as DICOM files in one ``multipart/related; type="application/dicom"``
+    body; returns the body and its content type."""
+    boundary = f"care-{uuid.uuid4().hex}"
+    body = io.BytesIO()
+    for ds in instances:
+        part = io.BytesIO()
+        ds.save_as(part, enforce_file_format=True)
+        body.write(f"--{boundary}\r\nContent-Type: {DICOM_MEDIA_TYPE}\r\n\r\n".encode())
+        body.write(part.getvalue())
+        body.write(b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode())
+    return body.getvalue(), f'multipart/related; type="{DICOM_MEDIA_TYPE}"; boundary={boundary}'

@@ -22,6 +22,8 @@ stride 8 it lies about 5 input pixels further down and right.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -114,6 +116,12 @@ def heatmap_png(
     buffer = io.BytesIO()
     Image.fromarray(colourise(resize(np.asarray(cam), height, width, centres)), mode="RGBA").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def stored_heatmap_png(entry: Mapping[str, Any]) -> bytes:
+    """PNG bytes of one view's heat map as a prediction keeps it (``grid``, ``height``, ``width``, ``centres``)."""
+    centres = MapCentres.model_validate(entry["centres"]) if entry.get("centres") else None
+    return heatmap_png(entry["grid"], int(entry["height"]), int(entry["width"]), centres)
 
 
 def shown(task: TaskSpec, decided: int) -> str:

@@ -176,6 +176,7 @@ class Image(Base):
     view: Mapped[str] = mapped_column(String(20))
     content_type: Mapped[str] = mapped_column(String(100))
     size_bytes: Mapped[int] = mapped_column(Integer)
+    dicom_study_uid: Mapped[str | None] = mapped_column(String(64), index=True)  # StudyInstanceUID of a DICOM upload
     created_at: Mapped[datetime] = _created_at()
 
 

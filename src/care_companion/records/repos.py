@@ -322,8 +322,10 @@ def add_image(
     view: str,
     content_type: str,
     size_bytes: int,
+    dicom_study_uid: str | None = None,
 ) -> Image:
-    """Record an image of a study; the same content in the same view of the same study returns the existing row."""
+    """Record an image of a study (``dicom_study_uid``: the StudyInstanceUID of a DICOM file); the same content in
+    the same view of the same study returns the existing row."""
     get_study(session=session, study_id=study_id)
     existing = _find_image(session, study_id, sha256, view)
     if existing is not None:
@@ -335,6 +337,7 @@ def add_image(
         view=view,
         content_type=content_type,
         size_bytes=size_bytes,
+        dicom_study_uid=dicom_study_uid,
     )
     try:
         with session.begin_nested():
@@ -351,6 +354,12 @@ def add_image(
 def list_images(*, session: Session, study_id: int) -> list[Image]:
     """A study's images in upload order."""
     return list(session.scalars(select(Image).where(Image.study_id == study_id).order_by(Image.id)))
+
+
+def images_of_dicom_study(*, session: Session, study_uid: str) -> list[Image]:
+    """Images uploaded as DICOM files of the study with this StudyInstanceUID, in upload order."""
+    stmt = select(Image).where(Image.dicom_study_uid == study_uid).order_by(Image.id)
+    return list(session.scalars(stmt))
 
 
 # -- predictions and feedback --------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from care_companion.access.credentials import check_permission
 from care_companion.access.patients import add_study, patient_for_mrn, study_for_upload, visible_patient
 from care_companion.config import Settings
 from care_companion.errors import RequestError, ServiceUnavailable
-from care_companion.imaging.decode import sniff_format
+from care_companion.imaging.decode import dicom_study_uid, sniff_format
 from care_companion.records.db import database_unavailable
 from care_companion.records.models import User
 from care_companion.records.repos import add_image, add_prediction
@@ -77,6 +77,7 @@ class _StoredImage:
     sha256: str
     format: str
     data: bytes
+    dicom_study_uid: str | None = None
 
     @property
     def size(self) -> int:
@@ -86,7 +87,8 @@ class _StoredImage:
     def of(cls, task: str, view: str, upload: Upload) -> _StoredImage:
         fmt = sniff_format(upload.data)
         sha, key = image_key(task, upload.data, fmt)
-        return cls(view=view, key=key, sha256=sha, format=fmt or "unknown", data=upload.data)
+        study_uid = dicom_study_uid(upload.data) if fmt == "dicom" else None
+        return cls(view=view, key=key, sha256=sha, format=fmt or "unknown", data=upload.data, dicom_study_uid=study_uid)
 
 
 class RecordKeeper:
@@ -196,6 +198,7 @@ class RecordKeeper:
                         view=image.view,
                         content_type=image.format,
                         size_bytes=image.size,
+                        dicom_study_uid=image.dicom_study_uid,
                     ).id
                     for image in images
                 ]

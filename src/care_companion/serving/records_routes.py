@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from care_companion.access import patients
 from care_companion.access.worklist import worklist
 from care_companion.imaging.decode import DecodeLimits, display_png
-from care_companion.models.heatmap import MapCentres, heatmap_png
+from care_companion.models.heatmap import stored_heatmap_png
 from care_companion.records.models import Image, Patient, Study
 from care_companion.records.repos import DEFAULT_LIMIT, MAX_LIMIT, list_audit
 from care_companion.records.schemas import (
@@ -259,9 +259,7 @@ def read_film(
 
 
 def _png(entry: dict[str, Any]) -> Response:
-    centres = MapCentres.model_validate(entry["centres"]) if entry.get("centres") else None
-    png = heatmap_png(entry["grid"], int(entry["height"]), int(entry["width"]), centres)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+    return Response(stored_heatmap_png(entry), media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
 # -- audit log -----------------------------------------------------------------------------------------------
