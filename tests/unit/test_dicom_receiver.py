@@ -247,3 +247,21 @@ def _items(ds: Any) -> Iterator[Any]:
     for item in ds.get("ContentSequence", []):
         yield item
         yield from _items(item)
+
+
+def test_a_view_without_view_position_is_routed_by_its_view_code() -> None:
+    from care_companion.interop.dicom_inbox import Unroutable, route
+
+    def coded(value: str, meaning: str) -> Dataset:
+        ds = dicom_film(film(20), body_part="WRIST", view="")
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "SCT", meaning
+        ds.ViewCodeSequence = [item]
+        return ds
+
+    assert route(coded("272479007", "postero-anterior"), [CHEST, WRIST]).view == "pa"
+    assert route(coded("399067008", "lateral"), [CHEST, WRIST]).view == "lateral"
+    with pytest.raises(Unroutable, match="ViewPosition"):
+        route(coded("399059000", "postero-anterior oblique"), [CHEST, WRIST])  # an oblique is no view of ours
+    with pytest.raises(Unroutable, match="ViewPosition"):
+        route(dicom_film(film(21), body_part="WRIST", view=""), [CHEST, WRIST])  # neither given

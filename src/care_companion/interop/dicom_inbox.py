@@ -2,7 +2,9 @@
 grouped by study until the study has settled.
 
 Routing uses the task registry: ``BodyPartExamined`` must be one of a task's ``dicom_body_parts``, and for a
-multi-view task ``ViewPosition`` one of a view's ``dicom_views`` values. An instance no task accepts is kept
+multi-view task ``ViewPosition`` one of a view's ``dicom_views`` values (an instance without ``ViewPosition`` is
+read by its ``ViewCodeSequence``: the SNOMED CT projection codes of CID 4010 stand for the matching
+``ViewPosition`` terms; an oblique projection is no view of ours). An instance no task accepts is kept
 apart (``unroutable/``) and refused with a clear status; nothing is guessed. Our own results (``Manufacturer``
 Care Companion: the SR and heat-map Secondary Captures, which carry their source's body part) are never read
 as films, should the PACS send them back.
@@ -27,6 +29,16 @@ from pydicom.dataset import Dataset
 from care_companion.tasks import TaskSpec
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
+# CID 4010 (DX View) SNOMED CT projection codes as the ViewPosition term each stands for (obliques: none).
+VIEW_CODES = {
+    "272479007": "PA",  # postero-anterior
+    "399348003": "AP",  # antero-posterior
+    "399067008": "LATERAL",  # lateral
+    "399173006": "LL",  # left lateral
+    "399198007": "RL",  # right lateral
+    "399352003": "LATERAL",  # lateral-medial
+    "399260004": "LATERAL",  # medial-lateral
+}
 RESULTS_MANUFACTURER = "Care Companion"  # the Manufacturer of the SR and Secondary Captures we write
 
 
@@ -52,7 +64,7 @@ def route(ds: Dataset, tasks: list[TaskSpec]) -> Routed:
     if str(ds.get("Manufacturer", "") or "").strip() == RESULTS_MANUFACTURER:
         raise Unroutable(f"{ds.get('SeriesDescription', 'an instance')} is a Care Companion result, not a film")
     part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
-    position = str(ds.get("ViewPosition", "") or "").strip().upper()
+    position = view_position(ds)
     task = next((t for t in tasks if part and part in [p.upper() for p in t.dicom_body_parts]), None)
     if task is None:
         readable = sorted({p for t in tasks for p in t.dicom_body_parts})
@@ -63,6 +75,20 @@ def route(ds: Dataset, tasks: list[TaskSpec]) -> Routed:
         if position in [p.upper() for p in positions]:
             return Routed(task, view)
     raise Unroutable(f"{task.name}: ViewPosition {position or '(empty)'} is none of its views {', '.join(task.views)}")
+
+
+def view_position(ds: Dataset) -> str:
+    """The instance's ``ViewPosition`` (upper case), else the term its ``ViewCodeSequence`` code stands for
+    (:data:`VIEW_CODES`), else empty."""
+    position = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if position:
+        return position
+    for item in ds.get("ViewCodeSequence", None) or []:
+        if str(item.get("CodingSchemeDesignator", "")).upper() == "SCT":
+            term = VIEW_CODES.get(str(item.get("CodeValue", "")).strip())
+            if term:
+                return term
+    return ""
 
 
 def checked_uid(ds: Dataset, keyword: str) -> str:
