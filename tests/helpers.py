@@ -243,3 +243,23 @@ def sqlite_session(directory: Path) -> Iterator[Any]:
             yield session
     finally:
         engine.dispose()
+
+
+@contextmanager
+def stand_in_pacs(port: int, ae_title: str = "PACS") -> Iterator[list[Any]]:
+    """A PACS stand-in (pynetdicom) on ``port`` that takes every C-STORE; yields the data sets stored, in order."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    stored: list[Any] = []
+
+    def keep(event: Any) -> int:
+        stored.append(event.dataset)
+        return 0x0000
+
+    pacs = AE(ae_title=ae_title)
+    pacs.supported_contexts = AllStoragePresentationContexts
+    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
+    try:
+        yield stored
+    finally:
+        server.shutdown()

@@ -31,7 +31,7 @@ from care_companion.interop.dicom_metrics import ReceiverMetrics
 from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink, SentReports
 from care_companion.records.repos import list_audit
 from care_companion.tasks import CHEST, WRIST
-from tests.helpers import clinic, dicom_film
+from tests.helpers import clinic, dicom_film, stand_in_pacs
 from tests.processes import free_port
 
 USERS = (("tech", "technician", "er"),)
@@ -67,8 +67,6 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def test_received_and_sent_instances_are_audited_and_counted(tmp_path: Path) -> None:
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
-
     spool = Spool(tmp_path / "spool")
     metrics, audit = ReceiverMetrics(), AuditQueue(spool.root / "audit")
     receiver = Receiver(spool, [CHEST, WRIST], 200 * 200, audit=audit, metrics=metrics)
@@ -120,21 +118,8 @@ def test_received_and_sent_instances_are_audited_and_counted(tmp_path: Path) -> 
             assert seen["care_dicom_outbox_pending"] == waiting
             assert seen["care_dicom_result_send_failures_total"] >= 1 and seen["care_dicom_results_sent_total"] == 0
 
-            stored: list[str] = []
-
-            def keep(event: Any) -> int:
-                stored.append(str(event.dataset.SOPInstanceUID))
-                return 0x0000
-
-            pacs = AE(ae_title="PACS")
-            pacs.supported_contexts = AllStoragePresentationContexts
-            pacs_server = pacs.start_server(
-                ("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)]
-            )
-            try:
+            with stand_in_pacs(pacs_port) as stored:
                 worker.round()
-            finally:
-                pacs_server.shutdown()
             assert len(stored) == waiting and results.outbox.pending() == []
             seen = scrape(metrics_port)
             assert seen["care_dicom_outbox_pending"] == 0 and seen["care_dicom_results_sent_total"] == waiting
@@ -148,7 +133,7 @@ def test_received_and_sent_instances_are_audited_and_counted(tmp_path: Path) -> 
         assert set(by_uid) == {chest.SOPInstanceUID, report.SOPInstanceUID, knee.SOPInstanceUID}
         assert by_uid[knee.SOPInstanceUID].detail["status"] == UNROUTABLE
         assert all(row.detail["peer"] == "MODALITY" and row.username == "tech" for row in received)
-        assert sorted(row.resource_id for row in sent) == sorted(stored)
+        assert sorted(row.resource_id for row in sent) == sorted(str(ds.SOPInstanceUID) for ds in stored)
         assert all(row.detail["peer"] == "PACS" and row.detail["study_uid"] == chest.StudyInstanceUID for row in sent)
     finally:
         metrics_server.shutdown()

@@ -21,7 +21,7 @@ from care_companion.interop.dicom_gateway import ServiceGateway, process_study
 from care_companion.interop.dicom_inbox import Spool
 from care_companion.interop.dicom_listener import NO_PIXEL_DATA, TOO_LARGE, UNROUTABLE, Receiver, start_listener
 from care_companion.tasks import CHEST, WRIST
-from tests.helpers import clinic, dicom_film
+from tests.helpers import clinic, dicom_film, stand_in_pacs
 from tests.processes import free_port
 
 USERS = (("tech", "technician", "er"),)
@@ -147,28 +147,15 @@ def test_listen_and_pull_without_their_settings_are_clear_errors(
 
 def test_results_wait_in_the_outbox_while_the_pacs_is_down(tmp_path: Path) -> None:
     """Results the PACS cannot take now are kept and sent on a later round, oldest first, none twice."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
-
     from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink
 
     port = free_port()
     sink = ResultsSink(Outbox(tmp_path / "outbox"), Destination("PACS", "127.0.0.1", port), "CARECOMPANION")
     first, second = dicom_film(film(8)), dicom_film(film(9))
     assert sink.deliver([first, second]) == 0 and len(sink.outbox.pending()) == 2  # nobody listens yet
-    stored: list[str] = []
-
-    def keep(event: Any) -> int:
-        stored.append(str(event.dataset.SOPInstanceUID))
-        return 0x0000
-
-    pacs = AE(ae_title="PACS")
-    pacs.supported_contexts = AllStoragePresentationContexts
-    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
-    try:
+    with stand_in_pacs(port) as stored:
         assert sink.retry() == 2 and sink.outbox.pending() == []
-    finally:
-        server.shutdown()
-    assert stored == [first.SOPInstanceUID, second.SOPInstanceUID]
+    assert [ds.SOPInstanceUID for ds in stored] == [first.SOPInstanceUID, second.SOPInstanceUID]
     assert sink.retry() == 0
 
 
@@ -176,21 +163,10 @@ def test_each_verdict_sends_a_verified_report_that_supersedes_the_last(tmp_path:
     """The receiver sends a study's SR to the PACS; once a radiologist corrects the result, it sends a new,
     verified SR naming the first as its predecessor, once; a later verdict that amends the finding sends a third
     SR superseding the second. The training copy of the received film carries no patient identifiers."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
-
     from care_companion.interop.dicom_gateway import follow_verdicts
     from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink, SentReports
 
-    stored: list[Dataset] = []
-
-    def keep(event: Any) -> int:
-        stored.append(event.dataset)
-        return 0x0000
-
     pacs_port = free_port()
-    pacs = AE(ae_title="PACS")
-    pacs.supported_contexts = AllStoragePresentationContexts
-    server = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
     spool = Spool(tmp_path / "spool")
     sink = ResultsSink(
         Outbox(spool.root / "outbox"),
@@ -201,40 +177,37 @@ def test_each_verdict_sends_a_verified_report_that_supersedes_the_last(tmp_path:
     chest = dicom_film(film(10), patient="V-1")
     spool.keep(chest)
     users = (("tech", "technician", "er"), ("rad", "radiologist", "er"))
-    try:
-        with clinic(tmp_path, users) as (client, tokens):
-            gateway = ServiceGateway(client, tokens["tech"])
-            outcome = process_study(spool, chest.StudyInstanceUID, gateway, [CHEST, WRIST], sink)
-            first = [ds for ds in stored if ds.Modality == "SR"]
-            assert outcome.status == 200 and len(first) == 1 and first[0].VerificationFlag == "UNVERIFIED"
-            assert follow_verdicts(spool, gateway, sink) == 0  # no verdict yet
+    with stand_in_pacs(pacs_port) as stored, clinic(tmp_path, users) as (client, tokens):
+        gateway = ServiceGateway(client, tokens["tech"])
+        outcome = process_study(spool, chest.StudyInstanceUID, gateway, [CHEST, WRIST], sink)
+        first = [ds for ds in stored if ds.Modality == "SR"]
+        assert outcome.status == 200 and len(first) == 1 and first[0].VerificationFlag == "UNVERIFIED"
+        assert follow_verdicts(spool, gateway, sink) == 0  # no verdict yet
 
-            def verdict(label: str) -> None:
-                answer = client.post(
-                    f"/v1/studies/{outcome.answer['study_id']}/feedback",
-                    json={"true_label": label},
-                    headers={"Authorization": f"Bearer {tokens['rad']}"},
-                )
-                assert answer.status_code == 201, answer.text
+        def verdict(label: str) -> None:
+            answer = client.post(
+                f"/v1/studies/{outcome.answer['study_id']}/feedback",
+                json={"true_label": label},
+                headers={"Authorization": f"Bearer {tokens['rad']}"},
+            )
+            assert answer.status_code == 201, answer.text
 
-            verdict("normal")
-            assert follow_verdicts(spool, gateway, sink) == 1
-            assert follow_verdicts(spool, gateway, sink) == 0  # once
-            verdict("tuberculosis")  # a second radiologist's reading amends the first
-            assert follow_verdicts(spool, gateway, sink) == 1
-            assert follow_verdicts(spool, gateway, sink) == 0
-            assert sink.sent is not None and [r.status for r in sink.sent.followed(1)] == ["amended"]
-            app: Any = client.app
-            store = app.state.store
-            copies = [key for key in store.list("feedback/") if key.endswith(".dcm")]
-            assert copies, "the received film was not copied for training"
-            for key in copies:
-                copy = pydicom.dcmread(io.BytesIO(store.get_bytes(key)))
-                assert copy.PatientIdentityRemoved == "YES"
-                assert "Doe" not in str(copy.PatientName) and str(copy.get("PatientID", "")) != "V-1"
-                assert not copy.get("PatientBirthDate") and copy.StudyInstanceUID != chest.StudyInstanceUID
-    finally:
-        server.shutdown()
+        verdict("normal")
+        assert follow_verdicts(spool, gateway, sink) == 1
+        assert follow_verdicts(spool, gateway, sink) == 0  # once
+        verdict("tuberculosis")  # a second radiologist's reading amends the first
+        assert follow_verdicts(spool, gateway, sink) == 1
+        assert follow_verdicts(spool, gateway, sink) == 0
+        assert sink.sent is not None and [r.status for r in sink.sent.followed(1)] == ["amended"]
+        app: Any = client.app
+        store = app.state.store
+        copies = [key for key in store.list("feedback/") if key.endswith(".dcm")]
+        assert copies, "the received film was not copied for training"
+        for key in copies:
+            copy = pydicom.dcmread(io.BytesIO(store.get_bytes(key)))
+            assert copy.PatientIdentityRemoved == "YES"
+            assert "Doe" not in str(copy.PatientName) and str(copy.get("PatientID", "")) != "V-1"
+            assert not copy.get("PatientBirthDate") and copy.StudyInstanceUID != chest.StudyInstanceUID
     reports = [ds for ds in stored if ds.Modality == "SR"]
     assert len(reports) == 3 and [r.VerificationFlag for r in reports] == ["UNVERIFIED", "VERIFIED", "VERIFIED"]
     for earlier, later in itertools.pairwise(reports):
