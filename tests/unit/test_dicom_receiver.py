@@ -238,3 +238,21 @@ def test_a_view_without_view_position_is_routed_by_its_view_code() -> None:
         route(coded("399059000", "postero-anterior oblique"), [CHEST, WRIST])  # an oblique is no view of ours
     with pytest.raises(Unroutable, match="ViewPosition"):
         route(dicom_film(film(21), body_part="WRIST", view=""), [CHEST, WRIST])  # neither given
+
+
+def test_a_patient_is_matched_by_mrn_or_registered_in_one_request(tmp_path: Path) -> None:
+    users = (("tech", "technician", "er"), ("icu", "technician", "icu"))
+    with clinic(tmp_path, users) as (client, tokens):
+
+        def match(user: str, **fields: str) -> Any:
+            body = {"mrn": "M-9", "name": "Jane Doe", **fields}
+            return client.post("/v1/patients/match", json=body, headers={"Authorization": f"Bearer {tokens[user]}"})
+
+        created = match("tech")
+        assert created.status_code == 201 and created.json()["department"] == "er"
+        again = match("tech", name="another name")  # found by MRN: the record is not changed
+        assert again.status_code == 200 and again.json() == created.json()
+        assert match("icu").status_code == 404  # another department's patient
+        assert client.post("/v1/patients/match", json={"mrn": "M-9", "name": "x"}).status_code == 401
+        gateway = ServiceGateway(client, tokens["tech"])
+        assert gateway.patient_id(dicom_film(film(30), patient="M-9")) == created.json()["id"]

@@ -46,6 +46,7 @@ ALL_PATHS = {
     "/v1/auth/token",
     "/v1/auth/me",
     "/v1/patients",
+    "/v1/patients/match",
     "/v1/patients/{patient_id}",
     "/v1/studies",
     "/v1/studies/{study_id}",

@@ -111,9 +111,11 @@ def add_patient(*, session: Session, user: User, patient_in: PatientBase, reques
     return patient
 
 
-def patient_for_mrn(*, session: Session, user: User, patient_in: PatientBase, request_id: str | None = None) -> Patient:
+def patient_for_mrn(
+    *, session: Session, user: User, patient_in: PatientBase, request_id: str | None = None
+) -> tuple[Patient, bool]:
     """The patient with ``patient_in.mrn`` when ``user`` sees them, else a new one from ``patient_in`` in the
-    user's department (studies arriving over DICOM name their patient by MRN).
+    user's department (studies arriving over DICOM name their patient by MRN); and whether it is new.
 
     Raises:
         NotFound: the MRN belongs to a patient of another department.
@@ -121,8 +123,9 @@ def patient_for_mrn(*, session: Session, user: User, patient_in: PatientBase, re
     existing = get_patient_by_mrn(session=session, mrn=patient_in.mrn)
     if existing is not None:
         check_department(user, existing.department, what=f"patient with MRN {patient_in.mrn}")
-        return existing
-    return add_patient(session=session, user=user, patient_in=patient_in, request_id=request_id)
+        audit(session, user, "patient.read", "patient", existing.id, request_id=request_id)
+        return existing, False
+    return add_patient(session=session, user=user, patient_in=patient_in, request_id=request_id), True
 
 
 def find_patients(

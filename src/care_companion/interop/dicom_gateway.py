@@ -107,23 +107,21 @@ class ServiceGateway:
         return response
 
     def patient_id(self, ds: Dataset) -> int:
-        """The service's id of the study's patient: found by exact MRN, else registered from the DICOM header.
+        """The service's id of the study's patient: found by exact MRN, else registered from the DICOM header, in
+        one request (``POST /v1/patients/match``; asked again once when a concurrent registration won the race).
 
         Raises:
             Unroutable: no PatientID, or the MRN belongs to a patient the key's department cannot see.
             ServiceDown: the service could not answer.
         """
         body = patient_fields(ds)
-        mrn = body["mrn"]
-        found = self._call("GET", "/v1/patients", params={"q": mrn, "limit": 100})
-        if found.status_code == 200:
-            for patient in found.json().get("data", []):
-                if patient.get("mrn") == mrn:
-                    return int(patient["id"])
-        created = self._call("POST", "/v1/patients", json=body)
-        if created.status_code != 201:
-            raise Unroutable(f"patient {mrn}: the service answered {created.status_code} {created.text[:200]}")
-        return int(created.json()["id"])
+        for _attempt in range(2):
+            answer = self._call("POST", "/v1/patients/match", json=body)
+            if answer.status_code in (200, 201):
+                return int(answer.json()["id"])
+            if answer.status_code != 409:
+                break
+        raise Unroutable(f"patient {body['mrn']}: the service answered {answer.status_code} {answer.text[:200]}")
 
     def record_events(self, events: list[DicomEvent]) -> None:
         """Have the service write an audit row for each event.

@@ -136,7 +136,8 @@ class RecordKeeper:
         try:
             with self.sessions() as session, session.begin():
                 check_permission(user, Permission.WRITE_RECORDS)
-                return patient_for_mrn(session=session, user=user, patient_in=patient_in, request_id=request_id).id
+                patient, _ = patient_for_mrn(session=session, user=user, patient_in=patient_in, request_id=request_id)
+                return patient.id
         except DBAPIError as exc:
             raise database_unavailable(exc) from exc
 

@@ -60,6 +60,23 @@ def add_patient(body: PatientCreateRequest, session: SessionDep, user: Writer, r
     return patients.add_patient(session=session, user=user, patient_in=body, request_id=request_id)
 
 
+@records_router.post(
+    "/v1/patients/match",
+    response_model=PatientPublic,
+    responses={201: {"model": PatientPublic, "description": "Not found: added."}, **CONFLICT},
+    summary="Find a patient by MRN, or add them",
+)
+def match_patient(
+    body: PatientCreateRequest, session: SessionDep, user: Writer, request_id: RequestId, response: Response
+) -> Patient:
+    """The patient with the body's MRN when you see them (200), else a new patient from the body in your department
+    (201), in one transaction: for systems that name patients by MRN, such as the DICOM receiver. The MRN of
+    another department's patient is 404."""
+    patient, created = patients.patient_for_mrn(session=session, user=user, patient_in=body, request_id=request_id)
+    response.status_code = 201 if created else 200
+    return patient
+
+
 @records_router.get("/v1/patients", response_model=Page[PatientPublic], summary="Search patients")
 def find_patients(
     session: SessionDep,
