@@ -123,8 +123,13 @@ def test_sampling_balances_sources_within_each_class():
 
 
 def test_pretrained_falls_back_to_scratch_when_weights_are_unreachable(monkeypatch, caplog):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", "/nonexistent-care-hf-cache")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: set its constant too, or the hub is tried over the
+    # network until the connection times out (about 45 s here) before the same fallback
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with caplog.at_level("WARNING"):
         model, origin = create_classifier("resnet18", 4, pretrained=True)
     assert origin.startswith("random initialisation")
