@@ -123,6 +123,57 @@ def test_a_flood_of_associations_is_refused_past_the_limit_and_the_receiver_keep
     assert len(spool.instances(str(films[0].StudyInstanceUID))) == 2
 
 
+SENDER = """
+import sys
+import numpy as np
+from pynetdicom import AE, StoragePresentationContexts
+from tests.helpers import dicom_film
+
+side = int(sys.argv[2])
+ds = dicom_film(np.zeros((8, 8), np.uint16))
+ds.Rows = ds.Columns = side
+ds.PixelData = bytes(side * side * 2)
+ae = AE(ae_title="MODALITY")
+ae.requested_contexts = StoragePresentationContexts
+association = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="CARECOMPANION")
+print(f"{int(association.send_c_store(ds).Status):#06x}")
+association.release()
+"""
+
+
+def test_a_huge_instance_is_refused_without_holding_it_in_memory(tmp_path: Path) -> None:
+    """A 128 MB instance (16-bit, 8192 x 8192: over the pixel limit) from another process is refused with 0xC212
+    while the receiver's own memory stays far below the instance's size (it arrives in a file, and its pixels are
+    never read); the next instance is served."""
+    import tracemalloc
+
+    from care_companion.interop.dicom_listener import TOO_LARGE
+
+    spool = Spool(tmp_path / "spool")
+    port = free_port()
+    server = start_listener(Receiver(spool, [CHEST, WRIST], 50_000_000), port=port)
+    tracemalloc.start()
+    try:
+        sent = subprocess.run(
+            [sys.executable, "-c", SENDER, str(port), "8192"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        _, peak = tracemalloc.get_traced_memory()
+        assert sent.returncode == 0, sent.stderr[-2000:]
+        assert sent.stdout.strip() == f"{TOO_LARGE:#06x}"
+        assert peak < 32 * 2**20, f"the receiver held {peak / 2**20:.0f} MB for a 128 MB instance"
+        later = associate(port)
+        assert int(later.send_c_store(study(1, 5)[0]).Status) == 0  # type: ignore[attr-defined]
+        later.release()  # type: ignore[attr-defined]
+    finally:
+        tracemalloc.stop()
+        server.shutdown()
+    assert len(spool.studies()) == 1 and not list(spool.unroutable.iterdir())
+
+
 def test_an_unsupported_transfer_syntax_is_refused_at_negotiation(tmp_path: Path) -> None:
     """A sender offering an instance only in a private compressed transfer syntax gets no presentation context
     (so it cannot send what nobody here could decode); the association itself stands (its echo is answered)."""

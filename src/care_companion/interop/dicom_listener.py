@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 NO_PIXEL_DATA, UNROUTABLE, TOO_LARGE, BAD_UID, OUT_OF_RESOURCES = 0xC210, 0xC211, 0xC212, 0xC213, 0xA700
 UNREADABLE = 0xC000
+DEFER_BYTES = 64 * 1024  # values larger than this (pixel data) are read from the received file only when kept
 
 
 @dataclass
@@ -140,20 +141,22 @@ def start_listener(
 ) -> Any:
     """Start the C-STORE server in background threads (over TLS with ``tls``: :func:`server_tls`); returns the
     pynetdicom server (``shutdown()`` stops it)."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     def on_store(event: Any) -> Dataset:
         peer = str(event.assoc.requestor.ae_title or "").strip()
-        try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+        try:  # the instance as pynetdicom wrote it to a file while it arrived; large values are read when needed
+            ds = pydicom.dcmread(event.dataset_path, defer_size=DEFER_BYTES)
         except Exception as exc:  # a handler must answer: a broken instance is the sender's failure, not ours
             log.warning("undecodable DICOM instance from %s: %s", peer, exc)
             receiver.note(Dataset(), UNREADABLE, peer)
             return status(UNREADABLE, f"cannot understand: {exc}")
         return status(*receiver.store(ds, peer))
 
+    # Each instance is written to a temporary file as its fragments arrive, not gathered in memory: a 1 GB
+    # instance (refused by its declared size) or many at once cost disk, not the receiver's memory.
+    _config.STORE_RECV_CHUNKED_DATASET = True
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = max_associations
     ae.require_calling_aet = list(allowed_calling)
