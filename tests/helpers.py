@@ -246,8 +246,9 @@ def sqlite_session(directory: Path) -> Iterator[Any]:
 
 
 @contextmanager
-def stand_in_pacs(port: int, ae_title: str = "PACS") -> Iterator[list[Any]]:
-    """A PACS stand-in (pynetdicom) on ``port`` that takes every C-STORE; yields the data sets stored, in order."""
+def stand_in_pacs(port: int, ae_title: str = "PACS", tls: Any = None) -> Iterator[list[Any]]:
+    """A PACS stand-in (pynetdicom) on ``port`` that takes every C-STORE (over TLS with the ``ssl.SSLContext``
+    ``tls``); yields the data sets stored, in order."""
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
     stored: list[Any] = []
@@ -258,7 +259,9 @@ def stand_in_pacs(port: int, ae_title: str = "PACS") -> Iterator[list[Any]]:
 
     pacs = AE(ae_title=ae_title)
     pacs.supported_contexts = AllStoragePresentationContexts
-    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
+    server = pacs.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)], ssl_context=tls
+    )
     try:
         yield stored
     finally:

@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     dicom_tls_ca: Path | None = Field(
         default=None, description="PEM CA bundle: DICOM senders must show a certificate it signed (mutual TLS)."
     )
+    dicom_results_tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: results go to the PACS over TLS, its certificate checked against it (our own "
+        "CARE_DICOM_TLS_CERT/KEY are shown when set).",
+    )
     dicom_pacs_url: str = Field(
         default="", description="The PACS's DICOMweb root (QIDO-RS/WADO-RS), for `dicom pull` (e.g. .../dicom-web)."
     )
@@ -141,6 +146,13 @@ class Settings(BaseSettings):
     fhir_patient_system: str = Field(
         default="urn:care-companion:mrn",
         description="The identifier system of patients' MRNs in FHIR resources (the hospital's own URI).",
+    )
+
+    fhir_server_url: str = Field(
+        default="", description="Base URL of the hospital's FHIR server `fhir push` sends results to (empty: none)."
+    )
+    fhir_server_token: SecretStr | None = Field(
+        default=None, description="Bearer token for CARE_FHIR_SERVER_URL (none: no Authorization header)."
     )
 
     environment: Literal["development", "production"] = Field(

@@ -28,7 +28,7 @@ from care_companion.interop.dicom_listener import (
     start_listener,
 )
 from care_companion.interop.dicom_metrics import ReceiverMetrics
-from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink, SentReports
+from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink, SentReports, client_tls
 from care_companion.records.repos import list_audit
 from care_companion.tasks import CHEST, WRIST
 from tests.helpers import clinic, dicom_film, stand_in_pacs
@@ -214,3 +214,24 @@ def test_the_receiver_speaks_tls_and_refuses_plain_or_unknown_senders(tmp_path: 
         server_tls(Settings(data_dir=tmp_path / "data", dicom_tls_cert=server_cert))
     with pytest.raises(ConfigError, match="cannot load"):
         server_tls(Settings(data_dir=tmp_path / "data", dicom_tls_cert=server_key, dicom_tls_key=server_key))
+
+
+def test_results_go_to_a_tls_pacs_only_when_its_certificate_checks_out(tmp_path: Path) -> None:
+    pacs_cert, pacs_key = _certificate(tmp_path, "pacs")
+    other_cert, _ = _certificate(tmp_path, "other")
+    pacs_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pacs_tls.load_cert_chain(pacs_cert, pacs_key)
+    port = free_port()
+
+    def sink(ca: Path | None) -> ResultsSink:
+        tls = client_tls(ca)
+        return ResultsSink(Outbox(tmp_path / f"outbox-{ca}"), Destination("PACS", "127.0.0.1", port), "CARE", tls=tls)
+
+    with stand_in_pacs(port, tls=pacs_tls) as stored:
+        trusted, plain, wrong = sink(pacs_cert), sink(None), sink(other_cert)
+        assert trusted.deliver([dicom_film(film(7))]) == 1
+        assert plain.deliver([dicom_film(film(8))]) == 0 and len(plain.outbox.pending()) == 1  # plain to TLS: waits
+        assert wrong.deliver([dicom_film(film(9))]) == 0 and len(wrong.outbox.pending()) == 1  # unknown PACS: waits
+    assert len(stored) == 1
+    with pytest.raises(ConfigError, match="cannot load"):
+        client_tls(tmp_path / "missing.pem")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from care_companion import __version__
-from care_companion.cli import data, db, dicom, drift, feedback, registry, train, users
+from care_companion.cli import data, db, dicom, drift, feedback, fhir, registry, train, users
 from care_companion.cli.common import setup_logging
 from care_companion.cli.demo import demo_cmd
 from care_companion.cli.evaluate import evaluate_cmd
@@ -28,6 +28,7 @@ app.add_typer(feedback.app, name="feedback")
 app.add_typer(db.app, name="db")
 app.add_typer(drift.app, name="drift")
 app.add_typer(dicom.app, name="dicom")
+app.add_typer(fhir.app, name="fhir")
 app.command("evaluate")(evaluate_cmd)
 app.command("demo")(demo_cmd)
 app.command("serve")(serve_cmd)

@@ -49,7 +49,7 @@ from care_companion.interop.dicom_gateway import (
 from care_companion.interop.dicom_inbox import Spool, Unroutable, instance_uid, route, study_uid
 from care_companion.interop.dicom_metrics import ReceiverMetrics
 from care_companion.interop.dicom_pull import retrieve_study
-from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink, SentReports
+from care_companion.interop.dicom_results import Destination, Outbox, ResultsSink, SentReports, client_tls
 from care_companion.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,9 @@ class Setup:
             SentReports(self.spool.root / "sent"),
             audit=self.audit,
             metrics=self.metrics,
+            tls=client_tls(
+                self.settings.dicom_results_tls_ca, self.settings.dicom_tls_cert, self.settings.dicom_tls_key
+            ),
         )
 
     def worker(self, gateway: ServiceGateway) -> Worker:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from care_companion.errors import ConfigError
 from care_companion.interop.dicom_audit import AuditQueue, event_of
 from care_companion.interop.dicom_metrics import ReceiverMetrics
 from care_companion.interop.dicom_sr import heatmap_sc, random_uid, result_sr
@@ -120,12 +122,35 @@ def heatmap_captures(
     return out
 
 
+def client_tls(ca: Path | None, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext | None:
+    """The TLS context for sending results to the PACS: its certificate checked against ``ca`` (PEM), with our
+    own certificate and key when the PACS asks for one; None without ``ca`` (no TLS).
+
+    Raises:
+        ConfigError: a file that cannot be loaded.
+    """
+    if ca is None:
+        return None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cert is not None and key is not None:
+            context.load_cert_chain(certfile=cert, keyfile=key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"DICOM TLS to the PACS: cannot load {ca}{f', {cert} or {key}' if cert else ''}: {exc}"
+        ) from exc
+    return context
+
+
 def _suffixed(uid: Callable[[str], str], suffix: str) -> Callable[[str], str]:
     return lambda role: uid(f"{role}-{suffix}")
 
 
-def send(instances: list[Dataset], destination: Destination, calling_ae: str) -> None:
-    """C-STORE each instance to ``destination``.
+def send(
+    instances: list[Dataset], destination: Destination, calling_ae: str, tls: ssl.SSLContext | None = None
+) -> None:
+    """C-STORE each instance to ``destination`` (over TLS with ``tls``: :func:`client_tls`).
 
     Raises:
         SendFailed: no association, or an instance not accepted.
@@ -140,7 +165,12 @@ def send(instances: list[Dataset], destination: Destination, calling_ae: str) ->
     ae = AE(ae_title=calling_ae)
     for context in (Comprehensive3DSRStorage, ComprehensiveSRStorage, SecondaryCaptureImageStorage):
         ae.add_requested_context(context)
-    association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    association = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        tls_args=(tls, destination.host) if tls is not None else None,
+    )
     if not association.is_established:
         raise SendFailed(f"no association with {destination.ae_title}@{destination.host}:{destination.port}")
     try:
@@ -207,6 +237,7 @@ class ResultsSink:
     sent: SentReports | None = None  # the SRs sent, followed until a verdict supersedes them
     audit: AuditQueue | None = None
     metrics: ReceiverMetrics | None = None
+    tls: ssl.SSLContext | None = None  # DICOM over TLS to the PACS (:func:`client_tls`)
 
     def deliver(self, instances: list[Dataset]) -> int:
         """Keep ``instances`` in the outbox and send everything waiting; returns how many were sent now."""
@@ -216,7 +247,9 @@ class ResultsSink:
     def retry(self) -> int:
         """Send what waits in the outbox; returns how many were sent."""
         count = self.outbox.flush(
-            lambda batch: send(batch, self.destination, self.calling_ae), on_sent=self._sent, on_failure=self._failed
+            lambda batch: send(batch, self.destination, self.calling_ae, self.tls),
+            on_sent=self._sent,
+            on_failure=self._failed,
         )
         if self.metrics is not None:
             self.metrics.outbox_pending.set(len(self.outbox.pending()))

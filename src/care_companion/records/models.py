@@ -221,6 +221,17 @@ class Feedback(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
+class FhirPush(Base):
+    """What a FHIR server was last sent of a prediction: its report status and how many verdicts it showed."""
+
+    __tablename__ = "fhir_pushes"
+
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), primary_key=True)
+    verdicts: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    pushed_at: Mapped[datetime] = _created_at()
+
+
 class DriftCheck(Base):
     """One drift check of a task's rolling window of recent inputs (the service writes one per check)."""
 

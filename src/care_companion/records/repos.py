@@ -24,6 +24,7 @@ from care_companion.records.models import (
     Base,
     DriftCheck,
     Feedback,
+    FhirPush,
     Image,
     Patient,
     Prediction,
@@ -460,6 +461,40 @@ def list_feedback(
     if study_id is not None:
         stmt = stmt.where(Feedback.study_id == study_id)
     return _page(session, stmt.order_by(Feedback.id), offset=offset, limit=limit)
+
+
+def results_to_push(*, session: Session, limit: int = DEFAULT_LIMIT) -> list[tuple[Prediction, int]]:
+    """Predictions of studies a FHIR server has not been sent as they stand, oldest first, each with its number of
+    verdicts (on it, or on its whole study): never sent, or sent showing fewer verdicts."""
+    verdicts = (
+        select(func.count(Feedback.id))
+        .where(
+            Feedback.study_id == Prediction.study_id,
+            or_(Feedback.prediction_id == Prediction.id, Feedback.prediction_id.is_(None)),
+        )
+        .correlate(Prediction)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(Prediction, verdicts)
+        .outerjoin(FhirPush, FhirPush.prediction_id == Prediction.id)
+        .where(Prediction.study_id.is_not(None), or_(FhirPush.prediction_id.is_(None), FhirPush.verdicts < verdicts))
+        .order_by(Prediction.id)
+        .limit(limit)
+    )
+    return [(prediction, int(count)) for prediction, count in session.execute(stmt)]
+
+
+def mark_pushed(*, session: Session, prediction_id: int, verdicts: int, status: str) -> FhirPush:
+    """Note that a FHIR server now holds ``prediction_id`` as ``status`` with ``verdicts`` verdicts."""
+    row = session.get(FhirPush, prediction_id)
+    if row is None:
+        row = FhirPush(prediction_id=prediction_id, verdicts=verdicts, status=status)
+        session.add(row)
+    else:
+        row.verdicts, row.status, row.pushed_at = verdicts, status, utcnow()
+    session.flush()
+    return row
 
 
 def recent_outcomes(*, session: Session, task: str, limit: int) -> list[tuple[str | None, bool | None, str]]:
