@@ -6,8 +6,8 @@ multi-view task ``ViewPosition`` one of a view's ``dicom_views`` values (an inst
 read by its ``ViewCodeSequence``: the SNOMED CT projection codes of CID 4010 stand for the matching
 ``ViewPosition`` terms; an oblique projection is no view of ours). An instance no task accepts is kept
 apart (``unroutable/``) and refused with a clear status; nothing is guessed. Our own results (``Manufacturer``
-Care Companion: the SR and heat-map Secondary Captures, which carry their source's body part) are never read
-as films, should the PACS send them back.
+Care Companion: the SR and heat-map Secondary Captures) are never read as films, whatever their headers say,
+should the PACS send them back.
 
 The spool (``CARE_DATA_DIR/dicom-spool`` by default) holds ``incoming/<StudyInstanceUID>/<SOPInstanceUID>.dcm``,
 each written to a temporary name, flushed to disk and renamed before the sender hears success, so an
