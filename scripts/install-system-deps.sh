@@ -4,6 +4,7 @@
 #                              tests/integration/test_prometheus_scrape.py)
 #   chromium, chromium-driver  the browser tests (pytest -m browser)
 #   orthanc, orthanc-dicomweb  a real PACS for the DICOM round trip (tests/integration/test_orthanc_roundtrip.py)
+#   docker-compose             `docker-compose config` on the compose files (tests/unit/test_deploy_files.py)
 #
 # Idempotent: installs only what is missing, and does nothing (exit 0) where apt-get is absent or cannot be
 # used (not root and no password-less sudo, apt-get update failing); the tests then skip with the reason.
@@ -47,9 +48,10 @@ declare -A options=(
     [chromium-driver]=""
     [orthanc]="--no-install-recommends"
     [orthanc-dicomweb]="--no-install-recommends"
+    [docker-compose]="--no-install-recommends"
 )
 missing=()
-for package in prometheus chromium chromium-driver orthanc orthanc-dicomweb; do
+for package in prometheus chromium chromium-driver orthanc orthanc-dicomweb docker-compose; do
     if installed "$package"; then
         say "$package: already installed"
     else

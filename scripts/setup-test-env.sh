@@ -35,7 +35,7 @@ done
 PYTHON=${PYTHON:-.venv/bin/python}
 STAMP_DIR=${STAMP_DIR:-.venv}
 FAILED_STAMP="$STAMP_DIR/.system-deps-failed"
-PACKAGES=(prometheus chromium chromium-driver orthanc orthanc-dicomweb)
+PACKAGES=(prometheus chromium chromium-driver orthanc orthanc-dicomweb docker-compose)
 say() { echo "setup-test-env: $*"; }
 
 # -- 1. Debian packages -------------------------------------------------------------------------------------
@@ -47,6 +47,7 @@ present() {
         chromium-driver) command -v chromedriver >/dev/null 2>&1 ;;
         orthanc) [[ -x /usr/sbin/Orthanc ]] ;;
         orthanc-dicomweb) [[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] ;;
+        docker-compose) command -v docker-compose >/dev/null 2>&1 ;;
     esac
 }
 missing() {

@@ -1,0 +1,2 @@
+-- MLflow's tracking store lives beside the records database, in a database of its own.
+CREATE DATABASE mlflow OWNER care;

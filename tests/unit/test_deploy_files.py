@@ -1,0 +1,168 @@
+"""The container and compose files, checked statically since Docker does not run here: hadolint on the
+Dockerfile, `docker-compose config` and the compose-spec schema on the compose file, promtool on its Prometheus
+configuration (each checker shown to reject a broken fixture); and checked against the code: the image runs
+as a non-root user with a health check on a real route, every command it or compose runs is a real CLI command
+or an installed program, every CARE_ variable is a Settings field, and the load balancer and Prometheus point
+at services compose defines."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from care_companion.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+COMPOSE_DIR = ROOT / "deploy" / "compose"
+COMPOSE = COMPOSE_DIR / "docker-compose.yml"
+ENV_EXAMPLE = COMPOSE_DIR / "env.example"
+BIN = Path(sys.executable).parent
+# Variables compose passes that belong to other programs (the S3 client, MLflow, PostgreSQL, MinIO, Grafana).
+FOREIGN = re.compile(r"^(AWS_|MLFLOW_S3_|POSTGRES_|MINIO_|GF_)")
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
+    if found is None:
+        pytest.skip(f"{name} is not installed (make test installs it: scripts/setup-test-env.sh, pyproject dev extras)")
+    return found
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def cli_command(args: list[str]) -> bool:
+    """Whether ``care-companion <args>`` names a real command (options after it are not checked)."""
+    import click
+    import typer
+
+    from care_companion.cli.main import app
+
+    command: click.Command = typer.main.get_command(app)
+    for word in args:
+        if word.startswith("-"):
+            break
+        if not isinstance(command, click.Group):
+            break
+        if word not in command.commands:
+            return False
+        command = command.commands[word]
+    return not isinstance(command, click.Group)
+
+
+# -- the Dockerfile ------------------------------------------------------------------------------------------
+
+
+def test_hadolint_passes_the_dockerfile_and_rejects_a_broken_one(tmp_path: Path) -> None:
+    hadolint = tool("hadolint")
+    checked = run(hadolint, str(DOCKERFILE))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    broken = tmp_path / "Dockerfile"
+    broken.write_text("FROM python:latest\nRUN apt-get install curl\nRUN cd /tmp && pip install flask\n")
+    refused = run(hadolint, str(broken))
+    assert refused.returncode != 0 and "DL3007" in refused.stdout  # `latest`, among others
+
+
+def test_the_image_runs_as_a_user_with_a_health_check_and_the_cli() -> None:
+    text = DOCKERFILE.read_text()
+    runtime = text[text.rindex("FROM ") :]  # the last stage is the image
+    user = re.findall(r"^USER (\S+)", runtime, re.M)
+    assert user and not user[-1].startswith(("root", "0")), "the image must not run as root"
+    assert re.search(r"^HEALTHCHECK .*http://127\.0\.0\.1:8000/health", runtime, re.M | re.S)
+    from care_companion.serving.routes import ops
+
+    assert "/health" in {getattr(r, "path", "") for r in ops.routes}  # the liveness route the check calls
+    assert re.search(r'^ENTRYPOINT \["care-companion"\]', runtime, re.M)
+    cmd = re.search(r"^CMD (\[.*\])", runtime, re.M)
+    assert cmd and cli_command(yaml.safe_load(cmd.group(1)))
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"ARG CARE_VERSION={version}" in text, "the image's CARE_VERSION must be the package's version"
+    for name in re.findall(r"\bCARE_([A-Z_]+)=", runtime):
+        if name != "VERSION":
+            assert name.lower() in Settings.model_fields, f"ENV CARE_{name} is no Settings field"
+
+
+# -- the compose file ----------------------------------------------------------------------------------------
+
+
+def test_docker_compose_accepts_the_stack_and_rejects_a_broken_one(tmp_path: Path) -> None:
+    docker_compose = tool("docker-compose")
+    profiles = ["--profile", "production", "--profile", "staging"]
+    checked = run(docker_compose, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), *profiles, "config", "-q")
+    assert checked.returncode == 0, checked.stderr
+    (tmp_path / "empty.env").write_text("")
+    no_secrets = run(
+        docker_compose, "--env-file", str(tmp_path / "empty.env"), "-f", str(COMPOSE), *profiles, "config", "-q"
+    )
+    assert no_secrets.returncode != 0 and "POSTGRES_PASSWORD" in no_secrets.stderr  # secrets are required
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text("services:\n  care:\n    image: care-companion:cpu\n    restart: sometimes\n    ports: 8000\n")
+    assert run(docker_compose, "-f", str(broken), "config", "-q").returncode != 0
+
+
+def test_the_compose_file_matches_the_compose_spec_schema(tmp_path: Path) -> None:
+    checker = tool("check-jsonschema")
+    checked = run(checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    broken = tmp_path / "compose.yml"
+    broken.write_text("services:\n  care:\n    image: care-companion:cpu\n    healthcheck: yes-please\n")
+    assert run(checker, "--builtin-schema", "vendor.compose-spec", str(broken)).returncode != 0
+
+
+def test_compose_runs_real_commands_with_real_settings() -> None:
+    services = compose()["services"]
+    ours = {name: s for name, s in services.items() if s.get("image") == "care-companion:cpu"}
+    assert {"care-1", "care-2", "dicom", "migrate", "mlflow", "ray-head"} <= set(ours)
+    for name, service in ours.items():
+        command = service["command"]
+        args = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+        if service.get("entrypoint") == []:  # another program of the image: installed with the package
+            assert (BIN / args[0]).exists(), f"{name} runs {args[0]}, which the package does not install"
+        else:
+            assert cli_command(args), f"{name} runs `care-companion {' '.join(args)}`, which is no CLI command"
+        for variable in service.get("environment", {}):
+            if variable.startswith("CARE_"):
+                field = variable.removeprefix("CARE_").lower()
+                assert field in Settings.model_fields, f"{name}: {variable} is no Settings field"
+            else:
+                assert FOREIGN.match(variable), f"{name}: {variable} is neither a CARE_ setting nor a known client's"
+    replicas = [n for n, s in ours.items() if s["command"] == ["serve"] and "production" in s.get("profiles", [])]
+    assert len(replicas) >= 2, "production needs two replicas behind the load balancer"
+
+
+def test_env_example_gives_every_required_variable() -> None:
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
+    given = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line and line[0] != "#"}
+    assert required and required <= given, f"env.example lacks {required - given}"
+
+
+def test_the_balancer_and_prometheus_point_at_compose_services(tmp_path: Path) -> None:
+    services = set(compose()["services"])
+    upstream = re.findall(r"^\s*server ([\w-]+):8000", (COMPOSE_DIR / "nginx.conf").read_text(), re.M)
+    replicas = {n for n, s in compose()["services"].items() if s.get("command") == ["serve"]}
+    assert set(upstream) == replicas - {"care-staging"} and set(upstream) <= services
+    config = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())
+    targets = {
+        t.split(":")[0] for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    }
+    assert targets - {"localhost"} <= services
+    promtool = tool("promtool")
+    shutil.copy(COMPOSE_DIR / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copy(ROOT / "deploy" / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")  # mounted beside it
+    checked = run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
