@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     chest_model: str | None = Field(default=None, description="Alias of CARE_MODELS__chest.")
     wrist_model: str | None = Field(default=None, description="Alias of CARE_MODELS__wrist.")
     serve_alias: str = Field(default="production", description="Registry alias the service loads first.")
+    canary_percent: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Share of patients (percent) whose studies the registry's canary alias serves, when a task has "
+        "one (0: no canary). A patient always sees the same model.",
+    )
+    canary_alias: str = Field(default="canary", description="Registry alias of the canary version.")
     serve_fallback_alias: str | None = Field(
         default="staging", description="Alias loaded when serve_alias is not set; empty for none."
     )

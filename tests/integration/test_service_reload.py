@@ -254,3 +254,53 @@ def test_configured_alias_reference_is_followed(
         change = client.post("/v1/admin/reload").json()["changes"]["chest"]
         assert change.startswith("kept models:/chest/1") and "no model 'chest' with alias 'canary'" in change
         assert predict(client)["label"] == "normal"
+
+
+def test_a_canary_answers_its_share_of_patients_and_each_patient_sticks(
+    reg_settings: Settings, versions: dict[str, int]
+) -> None:
+    """production = v1 (normal), canary = v2 (pneumonia), CARE_CANARY_PERCENT=50: each patient's studies are
+    answered by the model the patient's bucket names, every time and after a restart; anonymous predictions by
+    production; the results and /v1/models name the version; without the canary alias everyone gets production."""
+    from care_companion.registry.canary import routes_to_canary
+
+    point(reg_settings, production=versions["normal"], staging=None, canary=versions["pneumonia"])
+    settings = serve_settings(reg_settings, canary_percent=50)
+
+    def upload(client: TestClient, patient: int, seed: int) -> dict:
+        response = client.post(
+            "/v1/predict/chest",
+            files={"file": (f"{seed}.png", _png(seed), "image/png")},
+            data={"patient_id": str(patient)},
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    seen: dict[int, str] = {}
+    with TestClient(create_app(settings)) as client:
+        sign_in(client, ADMIN)
+        listed = client.get("/v1/models").json()["data"]
+        assert [(m["version"], m["alias"]) for m in listed] == [("1", "production"), ("2", "canary")]
+        patients = [
+            client.post(
+                "/v1/patients/match", json={"mrn": f"C-{i}", "name": f"P {i}", "department": "radiology"}
+            ).json()["id"]
+            for i in range(16)
+        ]
+        for i, patient in enumerate(patients):
+            answer = upload(client, patient, i)
+            expected = "2" if routes_to_canary("chest", patient, 50) else "1"
+            assert answer["model"]["version"] == expected and answer["label"] == LABEL_OF_VERSION[expected]
+            again = upload(client, patient, 100 + i)  # the same patient's next study: the same model
+            assert again["model"]["version"] == expected
+            seen[patient] = expected
+        assert set(seen.values()) == {"1", "2"}  # both models answered someone
+        assert predict(client)["model"]["version"] == "1"  # anonymous: production
+    with TestClient(create_app(settings)) as client:  # a restart (or another replica) routes alike
+        sign_in(client, ADMIN)
+        for i, patient in enumerate(patients):
+            assert upload(client, patient, 200 + i)["model"]["version"] == seen[patient]
+        point(reg_settings, canary=None)
+        changes = client.post("/v1/admin/reload").json()["changes"]
+        assert "canary ended" in changes["chest"]
+        assert {upload(client, p, 300)["model"]["version"] for p in patients} == {"1"}

@@ -4,6 +4,10 @@ A task's model comes from a configured reference (a bundle folder or a registry 
 by default, from the registry alias ``serve_alias`` (production), falling back to ``serve_fallback_alias``
 (staging). :meth:`ModelManager.refresh` looks the reference up again and, when it points at another version,
 loads it, swaps it in and closes the old one once the requests holding it have finished.
+
+With ``CARE_CANARY_PERCENT`` above 0, a task served from the registry also serves the version under the canary
+alias (``CARE_CANARY_ALIAS``), when there is one and it is not production's: that share of patients
+(:func:`~care_companion.registry.canary.routes_to_canary`) is answered by it, everyone else by production.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from care_companion.config import Settings
 from care_companion.errors import CareError, ServiceUnavailable
 from care_companion.models.bundle import BUNDLE_FILE
 from care_companion.monitoring.metrics import ServiceMetrics
+from care_companion.registry.canary import routes_to_canary
 from care_companion.registry.models import alias_version, resolve_bundle
 from care_companion.registry.refs import ModelRef, RefKind
 from care_companion.serving.engine import ModelSource, ServedModel, start_model
@@ -56,6 +61,17 @@ def find_source(task: str, settings: Settings) -> ModelSource | str:
     )
 
 
+def find_canary(task: str, settings: Settings) -> ModelSource | None:
+    """The canary version of ``task`` to serve beside production, or None: no canary share, a task whose model is
+    configured explicitly, or no version under the canary alias (blocking)."""
+    if settings.canary_percent <= 0 or settings.model_for(task):
+        return None
+    number = alias_version(task, settings.canary_alias, settings)
+    if number is None:
+        return None
+    return ModelSource(ModelRef.registered(task, number).uri, version=str(number), alias=settings.canary_alias)
+
+
 def _folder_stamp(folder: Path) -> str | None:
     """A bundle folder's identity for change detection: the modification time of its metadata."""
     meta = folder / BUNDLE_FILE
@@ -73,6 +89,7 @@ class ModelManager:
         self.metrics = metrics
         self.tasks = tasks
         self._models: dict[str, ServedModel] = {}
+        self._canaries: dict[str, ServedModel] = {}
         self.unavailable: dict[str, str] = {}
         self._lock = asyncio.Lock()
         for task in tasks:
@@ -88,13 +105,26 @@ class ModelManager:
         return self._models.get(task)
 
     def loaded(self) -> list[ServedModel]:
-        """Every loaded model."""
+        """Every loaded production model (one per task)."""
         return [self._models[t] for t in self.tasks if t in self._models]
 
+    def canaries(self) -> list[ServedModel]:
+        """Every loaded canary model (at most one per task)."""
+        return [self._canaries[t] for t in self.tasks if t in self._canaries]
+
+    def choose(self, task: str, patient: int | None = None) -> ServedModel | None:
+        """The model that answers ``patient``'s studies of ``task`` now: the canary for its share of patients, else
+        production."""
+        canary = self._canaries.get(task)
+        if canary is not None and routes_to_canary(task, patient, self.settings.canary_percent):
+            return canary
+        return self._models.get(task)
+
     @asynccontextmanager
-    async def lease(self, task: str) -> AsyncIterator[ServedModel]:
-        """The task's model, held for one request; 503 (ServiceUnavailable) when there is none."""
-        model = self._models.get(task)
+    async def lease(self, task: str, patient: int | None = None) -> AsyncIterator[ServedModel]:
+        """The model for ``patient``'s study of ``task`` (:meth:`choose`), held for one request; 503
+        (ServiceUnavailable) when there is none."""
+        model = self.choose(task, patient)
         if model is None:
             why = self.unavailable.get(task, f"no {task} model is loaded")
             raise ServiceUnavailable(f"no {task} model is available: {why}", code="model_unavailable")
@@ -107,7 +137,43 @@ class ModelManager:
             changes: dict[str, str] = {}
             for task in tasks or self.tasks:
                 changes[task] = await self._refresh_one(task)
+                canary = await self._refresh_canary(task)
+                if canary:
+                    changes[task] += f"; canary {canary}"
             return changes
+
+    async def _refresh_canary(self, task: str) -> str:
+        """Load, swap or drop the task's canary; what happened ('' when there is none, as before)."""
+        current = self._canaries.get(task)
+        try:
+            found = await asyncio.to_thread(find_canary, task, self.settings)
+        except Exception as exc:  # a registry outage keeps what is served
+            log.warning("could not look up the %s canary: %s", task, exc)
+            return f"kept: registry lookup failed ({type(exc).__name__}: {exc})" if current else ""
+        production = self._models.get(task)
+        if found is not None and production is not None and production.source.identity == found.identity:
+            found = None  # the canary version is production's: nothing to compare
+        if found is None:
+            if current is None:
+                return ""
+            del self._canaries[task]
+            await current.close()
+            return f"ended ({current.source.reference})"
+        if current is not None and current.source.identity == found.identity:
+            return f"unchanged: {found.reference}"
+        try:
+            model = await asyncio.to_thread(self._open, task, found)
+        except Exception as exc:
+            detail = exc.detail if isinstance(exc, CareError) else f"{type(exc).__name__}: {exc}"
+            log.error("could not load the %s canary %s: %s", task, found.reference, detail)
+            return f"not loaded: {found.reference}: {detail}"
+        model.batcher.start()
+        self._canaries[task] = model
+        log.info("serving %s canary %s to %g%% of patients", task, found.reference, self.settings.canary_percent)
+        if current is not None:
+            await current.close()
+            return f"swapped {current.source.reference} -> {found.reference}"
+        return f"loaded {found.reference} for {self.settings.canary_percent:g}% of patients"
 
     async def _refresh_one(self, task: str) -> str:
         current = self._models.get(task)
@@ -173,3 +239,5 @@ class ModelManager:
         """Close every model (waiting for the requests holding them)."""
         for task in list(self._models):
             await self._models.pop(task).close()
+        for task in list(self._canaries):
+            await self._canaries.pop(task).close()

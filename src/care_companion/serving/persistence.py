@@ -61,6 +61,7 @@ class Caller:
     username: str
     study_id: int | None
     patient_id: int | None = None
+    patient: int | None = None  # whose films these are (the new study's or the existing study's patient)
 
     @property
     def keeps_images(self) -> bool:
@@ -107,9 +108,9 @@ class RecordKeeper:
                 if patient_id is not None:
                     check_permission(user, Permission.WRITE_RECORDS)
                     visible_patient(session, user, patient_id)
-                    return Caller(user.id, user.username, None, patient_id)
+                    return Caller(user.id, user.username, None, patient_id, patient=patient_id)
                 study = study_for_upload(session, user, study_id or 0, task)
-                return Caller(user.id, user.username, study.id)
+                return Caller(user.id, user.username, study.id, patient=study.patient_id)
         except DBAPIError as exc:
             raise database_unavailable(exc) from exc
 

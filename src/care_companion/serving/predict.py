@@ -99,7 +99,9 @@ class Predictor:
             ),
         )
 
-    async def predict(self, task: str, upload: Upload, *, request_id: str, started: float) -> PredictionResult:
+    async def predict(
+        self, task: str, upload: Upload, *, request_id: str, started: float, patient: int | None = None
+    ) -> PredictionResult:
         """One image of ``task``: a calibrated result, or an error (bad image, not an image of this task).
 
         Args:
@@ -107,13 +109,14 @@ class Predictor:
             upload: the file.
             request_id: id echoed in the result and the logs.
             started: ``time.perf_counter()`` when the request arrived, for the reported latency.
+            patient: whose film it is (a canary answers its share of patients); None: production answers.
 
         Raises:
             InvalidImageError: the bytes are not a usable image (the reason says why).
             NotForTask: the image is not an image of this task (a photo, another body part).
             ServiceUnavailable: no model is loaded for the task, or the engine is overloaded.
         """
-        async with self.models.lease(task) as model:
+        async with self.models.lease(task, patient) as model:
             try:
                 prepared = await self._preprocess(model, upload)
             except InvalidImageError as exc:
@@ -237,10 +240,16 @@ class Predictor:
             return
 
     async def predict_study(
-        self, task: str, views: dict[str, Upload | None], *, request_id: str, started: float
+        self,
+        task: str,
+        views: dict[str, Upload | None],
+        *,
+        request_id: str,
+        started: float,
+        patient: int | None = None,
     ) -> PredictionResult:
         """A multi-view study (wrist: ``pa`` and ``lateral``); either view may be missing, and the result then
-        says which views were read and is flagged low-confidence.
+        says which views were read and is flagged low-confidence (``patient``: as for :meth:`predict`).
 
         Raises:
             RequestError: no view at all (422 ``no_images``), or the loaded model does not read studies (503).
@@ -248,7 +257,7 @@ class Predictor:
             ServiceUnavailable: no model is loaded for the task, or the engine is overloaded.
         """
         given = {name: upload for name, upload in views.items() if upload is not None}
-        async with self.models.lease(task) as model:
+        async with self.models.lease(task, patient) as model:
             if not given:
                 raise RequestError(f"send at least one view: {', '.join(views)}", code="no_images")
             if not model.meta.multiview:

@@ -135,10 +135,14 @@ async def predict_and_keep(
     with the films the model read: what an upload and a DICOMweb study both do."""
     if not spec.multiview:
         upload = views[spec.views[0]]
-        result = await predictor.predict(spec.name, upload, request_id=request_id, started=started)
+        result = await predictor.predict(
+            spec.name, upload, request_id=request_id, started=started, patient=caller.patient
+        )
         return await records.keep(caller, [(spec.views[0], upload)], result)
     given: dict[str, Upload | None] = {view: views.get(view) for view in spec.views}
-    result = await predictor.predict_study(spec.name, given, request_id=request_id, started=started)
+    result = await predictor.predict_study(
+        spec.name, given, request_id=request_id, started=started, patient=caller.patient
+    )
     kept = [(view, upload) for view, upload in views.items() if view in result.views_used]
     return await records.keep(caller, kept, result)
 
@@ -319,8 +323,10 @@ async def metrics(registry: MetricsDep) -> Response:
 
 @ops.get("/v1/models", response_model=ModelsResponse, summary="Loaded models")
 async def list_models(models: ModelsDep) -> ModelsResponse:
-    """Loaded models with versions, classes and operating-point thresholds; why any task has none."""
-    return ModelsResponse(data=[model_info(m) for m in models.loaded()], unavailable=dict(models.unavailable))
+    """Loaded models with versions, classes and operating-point thresholds (production first, then any canary,
+    alias ``canary``); why any task has none."""
+    served = models.loaded() + models.canaries()
+    return ModelsResponse(data=[model_info(m) for m in served], unavailable=dict(models.unavailable))
 
 
 @ops.post(
