@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         "one (0: no canary). A patient always sees the same model.",
     )
     canary_alias: str = Field(default="canary", description="Registry alias of the canary version.")
+    release_min_canary_studies: int = Field(
+        default=30, ge=1, description="Radiologist-confirmed canary studies needed before canary -> production."
+    )
+    release_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Significance of the one-sided test that refuses a canary whose sensitivity is below production's.",
+    )
     serve_fallback_alias: str | None = Field(
         default="staging", description="Alias loaded when serve_alias is not set; empty for none."
     )

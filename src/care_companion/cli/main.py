@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from care_companion import __version__
-from care_companion.cli import data, db, dicom, drift, feedback, fhir, registry, train, users
+from care_companion.cli import data, db, dicom, drift, feedback, fhir, registry, release, train, users
 from care_companion.cli.common import setup_logging
 from care_companion.cli.demo import demo_cmd
 from care_companion.cli.evaluate import evaluate_cmd
@@ -29,6 +29,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(drift.app, name="drift")
 app.add_typer(dicom.app, name="dicom")
 app.add_typer(fhir.app, name="fhir")
+app.add_typer(release.app, name="release")
 app.command("evaluate")(evaluate_cmd)
 app.command("demo")(demo_cmd)
 app.command("serve")(serve_cmd)

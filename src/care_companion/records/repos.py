@@ -521,6 +521,24 @@ def recent_outcomes(*, session: Session, task: str, limit: int) -> list[tuple[st
     return [(predicted, positive, truth) for predicted, positive, truth in session.execute(stmt)]
 
 
+def version_outcomes(*, session: Session, task: str, version: str) -> list[tuple[bool, str]]:
+    """Radiologists' verdicts on the studies model version ``version`` of ``task`` answered: (whether its
+    prediction was positive, the true label), the latest verdict of each study."""
+    latest = (
+        select(func.max(Feedback.id).label("id"))
+        .join(Prediction, Feedback.prediction_id == Prediction.id)
+        .where(Prediction.task == task, Prediction.model_version == version)
+        .group_by(Feedback.study_id)
+        .subquery()
+    )
+    stmt = (
+        select(Prediction.positive, Feedback.true_label)
+        .join(Feedback, Feedback.prediction_id == Prediction.id)
+        .join(latest, Feedback.id == latest.c.id)
+    )
+    return [(bool(positive), truth) for positive, truth in session.execute(stmt)]
+
+
 # -- drift checks --------------------------------------------------------------------------------------------
 
 

@@ -370,6 +370,21 @@ def _resolve_run(ref: ModelRef, settings: Settings) -> Path:
     return _download(ref.uri, _cache_key("run", ref.run_id, ref.path), settings, client.tracking_uri)
 
 
+PREVIOUS_PRODUCTION_TAG = "care.previous_production"
+
+
+def previous_production(task: str, settings: Settings) -> int | None:
+    """The version production pointed at before its last move (kept as a tag of the registered model)."""
+    client = tracking_client(settings)
+    value = (_registered_model(client, task).tags or {}).get(PREVIOUS_PRODUCTION_TAG)
+    return int(value) if value else None
+
+
+def note_previous_production(task: str, version: int, settings: Settings) -> None:
+    """Remember ``version`` as the one production pointed at before its move (for a one-step rollback)."""
+    tracking_client(settings).set_registered_model_tag(task, PREVIOUS_PRODUCTION_TAG, str(version))
+
+
 def alias_version(task: str, alias: str, settings: Settings) -> int | None:
     """The version ``alias`` of model ``task`` points at, or ``None`` when the model or alias does not exist.
 
