@@ -74,6 +74,17 @@ class Settings(BaseSettings):
         "one (0: no canary). A patient always sees the same model.",
     )
     canary_alias: str = Field(default="canary", description="Registry alias of the canary version.")
+    canary_mode: Literal["split", "shadow"] = Field(
+        default="split",
+        description="split: the canary answers its share of patients; shadow: it also scores every study production "
+        "answers, results kept for comparison and never shown (a canary is then served even at 0 percent).",
+    )
+    serving_stats_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often each replica writes its per-version traffic (requests, errors, refusals, latency) "
+        "to the records database for the release report (0: only at shutdown).",
+    )
     release_min_canary_studies: int = Field(
         default=30, ge=1, description="Radiologist-confirmed canary studies needed before canary -> production."
     )
@@ -81,7 +92,14 @@ class Settings(BaseSettings):
         default=0.05,
         gt=0,
         lt=1,
-        description="Significance of the one-sided test that refuses a canary whose sensitivity is below production's.",
+        description="Significance of the one-sided tests that refuse a canary whose sensitivity is below, or whose "
+        "error rate is above, production's.",
+    )
+    release_max_latency_increase: float = Field(
+        default=0.25,
+        ge=0,
+        description="Largest allowed rise of the canary's p95 latency over production's (0.25: 25%) before it counts "
+        "as a regression.",
     )
     serve_fallback_alias: str | None = Field(
         default="staging", description="Alias loaded when serve_alias is not set; empty for none."
@@ -247,6 +265,11 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.jwt_secret == DEV_JWT_SECRET:
             raise ValueError("CARE_JWT_SECRET must be set to a private value when CARE_ENVIRONMENT=production")
         return self
+
+    @property
+    def canary_enabled(self) -> bool:
+        """Whether the service serves a canary beside production (a share of patients, or shadow scoring)."""
+        return self.canary_percent > 0 or self.canary_mode == "shadow"
 
     def model_for(self, task: str) -> str | None:
         """The configured model reference of ``task`` (``CARE_MODELS__<task>``, or its older alias), if any."""

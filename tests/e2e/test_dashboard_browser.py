@@ -504,6 +504,14 @@ def test_dashboard_shows_what_the_api_reports(playwright_api: Any, service: Serv
             assert page.get_by_test_id("signed-in-user").inner_text() == f"Signed in as {TECH} (technician)"
             assert page.get_by_test_id("last-updated").inner_text().startswith("Last updated ")
             _check_page_against(page, page_drift, page_health)
+            for task in ("chest", "wrist"):  # the release panel draws the canary report the API gives
+                release = httpx.get(f"{origin}/v1/releases/{task}", headers=headers, timeout=60)
+                assert release.status_code == 200, release.text
+                verdict = page.get_by_test_id(f"{task}-release-verdict")
+                verdict.wait_for(state="visible", timeout=30_000)
+                assert verdict.get_attribute("data-verdict") == release.json()["verdict"] == "no_canary"
+                shown = page.get_by_test_id(f"{task}-release-reasons").inner_text()
+                assert shown.splitlines() == release.json()["reasons"]
             assert page.get_by_test_id("chest-drift-badge").get_attribute("data-state") == "drift"
             assert page.get_by_test_id("chest-pvalue-features").get_attribute("data-flagged") == "true"
             assert page.get_by_test_id("wrist-drift-badge").inner_text() == "Drift check unavailable"

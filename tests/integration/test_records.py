@@ -170,7 +170,7 @@ def _schema_differences(engine: Engine) -> list:
 
 
 def test_migrations_reach_head_and_equal_the_models(engine: Engine) -> None:
-    assert current_revision(engine) == head_revision() == "0006"
+    assert current_revision(engine) == head_revision() == "0007"
     check_migrated(engine)
     assert _schema_differences(engine) == []
     tables = set(inspect(engine).get_table_names())
@@ -183,7 +183,7 @@ def test_check_migrated_refuses_an_empty_database_then_passes(backend: Backend) 
     try:
         assert current_revision(engine) is None
         with pytest.raises(
-            ConfigError, match=r"not migrated \(at empty, code needs 0006\): run `care-companion db upgrade`"
+            ConfigError, match=r"not migrated \(at empty, code needs 0007\): run `care-companion db upgrade`"
         ):
             check_migrated(engine)
         upgrade(url)

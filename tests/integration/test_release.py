@@ -5,6 +5,7 @@ promoted, a worse one refused, rollback moves production back in one step; every
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,22 +15,27 @@ import pytest
 
 from care_companion.config import Settings
 from care_companion.records.db import make_engine, session_factory
+from care_companion.records.models import LATENCY_BUCKETS_MS, ServingStat
 from care_companion.records.repos import (
     add_feedback,
     add_prediction,
+    add_serving_stats,
     create_patient,
     create_study,
     get_user_by_username,
     list_audit,
 )
 from care_companion.records.schemas import FeedbackCreate, PatientCreate, PredictionCreate, StudyCreate
-from care_companion.registry.models import alias_version, register_bundle
+from care_companion.registry.models import CANARY_SPLIT_DETAIL_TAG, CANARY_SPLIT_TAG, alias_version, register_bundle
 from care_companion.registry.tracking import start_run
-from care_companion.release.promotion import PromotionRefused, fisher_less, promote, rollback
+from care_companion.release.promotion import PromotionRefused, promote, rollback
+from care_companion.release.report import fisher_less
 from tests.conftest import write_bundle
 from tests.helpers import migrated, seed_users
 
 pytestmark = pytest.mark.integration
+
+CANARY_PASSED = {CANARY_SPLIT_TAG: "passed"}  # as training tags a version that passed the gate on the canary split
 
 
 @pytest.fixture
@@ -42,7 +48,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
         for i in range(3):
             bundle = write_bundle(tmp_path / f"b{i}")
             with start_run(settings, "chest", f"v{i}", {"task": "chest"}) as run:
-                register_bundle(bundle, task="chest", run_id=run.run_id, settings=settings)
+                register_bundle(bundle, task="chest", run_id=run.run_id, settings=settings, tags=CANARY_PASSED)
         engine = make_engine(settings.db_url)
         sessions = session_factory(engine)
         with sessions() as session, session.begin():
@@ -88,6 +94,29 @@ def confirm(world: dict[str, Any], version: int, *, diseased: int, detected: int
                 feedback_in=FeedbackCreate(true_label=truth),
                 prediction_id=prediction.id,
             )
+        serve(session, version, requests=len(cases), errors=0, latency_ms=40)
+
+
+def serve(session: Any, version: int, *, requests: int, errors: int, latency_ms: float, role: str = "canary") -> None:
+    """One replica's traffic counts for ``version``: ``requests`` of which ``errors`` failed, the rest answered in
+    about ``latency_ms``."""
+    counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    counts[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] = requests - errors
+    add_serving_stats(
+        session=session,
+        rows=[
+            ServingStat(
+                task="chest",
+                model_version=str(version),
+                role=role,
+                replica="test",
+                requests=requests,
+                errors=errors,
+                refused=0,
+                latency_counts=counts,
+            )
+        ],
+    )
 
 
 def move(world: dict[str, Any], version: int, to: str) -> Any:
@@ -107,11 +136,13 @@ def test_the_order_is_enforced_and_a_better_canary_is_promoted_then_rolled_back(
         move(world, 2, "canary")  # version 3, registered last, is at staging
     move(world, 2, "staging")
     move(world, 2, "canary")
+    confirm(world, 1, diseased=10, detected=10, healthy=10)  # production answers everyone else meanwhile
     with pytest.raises(PromotionRefused, match="fewer than the 20 required"):
         move(world, 2, "production")
     confirm(world, 2, diseased=12, detected=12, healthy=10)
     decision = move(world, 2, "production")
-    assert decision.evidence["canary"]["sensitivity"] == 1.0 and decision.evidence["p_value"] == 1.0
+    assert decision.evidence["canary"]["sensitivity"]["value"] == 1.0
+    assert decision.evidence["p_values"]["sensitivity"] == 1.0
     assert alias_version("chest", "production", settings) == 2
     back = rollback("chest", settings, world["sessions"])
     assert back.version == 1 and alias_version("chest", "production", settings) == 1
@@ -128,6 +159,7 @@ def test_a_canary_that_misses_disease_is_refused(world: dict[str, Any]) -> None:
     move(world, 1, "production")
     move(world, 2, "staging")
     move(world, 2, "canary")
+    confirm(world, 1, diseased=20, detected=19, healthy=10)
     confirm(world, 2, diseased=20, detected=12, healthy=10)  # 0.60 against production's 0.95
     with pytest.raises(PromotionRefused, match="significantly below production"):
         move(world, 2, "production")
@@ -160,3 +192,90 @@ def test_the_cli_moves_and_refuses_with_a_clear_message(world: dict[str, Any], m
         assert nothing.exit_code == 2 and "no earlier production version" in nothing.output
     finally:
         get_settings.cache_clear()
+
+
+def test_auto_promotes_a_better_canary_and_ends_a_worse_one_in_a_feedback_stream(world: dict[str, Any]) -> None:
+    """Verdicts arrive a few studies at a time, and ``auto`` runs after each batch as a schedule would: it waits
+    while the evidence is thin, promotes a canary as good as production once enough studies are confirmed, and
+    ends (un-aliases) a canary that misses disease as soon as the difference is significant."""
+    from care_companion.release.promotion import auto
+
+    settings, sessions = world["settings"], world["sessions"]
+    move(world, 1, "staging")
+    move(world, 1, "canary")
+    confirm(world, 1, diseased=10, detected=10, healthy=10)
+    move(world, 1, "production")
+    move(world, 2, "staging")
+    move(world, 2, "canary")
+    verdicts = []
+    for _ in range(10):
+        confirm(world, 1, diseased=6, detected=5, healthy=6)  # production: 5 of 6 diseased caught
+        confirm(world, 2, diseased=3, detected=3, healthy=3)  # the canary: every one
+        report, moved = auto("chest", settings, sessions)
+        verdicts.append(report.verdict)
+        if moved is not None:
+            break
+    assert verdicts[0] == "wait" and verdicts[-1] == "promote" and len(verdicts) == 4  # 4 x 6 = 24 >= 20 studies
+    assert alias_version("chest", "production", settings) == 2
+    move(world, 3, "staging")
+    move(world, 3, "canary")
+    verdicts = []
+    for _ in range(10):
+        confirm(world, 2, diseased=6, detected=6, healthy=6)
+        confirm(world, 3, diseased=3, detected=1, healthy=3)  # misses two in three
+        report, moved = auto("chest", settings, sessions)
+        verdicts.append(report.verdict)
+        if moved is not None:
+            break
+    assert verdicts[-1] == "rollback" and len(verdicts) < 5, verdicts
+    assert report.p_values["sensitivity"] < settings.release_alpha
+    assert alias_version("chest", "canary", settings) is None  # ended
+    assert alias_version("chest", "production", settings) == 2  # production untouched
+    with sessions() as session:
+        ended, _ = list_audit(session=session, action="release.rollback")
+    assert ended[0].detail["evidence"]["ended"] is True and ended[0].resource_id == "chest/3"
+
+
+def test_release_status_prints_the_report(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from care_companion.cli.main import app
+    from care_companion.config import get_settings
+
+    move(world, 1, "staging")
+    move(world, 1, "canary")
+    confirm(world, 1, diseased=3, detected=2, healthy=3)
+    monkeypatch.setenv("CARE_DATA_DIR", str(world["settings"].data_dir))
+    monkeypatch.setenv("CARE_RELEASE_MIN_CANARY_STUDIES", "20")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        shown = runner.invoke(app, ["release", "status", "--task", "chest"])
+        assert shown.exit_code == 0, shown.output
+        assert "canary (version 1)" in shown.output and "0.667 (2/3" in shown.output and "verdict: wait" in shown.output
+        as_json = runner.invoke(app, ["release", "status", "--task", "chest", "--json"])
+        assert '"verdict": "wait"' in as_json.output
+        waited = runner.invoke(app, ["release", "promote", "--task", "chest", "--auto"])
+        assert waited.exit_code == 0 and "verdict wait: nothing moved" in waited.output, waited.output
+    finally:
+        get_settings.cache_clear()
+
+
+def test_only_a_version_that_passed_on_the_canary_split_reaches_canary(world: dict[str, Any], tmp_path: Path) -> None:
+    """Training tags each version with the registry gate on the data set's 1% canary split; a version that failed
+    it, or has no such evaluation, may be staged but never serve patients as the canary."""
+    settings = world["settings"]
+    refused = {CANARY_SPLIT_TAG: "refused", CANARY_SPLIT_DETAIL_TAG: "tuberculosis sensitivity 0.50 < required 0.95"}
+    for number, tags in ((4, refused), (5, None)):
+        bundle = write_bundle(tmp_path / f"c{number}")
+        with start_run(settings, "chest", f"v{number}", {"task": "chest"}) as run:
+            assert register_bundle(bundle, task="chest", run_id=run.run_id, settings=settings, tags=tags) == number
+    move(world, 4, "staging")
+    with pytest.raises(PromotionRefused, match=r"failed the gate: tuberculosis sensitivity 0\.50"):
+        move(world, 4, "canary")
+    move(world, 5, "staging")
+    with pytest.raises(PromotionRefused, match="no offline evaluation on the canary split"):
+        move(world, 5, "canary")
+    assert alias_version("chest", "canary", settings) is None
+    move(world, 1, "staging")
+    assert move(world, 1, "canary").evidence["canary_split"]["gate"] == "passed"

@@ -304,3 +304,70 @@ def test_a_canary_answers_its_share_of_patients_and_each_patient_sticks(
         changes = client.post("/v1/admin/reload").json()["changes"]
         assert "canary ended" in changes["chest"]
         assert {upload(client, p, 300)["model"]["version"] for p in patients} == {"1"}
+
+
+def test_shadow_mode_scores_production_studies_with_the_canary_and_never_shows_it(
+    reg_settings: Settings, versions: dict[str, int]
+) -> None:
+    """production = v1 (normal), canary = v2 (pneumonia) in shadow mode at 0%: every study is answered by
+    production, and only production's answer is ever returned (results, the study's predictions, the worklist);
+    the canary's answers on the same films are kept and the canary report compares the two; each replica's traffic
+    per version reaches the records at shutdown."""
+    from sqlalchemy import func, select
+
+    from care_companion.records.db import make_engine, session_factory
+    from care_companion.records.models import ServingStat, ShadowPrediction
+
+    point(reg_settings, production=versions["normal"], staging=None, canary=versions["pneumonia"])
+    settings = serve_settings(reg_settings, canary_mode="shadow", canary_percent=0, serving_stats_seconds=0)
+    engine = make_engine(settings.db_url)
+    sessions = session_factory(engine)
+
+    def shadows() -> int:
+        with sessions() as session:
+            return session.scalar(select(func.count()).select_from(ShadowPrediction)) or 0
+
+    before = shadows()
+    try:
+        with TestClient(create_app(settings)) as client:
+            sign_in(client, ADMIN)
+            studies = []
+            for i in range(6):
+                patient = client.post(
+                    "/v1/patients/match", json={"mrn": f"S-{i}", "name": f"S {i}", "department": "radiology"}
+                ).json()["id"]
+                response = client.post(
+                    "/v1/predict/chest",
+                    files={"file": (f"{i}.png", _png(i), "image/png")},
+                    data={"patient_id": str(patient)},
+                )
+                assert response.status_code == 200, response.text
+                answer = response.json()
+                assert answer["model"]["version"] == "1" and answer["label"] == "normal"
+                studies.append(answer["study_id"])
+            deadline = time.monotonic() + 20
+            while shadows() < before + 6 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert shadows() == before + 6
+            listed = {i["study_id"]: i for i in client.get("/v1/worklist", params={"limit": 500}).json()["data"]}
+            assert all(listed[s]["label"] == "normal" and listed[s]["prediction_id"] for s in studies)
+            for study in studies:
+                shown = client.get(f"/v1/studies/{study}/predictions").json()["data"]
+                assert [(p["model_version"], p["label"]) for p in shown] == [("1", "normal")]
+                verdict = client.post(f"/v1/studies/{study}/feedback", json={"true_label": "pneumonia"})
+                assert verdict.status_code == 201, verdict.text
+            report = client.get("/v1/releases/chest")
+            assert report.status_code == 200, report.text
+            body = report.json()
+            assert body["mode"] == "shadow" and body["canary"]["version"] == 2
+            assert body["agreement"]["films"] >= 6 and body["agreement"]["same_label"]["hits"] == 0
+            canary, production = body["canary"], body["production"]
+            assert canary["shadowed_studies"] >= 6 and canary["sensitivity"]["hits"] == canary["sensitivity"]["total"]
+            assert production["sensitivity"]["hits"] == 0 and production["sensitivity"]["total"] >= 6
+        with sessions() as session:
+            rows = session.scalars(select(ServingStat)).all()
+        by_role = {(r.role, r.model_version): r.requests for r in rows}
+        assert by_role.get(("production", "1"), 0) >= 6 and by_role.get(("shadow", "2"), 0) >= 6
+    finally:
+        point(reg_settings, canary=None)
+        engine.dispose()

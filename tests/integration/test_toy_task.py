@@ -20,11 +20,12 @@ from care_companion.config import Settings
 from care_companion.data.manifest import load_manifest
 from care_companion.records.db import make_engine, session_factory
 from care_companion.records.models import TaskRow
+from care_companion.registry.models import CANARY_SPLIT_DETAIL_TAG, CANARY_SPLIT_TAG, version_tags
 from care_companion.serving.app import create_app
 from care_companion.storage import store_from_settings
 from care_companion.tasks import TASKS, register_task, unregister_task
 from care_companion.training.trainer import TrainConfig
-from care_companion.workflows.training import train_task
+from care_companion.workflows.training import CANARY_EVALUATION_FILE, train_task
 from tests.conftest import REPO
 from tests.helpers import migrated, sign_in
 from tests.plugins.ankle import ANKLE, ankle_film, write_ankle_tree
@@ -64,6 +65,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory, ankle_registered: None) ->
     outcome = train_task(ANKLE, config, settings=settings, dataset_version=imported.version, demo=True, int8=False)
     assert outcome.gate.passed, outcome.gate.shortfalls
     assert outcome.registered_version is not None
+    tags = version_tags("ankle", outcome.registered_version, settings)  # the release's staging -> canary evidence
+    canary_items = len(load_manifest(store_from_settings(settings), "ankle", None).split("canary"))
+    assert tags[CANARY_SPLIT_TAG] in (("passed", "refused") if canary_items else ("absent",))
+    assert tags[CANARY_SPLIT_DETAIL_TAG]
+    assert (outcome.bundle_dir / CANARY_EVALUATION_FILE).exists() == bool(canary_items)
     assert load_manifest(store_from_settings(settings), "ankle", None).version == imported.version
     return migrated(settings)
 

@@ -60,6 +60,11 @@ def test_monitoring_needs_a_login(service: dict[str, Any]) -> None:
         assert client.get(path, headers=service["auth"]["tech"]).status_code == 200
     unknown = client.get("/v1/monitoring/drift?task=knee", headers=service["auth"]["tech"])
     assert unknown.status_code == 422 and unknown.json()["error"] == "unknown_task"
+    assert client.get("/v1/releases/chest").status_code == 401
+    release = client.get("/v1/releases/chest", headers=service["auth"]["tech"])
+    assert release.status_code == 200 and release.json()["verdict"] == "no_canary"  # a bundle folder, no registry
+    unknown = client.get("/v1/releases/knee", headers=service["auth"]["tech"])
+    assert unknown.status_code == 422 and unknown.json()["error"] == "unknown_task"
 
 
 def test_drift_of_strange_inputs_is_found_published_and_kept(service: dict[str, Any]) -> None:

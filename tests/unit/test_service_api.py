@@ -70,6 +70,7 @@ ALL_PATHS = {
     "/v1/feedback/export.csv",
     "/v1/monitoring/drift",
     "/v1/monitoring/health",
+    "/v1/releases/{task}",
     "/v1/users",
     "/v1/users/{user_id}",
     "/v1/users/{user_id}/api-keys",

@@ -37,6 +37,8 @@ from care_companion.security import Role
 SEXES = ("F", "M", "O", "U")
 ROLES = tuple(role.value for role in Role)
 CONFIDENCES = ("high", "low")
+# Upper edges (ms) of the serving-latency histogram buckets of ServingStat; one more bucket holds the rest.
+LATENCY_BUCKETS_MS = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_N_label)s",
@@ -202,6 +204,44 @@ class Prediction(Base):
     heatmap: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # see serving.schemas.Heatmap
     confidence_reasons: Mapped[list[str] | None] = mapped_column(JSON)  # why confidence is low
     created_at: Mapped[datetime] = _created_at()
+
+
+class ShadowPrediction(Base):
+    """A canary's answer in shadow mode (``CARE_CANARY_MODE=shadow``) on the films of a prediction production
+    answered: kept to compare the two models on identical films, never shown to anyone."""
+
+    __tablename__ = "shadow_predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id"), index=True)  # production's, shown
+    task: Mapped[str] = mapped_column(ForeignKey("tasks.name"))
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str | None] = mapped_column(String(50), index=True)
+    probabilities: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    label: Mapped[str] = mapped_column(String(50))  # the decided class; the refusal code when refused
+    positive: Mapped[bool] = mapped_column(Boolean)
+    refused: Mapped[bool] = mapped_column(Boolean)  # the canary would have refused the input (422)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ServingStat(Base):
+    """One replica's traffic for one model version over one period: answered, refused and failed requests, and a
+    latency histogram (counts per :data:`LATENCY_BUCKETS_MS` bucket, the last one unbounded). Summed over
+    replicas and periods for the release report's error rate and latency percentile."""
+
+    __tablename__ = "serving_stats"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = _created_at()  # end of the period
+    task: Mapped[str] = mapped_column(ForeignKey("tasks.name"))
+    model_version: Mapped[str | None] = mapped_column(String(50), index=True)
+    role: Mapped[str] = mapped_column(String(20))  # production, canary or shadow
+    replica: Mapped[str] = mapped_column(String(200))
+    requests: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    refused: Mapped[int] = mapped_column(Integer)
+    latency_counts: Mapped[list[int]] = mapped_column(JSON, default=list)
 
 
 class Feedback(Base):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, aliased, defer
 
 from care_companion.errors import DataError
 from care_companion.records.models import (
+    LATENCY_BUCKETS_MS,
     ApiKey,
     AuditLog,
     Base,
@@ -28,6 +29,8 @@ from care_companion.records.models import (
     Image,
     Patient,
     Prediction,
+    ServingStat,
+    ShadowPrediction,
     Study,
     TaskRow,
     User,
@@ -521,22 +524,102 @@ def recent_outcomes(*, session: Session, task: str, limit: int) -> list[tuple[st
     return [(predicted, positive, truth) for predicted, positive, truth in session.execute(stmt)]
 
 
-def version_outcomes(*, session: Session, task: str, version: str) -> list[tuple[bool, str]]:
-    """Radiologists' verdicts on the studies model version ``version`` of ``task`` answered: (whether its
-    prediction was positive, the true label), the latest verdict of each study."""
+def version_outcomes(
+    *, session: Session, task: str, version: str, since: datetime | None = None
+) -> list[tuple[bool, str]]:
+    """Radiologists' verdicts on the studies model version ``version`` of ``task`` answered (since ``since``):
+    (whether its prediction was positive, the true label), the latest verdict of each study."""
     latest = (
         select(func.max(Feedback.id).label("id"))
         .join(Prediction, Feedback.prediction_id == Prediction.id)
         .where(Prediction.task == task, Prediction.model_version == version)
         .group_by(Feedback.study_id)
-        .subquery()
     )
+    if since is not None:
+        latest = latest.where(Prediction.created_at >= since)
+    chosen = latest.subquery()
     stmt = (
         select(Prediction.positive, Feedback.true_label)
         .join(Feedback, Feedback.prediction_id == Prediction.id)
-        .join(latest, Feedback.id == latest.c.id)
+        .join(chosen, Feedback.id == chosen.c.id)
     )
     return [(bool(positive), truth) for positive, truth in session.execute(stmt)]
+
+
+def shadow_outcomes(
+    *, session: Session, task: str, version: str, since: datetime | None = None
+) -> list[tuple[bool, str]]:
+    """Radiologists' verdicts on the studies version ``version`` scored in shadow (since ``since``): (whether its
+    unseen answer was positive, the true label), the latest verdict of each study."""
+    latest = (
+        select(func.max(Feedback.id).label("id"))
+        .join(ShadowPrediction, Feedback.prediction_id == ShadowPrediction.prediction_id)
+        .where(ShadowPrediction.task == task, ShadowPrediction.model_version == version)
+        .group_by(Feedback.study_id)
+    )
+    if since is not None:
+        latest = latest.where(ShadowPrediction.created_at >= since)
+    chosen = latest.subquery()
+    stmt = (
+        select(ShadowPrediction.positive, Feedback.true_label)
+        .join(Feedback, Feedback.prediction_id == ShadowPrediction.prediction_id)
+        .join(chosen, Feedback.id == chosen.c.id)
+        .where(ShadowPrediction.model_version == version)
+    )
+    return [(bool(positive), truth) for positive, truth in session.execute(stmt)]
+
+
+# -- release evidence ----------------------------------------------------------------------------------------
+
+
+def add_shadow_prediction(*, session: Session, shadow: ShadowPrediction) -> ShadowPrediction:
+    """Keep a canary's unseen answer on a production prediction's films."""
+    ensure_task(session=session, task=shadow.task)
+    session.add(shadow)
+    session.flush()
+    return shadow
+
+
+def shadow_pairs(
+    *, session: Session, task: str, version: str, since: datetime | None = None
+) -> list[tuple[str, bool, str, bool]]:
+    """Every film version ``version`` scored in shadow (since ``since``), with production's answer on it:
+    (production's label, its decision, the shadow's label, its decision)."""
+    stmt = (
+        select(Prediction.label, Prediction.positive, ShadowPrediction.label, ShadowPrediction.positive)
+        .join(Prediction, ShadowPrediction.prediction_id == Prediction.id)
+        .where(ShadowPrediction.task == task, ShadowPrediction.model_version == version)
+    )
+    if since is not None:
+        stmt = stmt.where(ShadowPrediction.created_at >= since)
+    return [(a, bool(b), c, bool(d)) for a, b, c, d in session.execute(stmt)]
+
+
+def add_serving_stats(*, session: Session, rows: list[ServingStat]) -> None:
+    """Keep replicas' traffic counts for some periods."""
+    for task in {row.task for row in rows}:
+        ensure_task(session=session, task=task)
+    session.add_all(rows)
+    session.flush()
+
+
+def serving_totals(
+    *, session: Session, task: str, version: str, roles: tuple[str, ...], since: datetime | None = None
+) -> tuple[int, int, int, list[int]]:
+    """Traffic of version ``version`` in ``roles`` over every replica (since ``since``): requests, errors, refused
+    and the summed latency histogram."""
+    stmt = select(ServingStat).where(
+        ServingStat.task == task, ServingStat.model_version == version, ServingStat.role.in_(roles)
+    )
+    if since is not None:
+        stmt = stmt.where(ServingStat.at >= since)
+    requests = errors = refused = 0
+    counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    for row in session.scalars(stmt):
+        requests, errors, refused = requests + row.requests, errors + row.errors, refused + row.refused
+        for i, n in enumerate(row.latency_counts[: len(counts)]):
+            counts[i] += int(n)
+    return requests, errors, refused, counts
 
 
 # -- drift checks --------------------------------------------------------------------------------------------

@@ -118,11 +118,18 @@ def _validate_bundle_dir(directory: Path) -> BundleMeta:
     return meta
 
 
-def register_bundle(bundle_dir: Path, *, task: str, run_id: str, settings: Settings) -> int:
+# Model-version tags: the registry gate on the bundle's canary-split evaluation (passed, refused, absent) and why.
+CANARY_SPLIT_TAG = "care.canary_split"
+CANARY_SPLIT_DETAIL_TAG = "care.canary_split_detail"
+
+
+def register_bundle(
+    bundle_dir: Path, *, task: str, run_id: str, settings: Settings, tags: dict[str, str] | None = None
+) -> int:
     """Register a bundle as a new version of model ``task`` from run ``run_id``, alias it ``staging``.
 
     The bundle folder is logged as the run's ``bundle`` artifacts unless already there; its test metrics
-    become model-version tags. Returns the new version number.
+    (and ``tags``) become model-version tags. Returns the new version number.
     """
     from mlflow.exceptions import MlflowException
 
@@ -140,6 +147,7 @@ def register_bundle(bundle_dir: Path, *, task: str, run_id: str, settings: Setti
         client.log_artifacts(run_id, str(bundle_dir), BUNDLE_ARTIFACT_PATH)
     source = f"{run.info.artifact_uri.rstrip('/')}/{BUNDLE_ARTIFACT_PATH}"
 
+    extra = dict(tags or {})
     tags = {key: repr(value) for key, value in flatten_metrics(meta.metrics).items()}
     info = {
         "task": meta.task,
@@ -150,6 +158,7 @@ def register_bundle(bundle_dir: Path, *, task: str, run_id: str, settings: Setti
         "git_commit": meta.git_commit or "",
     }
     tags.update({key: value for key, value in info.items() if value})
+    tags.update(extra)
     _ensure_registered_model(client, task)
     description = f"{meta.backbone} on data set {meta.dataset_version or '?'}" + (" (demo)" if meta.demo else "")
     version = client.create_model_version(task, source, run_id, tags=tags, description=description)
@@ -218,6 +227,22 @@ def set_alias(task: str, version: int, alias: str, settings: Settings) -> None:
     client = tracking_client(settings)
     found = _get_version(client, task, version)
     client.set_registered_model_alias(task, alias, str(found.version))
+
+
+def version_tags(task: str, version: int, settings: Settings) -> dict[str, str]:
+    """The tags of version ``version`` of model ``task``.
+
+    Raises:
+        ModelError: no such version.
+    """
+    return dict(_get_version(tracking_client(settings), task, version).tags or {})
+
+
+def delete_alias(task: str, alias: str, settings: Settings) -> None:
+    """Remove ``alias`` of model ``task`` (nothing happens when it is not set)."""
+    client = tracking_client(settings)
+    if (_registered_model(client, task).aliases or {}).get(alias) is not None:
+        client.delete_registered_model_alias(task, alias)
 
 
 def list_versions(task: str, settings: Settings) -> list[VersionInfo]:

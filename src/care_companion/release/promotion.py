@@ -1,24 +1,20 @@
 """Promotion as a decision with evidence (``care-companion release promote``/``rollback``).
 
 The order is enforced: a version goes to ``staging`` (registration already passed the recall gate), then to
-``canary`` only from staging, then to ``production`` only from canary, and only when the canary's evidence
-holds:
-
-* at least ``CARE_RELEASE_MIN_CANARY_STUDIES`` studies it answered were confirmed or corrected by a
-  radiologist, with at least one positive (diseased) among them;
-* its sensitivity on those studies is **not significantly below production's** on production's confirmed
-  studies: a one-sided Fisher exact test of H0 "the canary detects diseased studies at least as often as
-  production" against H1 "less often", refused when p < ``CARE_RELEASE_ALPHA`` (0.05). Fisher's test is exact
-  for the small counts a canary share gives, where a normal approximation is not trustworthy.
+``canary`` only from staging and only when the same gate passed on the data set's 1% canary split (evaluated at
+training, kept as the version's ``care.canary_split`` tag), then to ``production`` only from canary, and only when
+the canary report's rule
+(:mod:`care_companion.release.report`) says promote: enough radiologist-confirmed canary studies, at least one
+diseased, and no significant regression of sensitivity, error rate or latency against production.
 
 A move to production remembers the version it replaced, so ``rollback`` moves production back in one step.
+:func:`auto` applies the rule (for a schedule): it promotes a canary the rule promotes and ends one it rolls back.
 Every move and refusal is an audit row (``release.promote``, ``release.rollback``) with its evidence.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from math import comb
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,37 +22,26 @@ from sqlalchemy.orm import Session, sessionmaker
 from care_companion.access.audit import audit
 from care_companion.config import Settings
 from care_companion.errors import ConfigError, RequestError
-from care_companion.records.repos import version_outcomes
 from care_companion.registry.models import (
+    CANARY_SPLIT_DETAIL_TAG,
+    CANARY_SPLIT_TAG,
     alias_version,
+    delete_alias,
     note_previous_production,
     previous_production,
     set_alias,
+    version_tags,
 )
-from care_companion.tasks import get_task
+from care_companion.release.report import ReleaseReport, release_report
 
 ORDER = ("staging", "canary", "production")
+EVIDENCE_FIELDS = {"since", "production", "canary", "agreement", "verdict", "p_values"}
 
 
 class PromotionRefused(RequestError):
     """The move breaks the order or the evidence does not hold."""
 
     code = "promotion_refused"
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What radiologists said of the studies one version answered."""
-
-    version: int
-    studies: int  # confirmed or corrected studies
-    positives: int  # of those, truly diseased
-    detected: int  # of the diseased, called positive by the version
-
-    @property
-    def sensitivity(self) -> float | None:
-        """Detected / positives, or None without a positive study."""
-        return self.detected / self.positives if self.positives else None
 
 
 @dataclass
@@ -75,44 +60,8 @@ class Decision:
         return not self.reasons
 
 
-def evidence_for(session: Session, task: str, version: int) -> Evidence:
-    """The verdicts on ``version``'s answers, as counts."""
-    positives_of = set(get_task(task).positives)
-    outcomes = version_outcomes(session=session, task=task, version=str(version))
-    diseased = [positive for positive, truth in outcomes if truth in positives_of]
-    return Evidence(version, len(outcomes), len(diseased), sum(diseased))
-
-
-def fisher_less(a_hits: int, a_total: int, b_hits: int, b_total: int) -> float:
-    """One-sided Fisher exact p-value that A's hit rate is below B's: P(A's hits <= a_hits) given the margins."""
-    hits, total = a_hits + b_hits, a_total + b_total
-    denominator = comb(total, hits)
-    low = max(0, hits - b_total)
-    return sum(comb(a_total, k) * comb(b_total, hits - k) for k in range(low, a_hits + 1)) / denominator
-
-
-def canary_decision(
-    decision: Decision, canary: Evidence, production: Evidence | None, *, min_studies: int, alpha: float
-) -> Decision:
-    """Fill ``decision`` (canary -> production) from the canary's and production's evidence."""
-    decision.evidence["canary"] = asdict(canary) | {"sensitivity": canary.sensitivity}
-    if production is not None:
-        decision.evidence["production"] = asdict(production) | {"sensitivity": production.sensitivity}
-    if canary.studies < min_studies:
-        decision.reasons.append(f"{canary.studies} confirmed canary studies, fewer than the {min_studies} required")
-    if canary.positives == 0:
-        decision.reasons.append("no confirmed diseased study among the canary's: its sensitivity is unknown")
-    if production is not None and production.positives and canary.positives:
-        p = fisher_less(canary.detected, canary.positives, production.detected, production.positives)
-        decision.evidence["p_value"] = p
-        decision.evidence["test"] = "one-sided Fisher exact, canary sensitivity below production's"
-        if p < alpha:
-            decision.reasons.append(
-                f"canary sensitivity {canary.sensitivity:.3f} ({canary.detected}/{canary.positives}) is "
-                f"significantly below production's {production.sensitivity:.3f} "
-                f"({production.detected}/{production.positives}; p = {p:.4f} < {alpha})"
-            )
-    return decision
+def _evidence(report: ReleaseReport) -> dict[str, Any]:
+    return report.model_dump(mode="json", include=EVIDENCE_FIELDS) | {"rule": report.reasons}
 
 
 def decide(task: str, version: int, to: str, settings: Settings, sessions: sessionmaker[Session]) -> Decision:
@@ -134,18 +83,22 @@ def decide(task: str, version: int, to: str, settings: Settings, sessions: sessi
             f"the order is {' -> '.join(ORDER)}"
         )
         return decision
+    if to == "canary":
+        tags = version_tags(task, version, settings)
+        result = tags.get(CANARY_SPLIT_TAG)
+        decision.evidence["canary_split"] = {"gate": result, "detail": tags.get(CANARY_SPLIT_DETAIL_TAG)}
+        if result != "passed":
+            why = {
+                "refused": f"its offline evaluation on the data set's canary split failed the gate: "
+                f"{tags.get(CANARY_SPLIT_DETAIL_TAG, '')}",
+                "absent": "its data set had no canary split to evaluate it on",
+            }.get(result or "", "it has no offline evaluation on the canary split (registered before the check)")
+            decision.reasons.append(f"version {version} may not serve real patients: {why}")
     if to == "production":
-        current = alias_version(task, "production", settings)
-        with sessions() as session:
-            canary = evidence_for(session, task, version)
-            production = evidence_for(session, task, current) if current is not None else None
-        canary_decision(
-            decision,
-            canary,
-            production,
-            min_studies=settings.release_min_canary_studies,
-            alpha=settings.release_alpha,
-        )
+        report = release_report(task, settings, sessions)
+        decision.evidence = _evidence(report)
+        if report.verdict != "promote":
+            decision.reasons.extend(report.reasons)
     return decision
 
 
@@ -187,6 +140,22 @@ def rollback(task: str, settings: Settings, sessions: sessionmaker[Session]) -> 
     if not decision.allowed:
         raise PromotionRefused(f"{task} rollback refused: {'; '.join(decision.reasons)}")
     return decision
+
+
+def auto(task: str, settings: Settings, sessions: sessionmaker[Session]) -> tuple[ReleaseReport, Decision | None]:
+    """Apply the canary report's rule once: promote the canary to production when it says promote, end the canary
+    (remove its alias; production keeps serving everyone) when it says rollback, else nothing; audited when it
+    moves. Returns the report and the move made, if any."""
+    report = release_report(task, settings, sessions)
+    if report.canary is None or report.verdict in ("wait", "no_canary"):
+        return report, None
+    if report.verdict == "promote":
+        return report, promote(task, report.canary.version, "production", settings, sessions)
+    ended = _evidence(report) | {"ended": True}
+    decision = Decision(task, report.canary.version, settings.canary_alias, evidence=ended)
+    delete_alias(task, settings.canary_alias, settings)
+    _audit(sessions, "release.rollback", decision)
+    return report, decision
 
 
 def _audit(sessions: sessionmaker[Session], action: str, decision: Decision) -> None:

@@ -35,7 +35,10 @@ from care_companion.serving.pages import pages_router
 from care_companion.serving.persistence import RecordKeeper
 from care_companion.serving.predict import Predictor
 from care_companion.serving.records_routes import records_router
+from care_companion.serving.release_routes import release_router
 from care_companion.serving.routes import ops, predict_router
+from care_companion.serving.shadow import ShadowScorer
+from care_companion.serving.tally import ServingTally
 from care_companion.storage import ObjectStore, store_from_settings
 from care_companion.tasks import load_plugins, task_names
 
@@ -165,7 +168,10 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | Non
             raise
         models = ModelManager(settings, metrics, tasks)
         monitor = Monitor(settings, metrics, models, app.state.sessions)
-        predictor = Predictor(settings, models, metrics, monitor)
+        tally = ServingTally(app.state.sessions, settings.serving_stats_seconds)
+        predictor = Predictor(settings, models, metrics, monitor, tally)
+        shadows = ShadowScorer(predictor, app.state.sessions)
+        app.state.records.on_kept = shadows.submit
         app.state.models, app.state.predictor, app.state.monitor = models, predictor, monitor
         changes = await models.refresh()
         for task, change in changes.items():
@@ -175,6 +181,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | Non
         )
         sweeper.start()
         monitor.start()
+        tally.start()
         poller = (
             asyncio.create_task(_poll(models, settings.model_poll_seconds)) if settings.model_poll_seconds else None
         )
@@ -186,8 +193,10 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | Non
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             await sweeper.stop()
+            await shadows.drain()
             await monitor.stop()
             await models.close()
+            await tally.stop()
             predictor.close()
             engine.dispose()
             log.info("service stopped: requests in flight finished, models closed")
@@ -211,6 +220,7 @@ def create_app(settings: Settings | None = None, *, tasks: tuple[str, ...] | Non
         feedback_router,
         admin_router,
         monitoring_router,
+        release_router,
         pages_router,
     )
     for router in routers:

@@ -77,6 +77,14 @@ def own_session(request: Request) -> Iterator[Session]:
         raise
 
 
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    """The records database's session factory, for routes that read in a worker thread (503 without one)."""
+    return _session_maker(request)
+
+
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+
+
 def get_session(request: Request) -> Iterator[Session]:
     """The request's session, one transaction for the whole request (:func:`own_session`): it commits when the
     endpoint returns, so a request's writes (audit rows included) land together or not at all."""

@@ -5,9 +5,10 @@ by default, from the registry alias ``serve_alias`` (production), falling back t
 (staging). :meth:`ModelManager.refresh` looks the reference up again and, when it points at another version,
 loads it, swaps it in and closes the old one once the requests holding it have finished.
 
-With ``CARE_CANARY_PERCENT`` above 0, a task served from the registry also serves the version under the canary
-alias (``CARE_CANARY_ALIAS``), when there is one and it is not production's: that share of patients
-(:func:`~care_companion.registry.canary.routes_to_canary`) is answered by it, everyone else by production.
+With ``CARE_CANARY_PERCENT`` above 0 (or ``CARE_CANARY_MODE=shadow``), a task served from the registry also serves
+the version under the canary alias (``CARE_CANARY_ALIAS``), when there is one and it is not production's: that
+share of patients (:func:`~care_companion.registry.canary.routes_to_canary`) is answered by it, everyone else by
+production; in shadow mode it also scores production's studies (:mod:`care_companion.serving.shadow`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def find_source(task: str, settings: Settings) -> ModelSource | str:
 def find_canary(task: str, settings: Settings) -> ModelSource | None:
     """The canary version of ``task`` to serve beside production, or None: no canary share, a task whose model is
     configured explicitly, or no version under the canary alias (blocking)."""
-    if settings.canary_percent <= 0 or settings.model_for(task):
+    if not settings.canary_enabled or settings.model_for(task):
         return None
     number = alias_version(task, settings.canary_alias, settings)
     if number is None:
@@ -119,6 +120,18 @@ class ModelManager:
         if canary is not None and routes_to_canary(task, patient, self.settings.canary_percent):
             return canary
         return self._models.get(task)
+
+    def role(self, model: ServedModel) -> str:
+        """``canary`` for a task's canary model, else ``production`` (what the traffic counts file it under)."""
+        return "canary" if self._canaries.get(model.task_name) is model else "production"
+
+    def shadow_for(self, task: str, answered_by: str | None) -> ServedModel | None:
+        """In shadow mode, the canary that also scores a study version ``answered_by`` answered, when that was not
+        the canary itself (None otherwise)."""
+        canary = self._canaries.get(task)
+        if self.settings.canary_mode != "shadow" or canary is None or canary.source.version == answered_by:
+            return None
+        return canary
 
     @asynccontextmanager
     async def lease(self, task: str, patient: int | None = None) -> AsyncIterator[ServedModel]:

@@ -16,7 +16,7 @@ from care_companion.serving.schemas import AUTH_ERRORS
 monitoring_router = APIRouter(tags=["monitoring"])
 
 
-def _tasks(models: ModelManager, task: str | None) -> list[str]:
+def served_tasks(models: ModelManager, task: str | None) -> list[str]:
     """The tasks a query asks about: ``task`` (422 ``unknown_task`` when not served), else every served one."""
     served = list(models.tasks)
     if task is None:
@@ -40,7 +40,7 @@ async def drift(
     """The latest drift check of each task's rolling window against its model's reference profile (per-test
     p-values, the verdict, feature medians, class mix, confidence and rejections) and the checks of the last
     ``hours``."""
-    return await monitor.drift(_tasks(models, task), refresh=refresh, hours=hours)
+    return await monitor.drift(served_tasks(models, task), refresh=refresh, hours=hours)
 
 
 @monitoring_router.get(
@@ -55,4 +55,4 @@ async def health(
     """Per task: the served model and the registry's aliases, throughput and latency over the last five minutes,
     predictions and refused inputs since start-up, and online sensitivity/specificity/accuracy over the last
     confirmed studies (``CARE_ONLINE_WINDOW``)."""
-    return await monitor.health(_tasks(models, task))
+    return await monitor.health(served_tasks(models, task))

@@ -6,7 +6,9 @@ The routers only parse requests and call these; tests call them directly too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
@@ -17,11 +19,12 @@ from care_companion.config import Settings
 from care_companion.errors import CareError, InvalidImageError, NotForTask, RequestError, error_code
 from care_companion.imaging.decode import DecodeLimits
 from care_companion.models.heatmap import shown, view_maps
+from care_companion.models.ood import GateCheck
 from care_companion.monitoring.metrics import ServiceMetrics
 from care_companion.serving.engine import Inference, Prepared, ServedModel
 from care_companion.serving.manager import ModelManager
 from care_companion.serving.monitor import Monitor
-from care_companion.serving.results import decision_rule, interpret
+from care_companion.serving.results import Interpretation, decision_rule, interpret
 from care_companion.serving.schemas import (
     BatchItem,
     BatchResponse,
@@ -32,6 +35,7 @@ from care_companion.serving.schemas import (
     PredictionResult,
     ViewHeatmap,
 )
+from care_companion.serving.tally import ServingTally
 
 WRIST_VIEWS = ("pa", "lateral")
 
@@ -42,6 +46,17 @@ class Upload:
 
     name: str
     data: bytes
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's answer on some films that nobody is shown (a shadow answer)."""
+
+    label: str  # the decided class, or the task's refusal code when the model would refuse the films
+    probabilities: dict[str, float]
+    positive: bool
+    refused: bool
+    latency_ms: float
 
 
 def _model_ref(model: ServedModel) -> ModelRef:
@@ -76,17 +91,34 @@ def heatmap_of(
 class Predictor:
     """Runs uploads through the served models; decoding happens in a worker pool, inference in micro-batches."""
 
-    def __init__(self, settings: Settings, models: ModelManager, metrics: ServiceMetrics, monitor: Monitor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: ModelManager,
+        metrics: ServiceMetrics,
+        monitor: Monitor,
+        tally: ServingTally | None = None,
+    ) -> None:
         self.settings = settings
         self.models = models
         self.metrics = metrics
         self.monitor = monitor
+        self.tally = tally
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
         self.limits = DecodeLimits.from_settings(settings)
 
     def close(self) -> None:
         """Stop the decoding pool."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def _counted(self, model: ServedModel, started: float, role: str | None = None) -> Iterator[None]:
+        """Count the block's request against the model's version (:class:`ServingTally`), when counting."""
+        if self.tally is None:
+            yield
+            return
+        with self.tally.timing(model.task_name, model.source.version, role or self.models.role(model), started):
+            yield
 
     async def _preprocess(self, model: ServedModel, upload: Upload) -> Prepared:
         loop = asyncio.get_running_loop()
@@ -117,13 +149,15 @@ class Predictor:
             ServiceUnavailable: no model is loaded for the task, or the engine is overloaded.
         """
         async with self.models.lease(task, patient) as model:
-            try:
-                prepared = await self._preprocess(model, upload)
-            except InvalidImageError as exc:
-                self.metrics.observe_rejection(task, exc.reason)
-                raise
-            inference = await model.infer(prepared.input)
-            return self._result(model, prepared, inference, upload.name, list(model.meta.views), request_id, started)
+            with self._counted(model, started):
+                try:
+                    prepared = await self._preprocess(model, upload)
+                except InvalidImageError as exc:
+                    self.metrics.observe_rejection(task, exc.reason)
+                    raise
+                inference = await model.infer(prepared.input)
+                what, views = upload.name, list(model.meta.views)
+                return self._result(model, prepared, inference, what, views, request_id, started)
 
     def _refuse(self, model: ServedModel, what: str, why: str) -> NoReturn:
         """Refuse ``what`` as not a radiograph of the model's task (``why``: the score that says so), counting the
@@ -142,6 +176,13 @@ class Predictor:
         self.metrics.observe_rejection(spec.name, error.code)
         raise error
 
+    def _decide(self, model: ServedModel, inference: Inference) -> tuple[GateCheck | None, Interpretation]:
+        """The gate's check and the interpretation at the model's operating point of one inference."""
+        found = interpret(
+            inference.probabilities, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin
+        )
+        return model.gate_check(inference), found
+
     def _result(
         self,
         model: ServedModel,
@@ -157,9 +198,8 @@ class Predictor:
         checked first: a view unlike the task's training films of that view is refused as the reject class is. The input
         goes to drift monitoring, a refused one included."""
         task = model.task.name
-        gate = model.gate_check(inference)
+        gate, found = self._decide(model, inference)
         probs = inference.probabilities
-        found = interpret(probs, model.task, model.predictor.thresholds, margin=self.settings.confidence_margin)
         self.monitor.observe(
             model,
             prepared,
@@ -258,27 +298,59 @@ class Predictor:
         """
         given = {name: upload for name, upload in views.items() if upload is not None}
         async with self.models.lease(task, patient) as model:
-            if not given:
-                raise RequestError(f"send at least one view: {', '.join(views)}", code="no_images")
-            if not model.meta.multiview:
-                raise RequestError(
-                    f"the loaded {task} model ({model.source.reference}) is not a multi-view study model",
-                    code="model_unsupported",
-                    status=503,
-                )
-            loop = asyncio.get_running_loop()
-            try:
-                prepared = await loop.run_in_executor(
-                    self.pool,
-                    lambda: model.preprocess_study(
-                        {view: (upload.data, upload.name) for view, upload in given.items()},
-                        limits=self.limits,
-                    ),
-                )
-            except InvalidImageError as exc:
-                self.metrics.observe_rejection(task, exc.reason)
-                raise
+            with self._counted(model, started):
+                if not given:
+                    raise RequestError(f"send at least one view: {', '.join(views)}", code="no_images")
+                try:
+                    prepared = await self._prepare_study(model, given)
+                except InvalidImageError as exc:
+                    self.metrics.observe_rejection(task, exc.reason)
+                    raise
+                inference = await model.infer(prepared.input)
+                what = " + ".join(upload.name for upload in given.values())
+                used = [view for view in model.meta.views if view in given]
+                return self._result(model, prepared, inference, what, used, request_id, started)
+
+    async def _prepare_study(self, model: ServedModel, given: dict[str, Upload]) -> Prepared:
+        """A study's films decoded and preprocessed for ``model`` in the worker pool.
+
+        Raises:
+            RequestError: the model does not read studies (503).
+            InvalidImageError: a view is not a usable image.
+        """
+        if not model.meta.multiview:
+            raise RequestError(
+                f"the loaded {model.task_name} model ({model.source.reference}) is not a multi-view study model",
+                code="model_unsupported",
+                status=503,
+            )
+        films = {view: (upload.data, upload.name) for view, upload in given.items()}
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: model.preprocess_study(films, limits=self.limits))
+
+    async def score_unseen(self, model: ServedModel, views: dict[str, Upload]) -> Scored:
+        """``model``'s answer on films another model answered, shown to nobody (shadow mode): the same gate,
+        reject class and operating point as a served answer; the films join the model's drift window.
+
+        Raises:
+            InvalidImageError: the films do not decode for this model.
+        """
+        started = time.perf_counter()
+        with self._counted(model, started, role="shadow"):
+            if model.meta.multiview:
+                prepared = await self._prepare_study(model, views)
+            else:
+                prepared = await self._preprocess(model, next(iter(views.values())))
             inference = await model.infer(prepared.input)
-            what = " + ".join(upload.name for upload in given.values())
-            used = [view for view in model.meta.views if view in given]
-            return self._result(model, prepared, inference, what, used, request_id, started)
+            gate, found = self._decide(model, inference)
+            refused = found.rejected or (gate is not None and gate.refused)
+            self.monitor.observe(
+                model, prepared, inference.probabilities, inference.embedding, label=found.label, rejected=refused
+            )
+            return Scored(
+                label=model.task.refusal_code if refused else found.label,
+                probabilities=found.probabilities,
+                positive=found.positive and not refused,
+                refused=refused,
+                latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            )

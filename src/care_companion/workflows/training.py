@@ -28,7 +28,7 @@ from care_companion.models.bundle import CHECKPOINT_FILE, ONNX_FILE, BundleMeta,
 from care_companion.models.export import export_onnx
 from care_companion.models.predictor import BundlePredictor, softmax
 from care_companion.registry.gate import GateResult, check_gate
-from care_companion.registry.models import register_bundle
+from care_companion.registry.models import CANARY_SPLIT_DETAIL_TAG, CANARY_SPLIT_TAG, register_bundle
 from care_companion.registry.tracking import git_commit, start_run
 from care_companion.storage import ObjectStore, store_from_settings
 from care_companion.tasks import TaskSpec
@@ -46,6 +46,7 @@ from care_companion.workflows.scoring import item_probabilities
 log = logging.getLogger(__name__)
 
 EVALUATION_FILE = "evaluation.json"
+CANARY_EVALUATION_FILE = "evaluation_canary.json"  # the same bundle on the data set's 1% canary split
 
 
 class TrainOutcome(BaseModel):
@@ -137,6 +138,7 @@ class _Splits:
     val: ArrayData
     test: ArrayData
     sizes: dict[str, int]
+    canary: ArrayData | None = None  # the 1% split kept for the release's offline check (staging -> canary)
 
 
 @dataclass
@@ -150,6 +152,7 @@ class _Scored:
     temperature: float
     thresholds: dict[str, float]
     warnings: list[str]
+    canary_report: EvaluationReport | None = None  # the same bundle on the canary split
 
 
 def train_task(
@@ -261,7 +264,15 @@ def load_splits(
             raise DataError(f"data set {manifest.version} has no {needed} split; import more images")
     train = cap_per_class(splits["train"], config.max_train_per_class, config.seed)
     sizes = {split: len(part) for split, part in splits.items()}
-    return _Splits(manifest=manifest, train=train, val=splits["val"], test=splits["test"], sizes=sizes)
+    canary = splits.get("canary")
+    return _Splits(
+        manifest=manifest,
+        train=train,
+        val=splits["val"],
+        test=splits["test"],
+        sizes=sizes,
+        canary=canary if canary is not None and len(canary) else None,
+    )
 
 
 def fit(
@@ -341,7 +352,16 @@ def export_and_score(
     plots = write_plots(test.labels, probs, task, report, bundle_dir / "plots")
     meta.metrics = summary_metrics(report, task)
     save_meta(bundle_dir, meta)
+    canary_report = None
+    if data.canary is not None:
+        canary = data.canary
+        canary_probs = item_probabilities(BundlePredictor(bundle_dir), canary)
+        canary_report = evaluate_predictions(
+            canary.labels, canary_probs, task, operating.thresholds, groups=canary.groups, seed=config.seed
+        )
+        (bundle_dir / CANARY_EVALUATION_FILE).write_text(canary_report.model_dump_json(indent=2))
     return _Scored(
+        canary_report=canary_report,
         meta=meta,
         report=report,
         metrics=meta.metrics,
@@ -381,6 +401,22 @@ def add_extras(
     return quantized
 
 
+def canary_split_tags(report: EvaluationReport | None, task: TaskSpec, settings: Settings) -> dict[str, str]:
+    """The registry gate applied to the bundle's canary-split evaluation, as model-version tags that
+    ``release promote --to canary`` requires (``absent``: the data set had no canary split)."""
+    if report is None:
+        return {CANARY_SPLIT_TAG: "absent", CANARY_SPLIT_DETAIL_TAG: "the data set has no canary split"}
+    gate = check_gate(
+        report.model_dump(mode="json"),
+        positives=task.positives,
+        min_sensitivity=settings.gate_min_sensitivity,
+        min_auc=settings.gate_min_auc,
+    )
+    values = ", ".join(f"{name} {check['value']}" for name, check in gate.checks.items())
+    detail = "; ".join(gate.shortfalls) if gate.shortfalls else values
+    return {CANARY_SPLIT_TAG: "passed" if gate.passed else "refused", CANARY_SPLIT_DETAIL_TAG: detail[:5000]}
+
+
 def gate_and_register(
     bundle_dir: Path, task: TaskSpec, scored: _Scored, settings: Settings, run: Any, *, register: bool
 ) -> tuple[GateResult, int | None]:
@@ -393,9 +429,11 @@ def gate_and_register(
         min_auc=settings.gate_min_auc,
     )
     run.set_tags({"gate": "passed" if gate.passed else "refused"})
+    canary = canary_split_tags(scored.canary_report, task, settings)
+    run.set_tags(canary)
     registered = None
     if gate.passed and register:
-        registered = register_bundle(bundle_dir, task=task.name, run_id=run.run_id, settings=settings)
+        registered = register_bundle(bundle_dir, task=task.name, run_id=run.run_id, settings=settings, tags=canary)
     else:
         run.set_tags({"needs_retraining": str(not gate.passed).lower(), "gate_shortfalls": "; ".join(gate.shortfalls)})
         run.log_artifact(bundle_dir, artifact_path="bundle")

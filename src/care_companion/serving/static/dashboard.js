@@ -423,6 +423,7 @@
     grid.appendChild(modelPanel(t, model, haveHealth));
     grid.appendChild(outcomesPanel(t, th));
     grid.appendChild(onlinePanel(t, th));
+    grid.appendChild(releasePanel(t));
     section.appendChild(grid);
     return section;
   }
@@ -667,6 +668,61 @@
     if (online.false_negatives > 0) {
       p.body.appendChild(el("p", { class: "message bad small", text: online.false_negatives + " confirmed disease case(s) were called negative by the model." }));
     }
+    return p.node;
+  }
+
+  function fmtInterval(rate) {
+    if (!rate || !isNum(rate.value)) return DASH;
+    return fmtRate(rate.value) + " (" + rate.hits + "/" + rate.total + "; 95% CI " + fmtRate(rate.low) + "–" + fmtRate(rate.high) + ")";
+  }
+
+  var VERDICT_TEXT = {
+    promote: "Promote: the canary may go to production",
+    rollback: "Roll back: the canary is worse than production",
+    wait: "Wait: not enough evidence yet",
+    no_canary: "No canary running",
+  };
+
+  // The canary report (GET /v1/releases/{task}): filled in when it arrives, so the rest of the page never waits.
+  function releasePanel(t) {
+    var p = panel("Release: production vs canary", t + "-release-panel", "Over the canary window; the rule is release promote --auto's.");
+    p.body.appendChild(el("p", { class: "muted", testid: t + "-release-loading", text: "Loading the canary report…" }));
+    api("/v1/releases/" + encodeURIComponent(t)).then(function (r) {
+      var versions = [r.production, r.canary].filter(function (v) { return v; });
+      var head = el("tr", null, el("th", { text: "" }), versions.map(function (v) {
+        return el("th", { class: "num", text: v.alias + " (v" + v.version + ")" });
+      }));
+      var rows = [
+        ["Confirmed studies", function (v) { return fmtCount(v.confirmed_studies) + (v.shadowed_studies ? " (" + v.shadowed_studies + " shadowed)" : ""); }, "studies"],
+        ["Sensitivity", function (v) { return fmtInterval(v.sensitivity); }, "sensitivity"],
+        ["Specificity", function (v) { return fmtInterval(v.specificity); }, "specificity"],
+        ["Error rate", function (v) { return fmtInterval(v.error_rate); }, "errors"],
+        ["Latency p95", function (v) { return fmtMs(v.latency_ms_p95); }, "latency"],
+        ["Requests (refused)", function (v) { return fmtCount(v.requests) + " (" + fmtCount(v.refused) + ")"; }, "requests"],
+        ["Drift checks (drifted)", function (v) { return fmtCount(v.drift_checks) + " (" + fmtCount(v.drifted_checks) + ")"; }, "drift"],
+      ];
+      var table = el("table", { class: "table compact", testid: t + "-release-table" },
+        el("thead", null, head),
+        el("tbody", null, rows.map(function (row) {
+          return el("tr", null, el("td", { text: row[0] }), versions.map(function (v) {
+            return el("td", { class: "num", testid: t + "-release-" + v.alias + "-" + row[2], text: row[1](v) });
+          }));
+        })));
+      var tone = r.verdict === "rollback" ? "bad" : r.verdict === "promote" ? "ok" : "warn";
+      var nodes = [
+        el("p", { class: "badge big " + tone, testid: t + "-release-verdict", "data-verdict": r.verdict, text: VERDICT_TEXT[r.verdict] || r.verdict }),
+        el("ul", { class: "small", testid: t + "-release-reasons" }, r.reasons.map(function (why) { return el("li", { text: why }); })),
+      ];
+      if (versions.length) nodes.push(table);
+      if (r.agreement) {
+        nodes.push(el("p", { class: "small", testid: t + "-release-agreement", text: "Same decision on " + fmtInterval(r.agreement.same_decision) + " of " + r.agreement.films + " shadowed films" }));
+      }
+      nodes.push(el("p", { class: "muted small", text: (r.since ? "Since " + fmtTime(r.since) : "All time") + " · " + r.mode + " mode, " + r.canary_percent + "% of patients" }));
+      p.body.replaceChildren.apply(p.body, nodes);
+    }).catch(function (err) {
+      if (err instanceof AuthLost) return;
+      p.body.replaceChildren(el("p", { class: "message warn", testid: t + "-release-error", text: "The canary report could not be loaded: " + (err && err.message ? err.message : String(err)) }));
+    });
     return p.node;
   }
 
