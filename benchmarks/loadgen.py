@@ -234,14 +234,24 @@ class Server:
     """A uvicorn server in a subprocess, with its peak RSS sampled every ``interval`` seconds.
 
     Args:
-        app: the ``module:factory`` uvicorn loads with ``--factory``.
+        app: the ``module:factory`` uvicorn loads with ``--factory`` (a label when ``command`` is given).
         port: loopback port.
         env: extra environment variables.
         log: where the server's output goes.
     """
 
-    def __init__(self, app: str, port: int, env: dict[str, str], log: Path, *, interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        app: str,
+        port: int,
+        env: dict[str, str],
+        log: Path,
+        *,
+        interval: float = 0.2,
+        command: list[str] | None = None,
+    ) -> None:
         self.app, self.port, self.env, self.log, self.interval = app, port, env, log, interval
+        self.command = command  # instead of uvicorn (e.g. ``care-companion serve --ray``); must listen on ``port``
         self.base = f"http://127.0.0.1:{port}"
         self.peak_rss = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -257,6 +267,7 @@ class Server:
     def __enter__(self) -> Server:
         cmd = [sys.executable, "-m", "uvicorn", self.app, "--factory", "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--log-level", "warning", "--no-access-log"]
+        cmd = self.command or cmd
         with self.log.open("wb") as out:
             self._proc = subprocess.Popen(cmd, env=os.environ | self.env, stdout=out, stderr=subprocess.STDOUT)
         self._sampler = threading.Thread(target=self._sample, daemon=True)

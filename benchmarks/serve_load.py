@@ -84,6 +84,19 @@ def pick_images(root: Path, limit: int, seed: int = 0) -> list[Path]:
     return sorted(files[:limit])
 
 
+def service_credential(work: Path) -> Path:
+    """A migrated records database under ``work/care-data`` (the service refuses an unmigrated one) and the file
+    holding a technician's API key: every prediction needs a login, and the clients send it as a PACS gateway
+    would."""
+    served = Settings(data_dir=work / "care-data")
+    upgrade(served.db_url)
+    machine = open_account(served, username="loadgen", role="technician", api_key=True, reset=True)
+    credential_file = work / "credential"
+    credential_file.write_text(machine.api_key or "")
+    credential_file.chmod(0o600)
+    return credential_file
+
+
 def _rate(fn: Any, items_per_call: int, seconds: float) -> float:
     """Items per second of calling ``fn(i)`` repeatedly for about ``seconds`` (after one warm-up call)."""
     fn(0)
@@ -231,13 +244,7 @@ def run(args: argparse.Namespace, source: Path, work: Path) -> None:
         )
 
     env = {"CARE_CHEST_MODEL": str(bundle), "CARE_DATA_DIR": str(work / "care-data"), "CARE_MODEL_POLL_SECONDS": "0"}
-    served = Settings(data_dir=work / "care-data")
-    upgrade(served.db_url)  # the service refuses an unmigrated records database
-    # Every prediction needs a login: the clients send a technician's API key, as a PACS gateway would.
-    machine = open_account(served, username="loadgen", role="technician", api_key=True, reset=True)
-    credential_file = work / "credential"
-    credential_file.write_text(machine.api_key or "")
-    credential_file.chmod(0o600)
+    credential_file = service_credential(work)
     print(f"service: {args.concurrency} clients, {args.duration:.0f} s", flush=True)
     with Server("care_companion.serving.app:create_app", args.port, env, work / "service.log") as server:
         snapshots: dict[str, dict[str, float]] = {}

@@ -254,6 +254,17 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("CARE_FIGSHARE_TOKEN", "FIGSHARE_TOKEN"),
     )
     no_progress: bool = Field(default=False, description="Hide progress bars (logs a line now and then instead).")
+    ray_replica_cpus: float = Field(
+        default=1.0, gt=0, description="CPUs Ray Serve reserves for each service replica (serve --ray)."
+    )
+    ray_max_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Upper bound for Ray Serve's autoscaling of service replicas (0: a fixed --replicas count).",
+    )
+    ray_target_ongoing_requests: float = Field(
+        default=8.0, gt=0, description="Requests in flight per replica that Ray Serve's autoscaler aims at."
+    )
     ray_storage: str | None = Field(
         default=None,
         description="Where Ray Train keeps checkpoints (default <data_dir>/ray); on a cluster, storage every node "

@@ -371,3 +371,46 @@ def test_shadow_mode_scores_production_studies_with_the_canary_and_never_shows_i
     finally:
         point(reg_settings, canary=None)
         engine.dispose()
+
+
+def test_release_rollback_under_load_swaps_the_model_without_failed_requests(
+    reg_settings: Settings, versions: dict[str, int]
+) -> None:
+    """Production = v2 after a promotion from v1; ``release rollback`` under traffic: the service follows (a
+    reload, as the poller would within seconds), every request is answered, by one model each, and v1 answers
+    after it."""
+    from care_companion.records.db import make_engine, session_factory
+    from care_companion.registry.models import note_previous_production
+    from care_companion.release.promotion import rollback
+
+    point(reg_settings, production=versions["pneumonia"], staging=None, canary=None)
+    note_previous_production("chest", versions["normal"], reg_settings)
+    settings = serve_settings(reg_settings, max_wait_ms=2)
+    engine = make_engine(settings.db_url)
+    results: list[tuple[int, str | None]] = []
+    done = threading.Event()
+    try:
+        with TestClient(create_app(settings)) as client:
+            sign_in(client, ADMIN)
+            assert served_version(client) == "2"
+
+            def requester(seed: int) -> None:
+                while not done.is_set() or len(results) < 40:
+                    response = client.post("/v1/predict/chest", files={"file": ("x.png", _png(seed), "image/png")})
+                    results.append((response.status_code, response.json().get("model", {}).get("version")))
+
+            with ThreadPoolExecutor(max_workers=5) as pool:
+                workers = [pool.submit(requester, seed) for seed in range(4)]
+                time.sleep(0.3)
+                decision = rollback("chest", settings, session_factory(engine))
+                change = client.post("/v1/admin/reload").json()["changes"]["chest"]
+                time.sleep(0.3)
+                done.set()
+                for worker in workers:
+                    worker.result(timeout=120)
+            assert decision.version == 1 and change == "swapped models:/chest/2 -> models:/chest/1"
+            assert all(status == 200 for status, _ in results), [r for r in results if r[0] != 200]
+            assert {version for _, version in results} == {"1", "2"}
+            assert predict(client)["model"]["version"] == "1"
+    finally:
+        engine.dispose()

@@ -24,6 +24,7 @@ from care_companion.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+DOCKERFILES = (DOCKERFILE, ROOT / "deploy" / "docker" / "Dockerfile.cuda")  # CPU and CUDA images
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
 ENV_EXAMPLE = COMPOSE_DIR / "env.example"
@@ -92,18 +93,20 @@ def cli_command(args: list[str]) -> bool:
 # -- the Dockerfile ------------------------------------------------------------------------------------------
 
 
-def test_hadolint_passes_the_dockerfile_and_rejects_a_broken_one(tmp_path: Path) -> None:
+def test_hadolint_passes_the_dockerfiles_and_rejects_a_broken_one(tmp_path: Path) -> None:
     hadolint = tool("hadolint")
-    checked = run(hadolint, str(DOCKERFILE))
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for dockerfile in DOCKERFILES:
+        checked = run(hadolint, str(dockerfile))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     broken = tmp_path / "Dockerfile"
     broken.write_text("FROM python:latest\nRUN apt-get install curl\nRUN cd /tmp && pip install flask\n")
     refused = run(hadolint, str(broken))
     assert refused.returncode != 0 and "DL3007" in refused.stdout  # `latest`, among others
 
 
-def test_the_image_runs_as_a_user_with_a_health_check_and_the_cli() -> None:
-    text = DOCKERFILE.read_text()
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_image_runs_as_a_user_with_a_health_check_and_the_cli(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
     runtime = text[text.rindex("FROM ") :]  # the last stage is the image
     user = re.findall(r"^USER (\S+)", runtime, re.M)
     assert user and not user[-1].startswith(("root", "0")), "the image must not run as root"
@@ -251,8 +254,9 @@ def test_checkov_passes_the_dockerfile_and_manifests_and_rejects_broken_ones(tmp
     if not CHECKOV.exists():
         pytest.skip("checkov is not installed: scripts/setup-test-env.sh installs it into .venv/tools/checkov")
     base = [str(CHECKOV), "--skip-download", "--quiet", "--compact"]
-    docker = run(*base, "-f", str(DOCKERFILE), "--framework", "dockerfile")
-    assert docker.returncode == 0, docker.stdout[-3000:]
+    for dockerfile in DOCKERFILES:
+        docker = run(*base, "-f", str(dockerfile), "--framework", "dockerfile")
+        assert docker.returncode == 0, docker.stdout[-3000:]
     k8s = run(*base, "-d", str(K8S), "--framework", "kubernetes")
     assert k8s.returncode == 0, k8s.stdout[-3000:]
     (tmp_path / "Dockerfile").write_text("FROM python:latest\nRUN pip install flask\n")

@@ -32,6 +32,29 @@ def run_service(cfg: Settings, *, log_level: str = "info") -> None:
     )
 
 
+def run_ray_service(cfg: Settings, replicas: int, *, address: str | None = None) -> None:
+    """Serve as a Ray Serve deployment of ``replicas`` replicas until interrupted (Ctrl-C or SIGTERM)."""
+    import signal
+    import threading
+
+    from care_companion.serving import ray_serve
+
+    url = f"http://{cfg.host}:{cfg.port}"
+    where = address or "a local Ray instance"
+    console.print(f"[bold]Care Companion service[/] starting on Ray Serve ({where}), {replicas} replica(s) ...")
+    ray_serve.start(cfg, replicas, address=address)
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after Ray's start-up, which installs handlers of its own
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        console.print(f"[bold]Care Companion service[/] on {url}: {replicas} Ray Serve replica(s)")
+        console.print(f"[yellow]{REVIEW_WARNING}")
+        stopping.wait()
+    finally:
+        console.print("stopping: replicas finish their requests")
+        ray_serve.stop()
+
+
 def serve_cmd(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default: CARE_HOST, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: CARE_PORT, 8000).")] = None,
@@ -55,8 +78,19 @@ def serve_cmd(
         str | None, typer.Option(help="Model file: auto (INT8 only if it kept sensitivity), fp32 or int8.")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    ray: Annotated[bool, typer.Option("--ray", help="Serve as a Ray Serve deployment (scale-out).")] = False,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1, help="With --ray: service replicas (autoscaling up to CARE_RAY_MAX_REPLICAS when that is larger)."
+        ),
+    ] = 2,
+    ray_address: Annotated[
+        str | None, typer.Option(help="With --ray: a Ray cluster (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
 ) -> None:
-    """Serve the registered models over HTTP (falls back from production to staging)."""
+    """Serve the registered models over HTTP (falls back from production to staging); --ray runs the same app
+    as a Ray Serve deployment of --replicas replicas."""
     overrides: dict[str, Any] = given(
         host=host,
         port=port,
@@ -71,7 +105,10 @@ def serve_cmd(
         if model:
             overrides["models"] = base.models | parse_model_options(model)
         cfg = Settings.model_validate(base.model_dump() | overrides)
-        run_service(cfg, log_level=log_level)
+        if ray:
+            run_ray_service(cfg, replicas, address=ray_address)
+        else:
+            run_service(cfg, log_level=log_level)
 
 
 def parse_model_options(values: list[str]) -> dict[str, str]:

@@ -8,7 +8,9 @@ held in memory or on disk, whatever the client claims in ``Content-Length``.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +33,7 @@ CONTENT_SECURITY_POLICY = (
     "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 NO_CSP_PATHS = ("/docs", "/redoc")
+REPLICA = f"{socket.gethostname()}:{os.getpid()}".encode()  # which process answered (X-Care-Replica)
 
 
 def security_headers(path: str) -> list[tuple[bytes, bytes]]:
@@ -129,7 +132,11 @@ class RequestGuard:
                     return
                 if message["type"] == "http.response.start":
                     status, sent_start = message["status"], True
-                    extra = [(b"x-request-id", request_id.encode()), *security_headers(scope.get("path", ""))]
+                    extra = [
+                        (b"x-request-id", request_id.encode()),
+                        (b"x-care-replica", REPLICA),
+                        *security_headers(scope.get("path", "")),
+                    ]
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
                 await send(message)
 

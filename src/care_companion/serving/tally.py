@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from care_companion.errors import InvalidImageError, NotForTask, RequestError
 from care_companion.records.models import LATENCY_BUCKETS_MS, ServingStat
 from care_companion.records.repos import add_serving_stats
+from care_companion.serving.middleware import REPLICA
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ class ServingTally:
     def __init__(self, sessions: sessionmaker[Session], every: float, replica: str | None = None) -> None:
         self.sessions = sessions
         self.every = every
-        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}"
+        self.replica = replica or REPLICA.decode()
         self._counts: dict[tuple[str, str | None, str], _Counts] = {}
         self._lock = threading.Lock()
         self._loop: asyncio.Task[None] | None = None
