@@ -529,21 +529,7 @@ def version_outcomes(
 ) -> list[tuple[bool, str]]:
     """Radiologists' verdicts on the studies model version ``version`` of ``task`` answered (since ``since``):
     (whether its prediction was positive, the true label), the latest verdict of each study."""
-    latest = (
-        select(func.max(Feedback.id).label("id"))
-        .join(Prediction, Feedback.prediction_id == Prediction.id)
-        .where(Prediction.task == task, Prediction.model_version == version)
-        .group_by(Feedback.study_id)
-    )
-    if since is not None:
-        latest = latest.where(Prediction.created_at >= since)
-    chosen = latest.subquery()
-    stmt = (
-        select(Prediction.positive, Feedback.true_label)
-        .join(Feedback, Feedback.prediction_id == Prediction.id)
-        .join(chosen, Feedback.id == chosen.c.id)
-    )
-    return [(bool(positive), truth) for positive, truth in session.execute(stmt)]
+    return _verdicts_on(session, Prediction, Prediction.id, task, version, since)
 
 
 def shadow_outcomes(
@@ -551,20 +537,33 @@ def shadow_outcomes(
 ) -> list[tuple[bool, str]]:
     """Radiologists' verdicts on the studies version ``version`` scored in shadow (since ``since``): (whether its
     unseen answer was positive, the true label), the latest verdict of each study."""
+    return _verdicts_on(session, ShadowPrediction, ShadowPrediction.prediction_id, task, version, since)
+
+
+def _verdicts_on(
+    session: Session,
+    answers: type[Prediction] | type[ShadowPrediction],
+    link: Any,
+    task: str,
+    version: str,
+    since: datetime | None,
+) -> list[tuple[bool, str]]:
+    """(answer positive, true label) of the latest verdict on each study ``version`` answered in ``answers``,
+    whose ``link`` column is the shown prediction a verdict names."""
     latest = (
         select(func.max(Feedback.id).label("id"))
-        .join(ShadowPrediction, Feedback.prediction_id == ShadowPrediction.prediction_id)
-        .where(ShadowPrediction.task == task, ShadowPrediction.model_version == version)
+        .join(answers, Feedback.prediction_id == link)
+        .where(answers.task == task, answers.model_version == version)
         .group_by(Feedback.study_id)
     )
     if since is not None:
-        latest = latest.where(ShadowPrediction.created_at >= since)
+        latest = latest.where(answers.created_at >= since)
     chosen = latest.subquery()
     stmt = (
-        select(ShadowPrediction.positive, Feedback.true_label)
-        .join(Feedback, Feedback.prediction_id == ShadowPrediction.prediction_id)
+        select(answers.positive, Feedback.true_label)
+        .join(Feedback, Feedback.prediction_id == link)
         .join(chosen, Feedback.id == chosen.c.id)
-        .where(ShadowPrediction.model_version == version)
+        .where(answers.model_version == version)
     )
     return [(bool(positive), truth) for positive, truth in session.execute(stmt)]
 

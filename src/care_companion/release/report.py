@@ -209,23 +209,19 @@ def judge(
     missing: list[str] = []
     p_values: dict[str, float] = {}
     if production is not None:
-        c, p = canary.sensitivity, production.sensitivity
-        if c.total and p.total:
-            p_values["sensitivity"] = fisher_less(c.hits, c.total, p.hits, p.total)
-            if p_values["sensitivity"] < alpha:
+        for name, lower, higher, direction in (
+            ("sensitivity", canary.sensitivity, production.sensitivity, "below"),
+            ("error_rate", production.error_rate, canary.error_rate, "above"),
+        ):
+            if not (lower.total and higher.total):
+                continue
+            p_values[name] = fisher_less(lower.hits, lower.total, higher.hits, higher.total)  # canary worse?
+            if p_values[name] < alpha:
+                c, p = (lower, higher) if direction == "below" else (higher, lower)
                 worse.append(
-                    f"canary sensitivity {c.value:.3f} ({c.hits}/{c.total}) is significantly below production's "
-                    f"{p.value:.3f} ({p.hits}/{p.total}; one-sided Fisher exact p = {p_values['sensitivity']:.4f} "
-                    f"< {alpha})"
-                )
-        ce, pe = canary.error_rate, production.error_rate
-        if ce.total and pe.total:
-            p_values["error_rate"] = fisher_less(pe.hits, pe.total, ce.hits, ce.total)
-            if p_values["error_rate"] < alpha:
-                worse.append(
-                    f"canary error rate {ce.value:.4f} ({ce.hits}/{ce.total}) is significantly above production's "
-                    f"{pe.value:.4f} ({pe.hits}/{pe.total}; one-sided Fisher exact p = {p_values['error_rate']:.4f} "
-                    f"< {alpha})"
+                    f"canary {name.replace('_', ' ')} {c.value:.4f} ({c.hits}/{c.total}) is significantly {direction} "
+                    f"production's {p.value:.4f} ({p.hits}/{p.total}; one-sided Fisher exact p = "
+                    f"{p_values[name]:.4f} < {alpha})"
                 )
         if canary.requests >= minimum and production.requests >= minimum:
             cl, pl = canary.latency_ms_p95, production.latency_ms_p95

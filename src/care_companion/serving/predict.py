@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NoReturn
@@ -150,14 +150,27 @@ class Predictor:
         """
         async with self.models.lease(task, patient) as model:
             with self._counted(model, started):
-                try:
-                    prepared = await self._preprocess(model, upload)
-                except InvalidImageError as exc:
-                    self.metrics.observe_rejection(task, exc.reason)
-                    raise
-                inference = await model.infer(prepared.input)
-                what, views = upload.name, list(model.meta.views)
-                return self._result(model, prepared, inference, what, views, request_id, started)
+                prepared = self._preprocess(model, upload)
+                return await self._answer(model, prepared, upload.name, list(model.meta.views), request_id, started)
+
+    async def _answer(
+        self,
+        model: ServedModel,
+        preparing: Awaitable[Prepared],
+        what: str,
+        views_used: list[str],
+        request_id: str,
+        started: float,
+    ) -> PredictionResult:
+        """The result once ``preparing`` (the films decoded for ``model``) is done: a bad image is counted and
+        raised, a good one inferred and interpreted (:meth:`_result`)."""
+        try:
+            prepared = await preparing
+        except InvalidImageError as exc:
+            self.metrics.observe_rejection(model.task_name, exc.reason)
+            raise
+        inference = await model.infer(prepared.input)
+        return self._result(model, prepared, inference, what, views_used, request_id, started)
 
     def _refuse(self, model: ServedModel, what: str, why: str) -> NoReturn:
         """Refuse ``what`` as not a radiograph of the model's task (``why``: the score that says so), counting the
@@ -301,15 +314,9 @@ class Predictor:
             with self._counted(model, started):
                 if not given:
                     raise RequestError(f"send at least one view: {', '.join(views)}", code="no_images")
-                try:
-                    prepared = await self._prepare_study(model, given)
-                except InvalidImageError as exc:
-                    self.metrics.observe_rejection(task, exc.reason)
-                    raise
-                inference = await model.infer(prepared.input)
                 what = " + ".join(upload.name for upload in given.values())
                 used = [view for view in model.meta.views if view in given]
-                return self._result(model, prepared, inference, what, used, request_id, started)
+                return await self._answer(model, self._prepare_study(model, given), what, used, request_id, started)
 
     async def _prepare_study(self, model: ServedModel, given: dict[str, Upload]) -> Prepared:
         """A study's films decoded and preprocessed for ``model`` in the worker pool.
