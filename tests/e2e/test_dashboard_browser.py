@@ -437,6 +437,46 @@ def _check_page_against(page: Any, drift: dict, health: dict) -> None:
         assert shown(f"{task}-kl-baseline") == (DASH if kl is None else js_precision(kl, 3))
 
 
+def _canary_report() -> Any:
+    """A canary report as ``GET /v1/releases/chest`` gives it while a shadow canary runs, its verdict by the
+    service's own rule: the canary caught 12 of 20 diseased studies against production's 95 of 100."""
+    from care_companion.config import Settings
+    from care_companion.release.report import Agreement, ReleaseReport, VersionEvidence, judge, wilson
+
+    def version(number: int, alias: str, found: int, diseased: int, p95: float) -> VersionEvidence:
+        return VersionEvidence(
+            version=number,
+            alias=alias,
+            confirmed_studies=diseased * 2,
+            shadowed_studies=12 if alias == "canary" else 0,
+            sensitivity=wilson(found, diseased),
+            specificity=wilson(diseased - 2, diseased),
+            requests=diseased * 10,
+            refused=1,
+            error_rate=wilson(0, diseased * 10),
+            latency_ms_p95=p95,
+            drift_checks=2,
+            drifted_checks=0,
+            latest_drift=False,
+        )
+
+    production, canary = version(4, "production", 95, 100, 81.5), version(5, "canary", 12, 20, 84.0)
+    verdict, reasons, p_values = judge(canary, production, Settings(release_min_canary_studies=30))
+    return ReleaseReport(
+        task="chest",
+        at="2026-12-04T12:00:00+00:00",
+        since="2026-12-01T09:30:00+00:00",
+        canary_percent=10,
+        mode="shadow",
+        production=production,
+        canary=canary,
+        agreement=Agreement(films=12, same_label=wilson(9, 12), same_decision=wilson(10, 12), canary_refused=0),
+        verdict=verdict,
+        reasons=reasons,
+        p_values=p_values,
+    )
+
+
 def _without_time(health: dict) -> dict:
     return {k: v for k, v in health.items() if k != "at"}
 
@@ -476,6 +516,13 @@ def test_dashboard_shows_what_the_api_reports(playwright_api: Any, service: Serv
             assert message.inner_text() == "Wrong username or password."
             assert page.get_by_test_id("dashboard").is_hidden()
 
+            # the chest canary report comes from a running canary (this service has none): the page draws it whole
+            report = _canary_report()
+            page.route(
+                "**/v1/releases/chest",
+                lambda route: route.fulfill(status=200, content_type="application/json", body=report.model_dump_json()),
+            )
+
             # sign in, capturing the very answers the page draws
             page.get_by_test_id("password").fill(PASSWORD)
             with (
@@ -504,14 +551,25 @@ def test_dashboard_shows_what_the_api_reports(playwright_api: Any, service: Serv
             assert page.get_by_test_id("signed-in-user").inner_text() == f"Signed in as {TECH} (technician)"
             assert page.get_by_test_id("last-updated").inner_text().startswith("Last updated ")
             _check_page_against(page, page_drift, page_health)
-            for task in ("chest", "wrist"):  # the release panel draws the canary report the API gives
-                release = httpx.get(f"{origin}/v1/releases/{task}", headers=headers, timeout=60)
-                assert release.status_code == 200, release.text
+            release = httpx.get(f"{origin}/v1/releases/wrist", headers=headers, timeout=60)  # the release panel
+            assert release.status_code == 200 and release.json()["verdict"] == "no_canary", release.text
+            for task, body in (("wrist", release.json()), ("chest", report.model_dump(mode="json"))):
                 verdict = page.get_by_test_id(f"{task}-release-verdict")
                 verdict.wait_for(state="visible", timeout=30_000)
-                assert verdict.get_attribute("data-verdict") == release.json()["verdict"] == "no_canary"
-                shown = page.get_by_test_id(f"{task}-release-reasons").inner_text()
-                assert shown.splitlines() == release.json()["reasons"]
+                assert verdict.get_attribute("data-verdict") == body["verdict"]
+                assert page.get_by_test_id(f"{task}-release-reasons").inner_text().splitlines() == body["reasons"]
+            assert report.verdict == "rollback"  # the canary misses disease: the panel says so, with the figures
+            for alias in ("production", "canary"):
+                figures = getattr(report, alias)
+                rate = figures.sensitivity
+                interval = f"95% CI {fmt_rate(rate.low)}–{fmt_rate(rate.high)}"
+                assert page.get_by_test_id(f"chest-release-{alias}-sensitivity").inner_text() == (
+                    f"{fmt_rate(rate.value)} ({rate.hits}/{rate.total}; {interval})"
+                )
+                assert page.get_by_test_id(f"chest-release-{alias}-latency").inner_text() == fmt_ms(
+                    figures.latency_ms_p95
+                )
+            assert "of 12 shadowed films" in page.get_by_test_id("chest-release-agreement").inner_text()
             assert page.get_by_test_id("chest-drift-badge").get_attribute("data-state") == "drift"
             assert page.get_by_test_id("chest-pvalue-features").get_attribute("data-flagged") == "true"
             assert page.get_by_test_id("wrist-drift-badge").inner_text() == "Drift check unavailable"
