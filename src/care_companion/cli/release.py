@@ -55,10 +55,11 @@ def promote_cmd(
         finally:
             engine.dispose()
     if auto:
-        what = "nothing moved" if moved is None else f"{moved.to} of version {moved.version}"
-        if moved is not None and report.verdict == "rollback":
+        if moved is None:
+            what = "nothing moved"
+        elif report.verdict == "rollback":
             what = f"canary (version {moved.version}) ended; production keeps serving"
-        elif moved is not None:
+        else:
             what = f"{task}@production -> version {moved.version}"
         console.print(f"{task}: verdict {report.verdict}: {what}")
         for reason in report.reasons:

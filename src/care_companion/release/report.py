@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from care_companion.config import Settings
-from care_companion.records.models import LATENCY_BUCKETS_MS
+from care_companion.records.models import LATENCY_BUCKETS_MS, DriftCheck
 from care_companion.records.repos import (
     list_audit,
     list_drift_checks,
@@ -154,9 +154,17 @@ def canary_since(session: Session, task: str, version: int) -> datetime | None:
 
 
 def version_evidence(
-    session: Session, task: str, version: int, alias: str, since: datetime | None, *, shadow: bool
+    session: Session,
+    task: str,
+    version: int,
+    alias: str,
+    since: datetime | None,
+    checks: list[DriftCheck],
+    *,
+    shadow: bool,
 ) -> VersionEvidence:
-    """One version's evidence since ``since`` (``shadow``: count the studies it scored in shadow too)."""
+    """One version's evidence since ``since`` (``checks``: the task's drift checks over the window; ``shadow``:
+    count the studies it scored in shadow too)."""
     positives = {c.casefold() for c in get_task(task).positives}
     outcomes = version_outcomes(session=session, task=task, version=str(version), since=since)
     shadowed = shadow_outcomes(session=session, task=task, version=str(version), since=since) if shadow else []
@@ -168,7 +176,7 @@ def version_evidence(
     requests, errors, refused, latency = serving_totals(
         session=session, task=task, version=str(version), roles=SERVED_ROLES, since=since
     )
-    checks = [c for c in list_drift_checks(session=session, task=task, since=since) if c.model_version == str(version)]
+    checks = [c for c in checks if c.model_version == str(version)]
     return VersionEvidence(
         version=version,
         alias=alias,
@@ -253,19 +261,17 @@ def release_report(task: str, settings: Settings, sessions: sessionmaker[Session
     production_version = alias_version(task, "production", settings)
     if canary_version == production_version:
         canary_version = None
+    production = canary = agreed = since = None
     with sessions() as session:
-        since = canary_since(session, task, canary_version) if canary_version is not None else None
-        production = (
-            version_evidence(session, task, production_version, "production", since, shadow=False)
-            if production_version is not None
-            else None
-        )
-        canary = (
-            version_evidence(session, task, canary_version, settings.canary_alias, since, shadow=True)
-            if canary_version is not None
-            else None
-        )
-        agreed = agreement(session, task, canary_version, since) if canary_version is not None else None
+        if canary_version is not None:
+            since = canary_since(session, task, canary_version)
+        checks = list_drift_checks(session=session, task=task, since=since)
+        if production_version is not None:
+            production = version_evidence(session, task, production_version, "production", since, checks, shadow=False)
+        if canary_version is not None:
+            alias = settings.canary_alias
+            canary = version_evidence(session, task, canary_version, alias, since, checks, shadow=True)
+            agreed = agreement(session, task, canary_version, since)
     p_values: dict[str, float] = {}
     if canary is None:
         verdict: Verdict = "no_canary"

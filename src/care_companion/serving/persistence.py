@@ -101,8 +101,9 @@ class RecordKeeper:
         self.store = store
         self._leases: Counter[str] = Counter()  # image keys being stored by requests in flight
         self._lock = threading.Lock()
-        # Called with each kept result and its films (task, {view: upload}, result): shadow scoring hooks in here.
-        self.on_kept: Callable[[str, dict[str, Upload], PredictionResult], object] | None = None
+        # Called for each kept prediction with its films: (task, {view: upload}, version that answered, prediction
+        # id). Shadow scoring hooks in here.
+        self.on_kept: Callable[[str, dict[str, Upload], str | None, int], object] | None = None
 
     def _authorise(self, user: User, study_id: int | None, task: str, patient_id: int | None) -> Caller:
         try:
@@ -278,8 +279,9 @@ class RecordKeeper:
             return result
         if not ids:
             return result
-        if self.on_kept is not None and ids.get("prediction_id") is not None:
-            self.on_kept(result.task, dict(uploads), result.model_copy(update={"prediction_id": ids["prediction_id"]}))
+        prediction_id = ids.get("prediction_id")
+        if self.on_kept is not None and prediction_id is not None:
+            self.on_kept(result.task, dict(uploads), result.model.version, prediction_id)
         if result.heatmap is not None and ids.get("prediction_id") is not None and ids.get("study_id") is not None:
             url = HEATMAP_PATH.format(prediction_id=ids["prediction_id"])
             ids = {**ids, "heatmap": result.heatmap.model_copy(update={"url": url})}  # type: ignore[dict-item]

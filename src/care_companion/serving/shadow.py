@@ -18,7 +18,6 @@ from care_companion.records.models import ShadowPrediction
 from care_companion.records.repos import add_shadow_prediction
 from care_companion.serving.engine import ServedModel
 from care_companion.serving.predict import Predictor, Scored, Upload
-from care_companion.serving.schemas import PredictionResult
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +30,13 @@ class ShadowScorer:
         self.sessions = sessions
         self._running: set[asyncio.Task[None]] = set()
 
-    def submit(self, task: str, views: dict[str, Upload], result: PredictionResult) -> bool:
-        """Score ``views`` (the films ``result`` was made from) with the task's canary in the background, when shadow
-        mode applies to it; whether it was scheduled."""
-        model = self.predictor.models.shadow_for(task, result.model.version)
-        if model is None or result.prediction_id is None or not views:
+    def submit(self, task: str, views: dict[str, Upload], answered_by: str | None, prediction_id: int) -> bool:
+        """Score ``views`` (the films of prediction ``prediction_id``, which version ``answered_by`` made) with the
+        task's canary in the background, when shadow mode applies to it; whether it was scheduled."""
+        model = self.predictor.models.shadow_for(task, answered_by)
+        if model is None or not views:
             return False
-        running = asyncio.get_running_loop().create_task(self._score(model, views, result.prediction_id))
+        running = asyncio.get_running_loop().create_task(self._score(model, views, prediction_id))
         self._running.add(running)
         running.add_done_callback(self._running.discard)
         return True

@@ -346,7 +346,8 @@ def export_and_score(
     )
     save_meta(bundle_dir, meta)
     test = data.test
-    probs = item_probabilities(BundlePredictor(bundle_dir), test)
+    exported = BundlePredictor(bundle_dir)
+    probs = item_probabilities(exported, test)
     report = evaluate_predictions(test.labels, probs, task, operating.thresholds, groups=test.groups, seed=config.seed)
     (bundle_dir / EVALUATION_FILE).write_text(report.model_dump_json(indent=2))
     plots = write_plots(test.labels, probs, task, report, bundle_dir / "plots")
@@ -355,7 +356,7 @@ def export_and_score(
     canary_report = None
     if data.canary is not None:
         canary = data.canary
-        canary_probs = item_probabilities(BundlePredictor(bundle_dir), canary)
+        canary_probs = item_probabilities(exported, canary)
         canary_report = evaluate_predictions(
             canary.labels, canary_probs, task, operating.thresholds, groups=canary.groups, seed=config.seed
         )
